@@ -1,0 +1,5 @@
+import sys
+
+from lam.cli import main
+
+sys.exit(main())

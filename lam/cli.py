@@ -1,0 +1,71 @@
+"""The `lam` command: one entry point, a subcommand per job.
+
+    lam synth demo_data --files 16 --chunks 64 --seed 0
+    lam manifest demo_data --train_ratio 0.8 --val_ratio 0.1 --test_ratio 0.1 --seed 42
+    lam validate demo_data
+    lam train --data_dir demo_data --manifest_path demo_data/manifest.json --test_mode
+    lam demo
+
+Errors the user can fix (a bad file, flag or manifest) print one line naming the
+problem and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from lam.errors import UserError
+
+
+def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwargs) -> None:
+    """Add `--some_flag` with its dashed spelling `--some-flag` as an alias."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from lam.data import cli as data_cli
+
+    parser = argparse.ArgumentParser(
+        prog="lam",
+        description="Train, tune, evaluate and export VQ-VAE latent action models on video-VAE latents, on Ray.",
+        epilog="Run `lam COMMAND --help` for a command's options and examples.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (data_cli, *_optional_command_modules()):
+        module.register(sub)
+    return parser
+
+
+def _optional_command_modules():
+    """Command modules beyond the data layer, imported lazily so `lam --help` stays fast."""
+    import importlib
+
+    modules = []
+    for name in ("lam.train.cli", "lam.eval.cli", "lam.tune.cli"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real missing dependency, not an absent module
+                raise
+    return modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"lam {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"lam {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

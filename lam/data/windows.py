@@ -1,0 +1,181 @@
+"""Windows of consecutive latent frames, and reading them from H5.
+
+A file's latent timeline is `z[2k + j] = latents[k, :, j]` (length `2 * N_chunks`).
+A training sample is a window `z[start : start + T]` of `T = sequence_length`
+frames of one file, `[T, 16, 64, 64]`. Windows cross chunk boundaries (a window
+may start on the second latent frame of a chunk) and never cross files.
+
+The index of windows is small (two ints per window), so shuffling happens on
+the index, never on the tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lam.data.h5 import LatentShape, check_shape, inspect_file, open_h5, resolve_key
+from lam.data.manifest import Manifest
+from lam.errors import DataError, UserError
+
+
+@dataclass
+class WindowIndex:
+    """All windows of a split: window i is `files[file_ids[i]]`, frames `starts[i] : starts[i] + T`."""
+
+    files: list[str]
+    file_ids: np.ndarray  # (W,) int32
+    starts: np.ndarray  # (W,) int64
+    sequence_length: int
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def rows(self) -> list[dict]:
+        """One `{"file", "start"}` dict per window (the rows of the Ray dataset)."""
+        return [{"file": self.files[f], "start": int(s)} for f, s in zip(self.file_ids, self.starts)]
+
+
+def window_starts(n_frames: int, sequence_length: int, stride: int) -> np.ndarray:
+    """Start frames of the windows of one file; empty when the file is shorter than one window."""
+    return np.arange(0, n_frames - sequence_length + 1, stride, dtype=np.int64)
+
+
+def build_window_index(
+    manifest: Manifest,
+    split: str,
+    sequence_length: int,
+    stride: int | None = None,
+) -> WindowIndex:
+    """Index every window of `split`. `stride` defaults to `sequence_length` (non-overlapping).
+
+    Frame counts come from the manifest's per-file metadata; a file without it is
+    opened and checked here, so a hand-edited manifest fails at start-up, not hours in.
+    """
+    if sequence_length < 2:
+        raise UserError(f"sequence_length must be >= 2 (one transition), got {sequence_length}")
+    stride = sequence_length if stride is None else stride
+    if stride < 1:
+        raise UserError(f"stride must be >= 1, got {stride}")
+    files, file_ids, starts = [], [], []
+    too_short = []
+    for rel in manifest.split_files(split):
+        n_frames = frame_count(manifest, rel)
+        s = window_starts(n_frames, sequence_length, stride)
+        if len(s) == 0:
+            too_short.append(f"{rel} ({n_frames} latent frames)")
+            continue
+        file_ids.append(np.full(len(s), len(files), dtype=np.int32))
+        starts.append(s)
+        files.append(rel)
+    if too_short:
+        warnings.warn(
+            f"skipping {len(too_short)} file(s) of split '{split}' shorter than one window of {sequence_length} latent frames: "
+            + ", ".join(too_short[:5]) + (" ..." if len(too_short) > 5 else ""),
+            stacklevel=2,
+        )
+    if not files:
+        raise UserError(f"split '{split}' of {manifest.path or 'the manifest'} has no window of {sequence_length} latent frames "
+                        f"({len(manifest.split_files(split))} files); use more files or a shorter --sequence_length")
+    return WindowIndex(files, np.concatenate(file_ids), np.concatenate(starts), sequence_length)
+
+
+def frame_count(manifest: Manifest, rel: str) -> int:
+    meta = manifest.files.get(rel)
+    if meta and "n_frames" in meta:
+        return int(meta["n_frames"])
+    info = inspect_file(Path(manifest.data_dir) / rel, manifest.latent_shape, manifest.dataset_key, values="none")
+    if not info.ok:
+        raise DataError(Path(manifest.data_dir) / rel, info.error)
+    manifest.files[rel] = {"n_chunks": info.n_chunks, "n_frames": info.n_frames, "dtype": info.dtype, "key": info.key}
+    return info.n_frames
+
+
+class WindowReader:
+    """Reads windows from H5 files, keeping one open handle per file per process.
+
+    Handles are opened lazily on first use and are never pickled, so a reader can
+    be shipped to Ray tasks or DataLoader workers and each process opens its own.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        sequence_length: int,
+        dataset_key: str = "latents",
+        latent_shape: LatentShape = LatentShape(),
+        out_dtype: str | np.dtype = np.float32,
+        check_finite: bool = True,
+    ):
+        self.data_dir = Path(data_dir)
+        self.sequence_length = sequence_length
+        self.dataset_key = dataset_key
+        self.latent_shape = latent_shape
+        self.out_dtype = np.dtype(out_dtype)
+        self.check_finite = check_finite
+        self._handles: dict[str, h5py.File] = {}
+        self._datasets: dict[str, h5py.Dataset] = {}
+
+    # Handles stay in the process that opened them.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_handles"], state["_datasets"] = {}, {}
+        return state
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()
+        self._handles.clear()
+        self._datasets.clear()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def dataset(self, rel: str) -> h5py.Dataset:
+        ds = self._datasets.get(rel)
+        if ds is None:
+            f = open_h5(self.data_dir / rel)
+            ds = f[resolve_key(f, self.dataset_key)]
+            check_shape(self.data_dir / rel, ds.shape, self.latent_shape)
+            self._handles[rel], self._datasets[rel] = f, ds
+        return ds
+
+    def read(self, rel: str, start: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames `start : start + T` of file `rel` as `[T, C, H, W]` in `out_dtype`."""
+        T = self.sequence_length
+        ds = self.dataset(rel)
+        t_latent = ds.shape[2]
+        n_frames = ds.shape[0] * t_latent
+        if start < 0 or start + T > n_frames:
+            raise DataError(self.data_dir / rel, f"window {start}..{start + T - 1} is outside its {n_frames} latent frames")
+        first_chunk, last_chunk = start // t_latent, (start + T - 1) // t_latent
+        try:
+            block = ds[first_chunk : last_chunk + 1]  # (n, C, t_latent, H, W), stored dtype
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DataError(self.data_dir / rel, f"cannot read chunks {first_chunk}..{last_chunk} ({e}); the file is probably truncated") from None
+        # (n, C, t, H, W) -> (n, t, C, H, W) -> (n*t, C, H, W): the file's timeline.
+        frames = block.transpose(0, 2, 1, 3, 4).reshape(-1, *block.shape[1:2], *block.shape[3:])
+        offset = start - first_chunk * t_latent
+        window = frames[offset : offset + T]
+        if out is None:
+            out = np.empty(window.shape, dtype=self.out_dtype)
+        np.copyto(out, window, casting="unsafe")  # converts the stored dtype once
+        if self.check_finite and not np.isfinite(out).all():
+            raise DataError(self.data_dir / rel, f"window of latent frames {start}..{start + T - 1} contains NaN or Inf values")
+        return out
+
+    def read_batch(self, files, starts) -> np.ndarray:
+        """Windows for parallel sequences of file paths and start frames, `[B, T, C, H, W]`."""
+        shape = self.latent_shape
+        batch = np.empty((len(starts), self.sequence_length, shape.channels, shape.height, shape.width), dtype=self.out_dtype)
+        for i, (rel, start) in enumerate(zip(files, starts)):
+            self.read(str(rel), int(start), out=batch[i])
+        return batch
