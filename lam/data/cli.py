@@ -34,6 +34,7 @@ def register(sub) -> None:
     p.add_argument("--chunks", type=int, default=64, help="chunks per file (1 chunk = 2 latent frames), default 64")
     p.add_argument("--seed", type=int, default=0)
     add_flag(p, "vary_length", action="store_true", help="give files different lengths (chunks/2 .. chunks)")
+    add_flag(p, "num_actions", type=int, default=5, help="5 = stay + 4 moves; up to 9 adds diagonals")
     p.set_defaults(func=run_synth)
 
     # -- manifest ------------------------------------------------------------
@@ -89,7 +90,7 @@ def run_synth(args) -> int:
 
     if args.files < 1 or args.chunks < 1:
         raise UserError("--files and --chunks must be >= 1")
-    paths = write_synthetic_dataset(args.out_dir, files=args.files, chunks=args.chunks, seed=args.seed, vary_length=args.vary_length, progress=True)
+    paths = write_synthetic_dataset(args.out_dir, files=args.files, chunks=args.chunks, seed=args.seed, vary_length=args.vary_length, num_actions=args.num_actions, progress=True)
     print(f"wrote {len(paths)} files to {args.out_dir}")
     return 0
 

@@ -109,14 +109,14 @@ class WindowReader:
         sequence_length: int,
         dataset_key: str = "latents",
         latent_shape: LatentShape = LatentShape(),
-        out_dtype: str | np.dtype = np.float32,
+        out_dtype: str | np.dtype | None = np.float32,
         check_finite: bool = True,
     ):
         self.data_dir = Path(data_dir)
         self.sequence_length = sequence_length
         self.dataset_key = dataset_key
         self.latent_shape = latent_shape
-        self.out_dtype = np.dtype(out_dtype)
+        self.out_dtype = None if out_dtype is None else np.dtype(out_dtype)  # None: the stored dtype
         self.check_finite = check_finite
         self._handles: dict[str, h5py.File] = {}
         self._datasets: dict[str, h5py.Dataset] = {}
@@ -166,7 +166,7 @@ class WindowReader:
         offset = start - first_chunk * t_latent
         window = frames[offset : offset + T]
         if out is None:
-            out = np.empty(window.shape, dtype=self.out_dtype)
+            out = np.empty(window.shape, dtype=self.out_dtype or window.dtype)
         np.copyto(out, window, casting="unsafe")  # converts the stored dtype once
         if self.check_finite and not np.isfinite(out).all():
             raise DataError(self.data_dir / rel, f"window of latent frames {start}..{start + T - 1} contains NaN or Inf values")
@@ -175,7 +175,8 @@ class WindowReader:
     def read_batch(self, files, starts) -> np.ndarray:
         """Windows for parallel sequences of file paths and start frames, `[B, T, C, H, W]`."""
         shape = self.latent_shape
-        batch = np.empty((len(starts), self.sequence_length, shape.channels, shape.height, shape.width), dtype=self.out_dtype)
+        dtype = self.out_dtype or (self.dataset(str(files[0])).dtype if len(files) else np.float32)
+        batch = np.empty((len(starts), self.sequence_length, shape.channels, shape.height, shape.width), dtype=dtype)
         for i, (rel, start) in enumerate(zip(files, starts)):
             self.read(str(rel), int(start), out=batch[i])
         return batch
