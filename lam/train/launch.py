@@ -1,0 +1,169 @@
+"""The driver side of training: start or join Ray, build the datasets, run a TorchTrainer.
+
+    from lam.config import RunConfig
+    from lam.train.launch import train
+    cfg = RunConfig(); cfg.data.data_dir = "demo_data"; cfg.train.num_workers = 2
+    result = train(cfg)
+
+Without `RAY_ADDRESS` a local Ray is started (bound to 127.0.0.1); with it, the
+same code runs on that cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+from ray._private import ray_constants
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.config import LoggingConfig
+
+from lam.config import RunConfig, dump_yaml
+from lam.data.manifest import load_manifest
+from lam.errors import UserError
+from lam.train import storage
+from lam.train.ingest import build_datasets
+from lam.train.loop import train_loop_per_worker
+from lam.train.metrics import resolve_wandb_mode
+
+OVERFIT_MSE, OVERFIT_MAE = 0.01, 0.05  # the spec's overfit success criterion
+
+
+def init_ray(min_cpus: int = 0) -> None:
+    """Join the cluster in RAY_ADDRESS, or start a private local one on 127.0.0.1.
+
+    A bare `ray.init()` would join any cluster recorded under /tmp/ray; address="local"
+    always starts our own. Logical CPUs are at least `min_cpus` so Ray Data read tasks
+    have room beside the training workers on small machines.
+    """
+    if ray.is_initialized():
+        return
+    quiet = {"log_to_driver": True, "logging_level": "WARNING"}
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints once, not twice
+    os.environ.setdefault("WANDB_SILENT", "true")  # we print where the wandb run is ourselves
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(**quiet)
+        return
+    # Ray turns 127.0.0.1 into the machine's routable address unless cluster mode is
+    # off; off, every process of the local cluster (and DDP's rendezvous) uses loopback.
+    # The env var reaches the processes Ray starts; this process read it at import.
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
+    ray.init(
+        address="local",
+        num_cpus=max(os.cpu_count() or 1, min_cpus),
+        include_dashboard=True,  # Ray Train's state API (placement-group cleanup) needs it
+        dashboard_host="127.0.0.1",
+        **quiet,
+    )
+    ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def cpus_needed(cfg: RunConfig) -> int:
+    """Training workers plus two CPUs for Ray Data read tasks."""
+    return int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 2
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: str
+    checkpoint_path: str | None
+    metrics: dict
+    wandb_dir: str | None
+    passed: bool | None  # test mode only
+
+
+def prepare(cfg: RunConfig):
+    """Start-up checks that would otherwise fail hours in: config, manifest, every listed file."""
+    cfg.validate()
+    if cfg.train.batch_size % cfg.train.num_workers:
+        raise UserError(f"batch_size {cfg.train.batch_size} must be a multiple of num_workers {cfg.train.num_workers} (it is split evenly across workers)")
+    if cfg.train.use_gpu and not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError("--use_gpu was given but this machine has no CUDA GPU (and RAY_ADDRESS names no cluster)")
+    manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
+    cfg.resolve_run_name()
+    cfg.train.wandb_mode = resolve_wandb_mode(cfg.train.wandb_mode)
+    return manifest
+
+
+def train(cfg: RunConfig, verbose: bool = True) -> TrainOutcome:
+    manifest = prepare(cfg)
+    t = cfg.train
+    storage_path = storage.resolve_storage_path(t.storage_path)
+    run_dir = storage.join(storage_path, t.run_name)
+    local_dir = run_dir if not storage.is_uri(run_dir) else os.path.abspath(os.path.join("runs", t.run_name))
+    storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
+
+    init_ray(min_cpus=cpus_needed(cfg))
+    datasets, sizes = build_datasets(cfg, manifest)
+    if verbose:
+        print(f"[lam] run {t.run_name}: outputs in {run_dir}", flush=True)
+
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir, "local_dir": local_dir, "sizes": sizes},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+        ),
+        run_config=ray.train.RunConfig(
+            name=t.run_name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=t.keep_best, checkpoint_score_attribute="checkpoint_score", checkpoint_score_order="min"
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines are enough
+        ),
+        datasets=datasets,
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as e:
+        raise TrainingFailed(f"training run {t.run_name} failed: {e}") from None
+
+    metrics = dict(result.metrics or {})
+    outcome = TrainOutcome(
+        run_dir=run_dir,
+        checkpoint_path=result.checkpoint.path if result.checkpoint else None,
+        metrics=metrics,
+        wandb_dir=_find_wandb_dir(local_dir) if t.wandb_mode != "disabled" else None,
+        passed=None,
+    )
+    if t.test_mode and metrics:
+        outcome.passed = metrics["overfit/mse_loss"] < OVERFIT_MSE and metrics["overfit/mae_loss"] < OVERFIT_MAE
+    return outcome
+
+
+class TrainingFailed(RuntimeError):
+    pass
+
+
+def _find_wandb_dir(local_dir: str) -> str | None:
+    """The newest wandb run folder (`run-*` online, `offline-run-*` offline) under the run directory."""
+    runs = list(Path(local_dir, "wandb").glob("*run-*"))
+    return str(max(runs, key=os.path.getmtime)) if runs else None
+
+
+def print_outcome(cfg: RunConfig, outcome: TrainOutcome, out=sys.stdout) -> None:
+    m = outcome.metrics
+    print("", file=out)
+    print(f"run directory : {outcome.run_dir}", file=out)
+    print(f"checkpoint    : {outcome.checkpoint_path}", file=out)
+    print(f"metrics       : {storage.join(outcome.run_dir, 'metrics.jsonl')}", file=out)
+    if outcome.wandb_dir:
+        hint = f"  (sync later with: wandb sync {outcome.wandb_dir})" if cfg.train.wandb_mode == "offline" else ""
+        print(f"wandb run     : {outcome.wandb_dir}{hint}", file=out)
+    for k in ("train/loss", "train/mse_loss", "val/loss", "val/mse_loss", "val/mae_loss", "val/codebook_usage"):
+        if k in m:
+            print(f"{k:<14}: {m[k]:.4f}", file=out)
+    if outcome.passed is not None:
+        mse, mae = m["overfit/mse_loss"], m["overfit/mae_loss"]
+        verdict = "PASS" if outcome.passed else "FAIL"
+        print(f"overfit test  : MSE {mse:.5f} (< {OVERFIT_MSE}), MAE {mae:.5f} (< {OVERFIT_MAE}) -> {verdict}", file=out)

@@ -1,0 +1,55 @@
+"""Reading and writing small files under a run's storage path: a local folder or a URI (s3://, gs://).
+
+pyarrow's filesystems do the work, the same way Ray Train stores checkpoints,
+so metrics and configs land next to the checkpoints wherever those go.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+
+def is_uri(path: str) -> bool:
+    return "://" in str(path)
+
+
+def resolve_storage_path(path: str) -> str:
+    """Absolute local path (Ray Train requires one) or the URI unchanged."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
+def join(base: str, *parts: str) -> str:
+    return "/".join([base.rstrip("/"), *parts]) if is_uri(base) else str(Path(base, *parts))
+
+
+def _fs(path: str) -> tuple[pafs.FileSystem, str]:
+    if is_uri(path):
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def write_text(path: str, text: str) -> None:
+    """Write a whole file; local writes go through a temp file + rename so readers never see half of it."""
+    if not is_uri(path):
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, target)
+        return
+    fs, p = _fs(path)
+    fs.create_dir(p.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(p) as f:  # object stores make a whole object visible at once
+        f.write(text.encode())
+
+
+def read_text(path: str) -> str | None:
+    """The file's text, or None when it does not exist."""
+    fs, p = _fs(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return None
+    with fs.open_input_stream(p) as f:
+        return f.read().decode()
