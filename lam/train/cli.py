@@ -112,11 +112,8 @@ def run_demo(args) -> int:
 
 
 def _demo_eval(cfg: RunConfig, outcome) -> int:
-    try:
-        from lam.eval.evaluate import evaluate_checkpoint, print_report
-    except ModuleNotFoundError:
-        print("[demo] evaluation is not available in this version")
-        return 0
+    from lam.eval.evaluate import evaluate_checkpoint, print_report
+
     report = evaluate_checkpoint(outcome.checkpoint_path, cfg.data.data_dir, cfg.data.manifest, split="test")
     print_report(report)
     return 0

@@ -76,7 +76,7 @@ class RunLogger:
             self.wandb_run = wandb.init(
                 project=project,
                 name=run_name,
-                id=_wandb_id(run_name),  # same run name -> same wandb run, so a resume continues it
+                id=wandb_run_id(run_name),  # same run name -> same wandb run, so a resume continues it
                 resume="allow",
                 group=group or None,
                 dir=local_dir,
@@ -108,7 +108,8 @@ class RunLogger:
             self.wandb_run.finish()
 
 
-def _wandb_id(run_name: str) -> str:
+def wandb_run_id(run_name: str) -> str:
+    """A stable wandb run id for a run name, so resumes and `lam eval --wandb_run` reach the same run."""
     import hashlib
 
     return hashlib.sha1(run_name.encode()).hexdigest()[:16]

@@ -1,0 +1,202 @@
+"""Evaluation metrics on hand-made inputs with known answers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lam.eval.metrics import (
+    code_usage,
+    confusion_matrix,
+    data_range,
+    linear_probe_accuracy,
+    majority_chance,
+    mapping_probe_accuracy,
+    normalized_mutual_information,
+    psnr,
+    psnr_from_mse,
+    psnr_per_sample,
+    split_by_group,
+    split_fit_eval,
+)
+
+# ----------------------------------------------------------------------------- PSNR
+
+
+def test_psnr_known_values():
+    target = np.zeros((2, 4, 4))
+    assert psnr(target + 0.1, target, peak=1.0) == pytest.approx(20.0)  # MSE 0.01
+    assert psnr(target + 0.1, target, peak=10.0) == pytest.approx(40.0)
+    assert psnr(torch.full((3, 5), 1.0), torch.zeros(3, 5), peak=1.0) == pytest.approx(0.0)  # MSE 1
+
+
+def test_psnr_from_mse():
+    assert psnr_from_mse(0.01, 1.0) == pytest.approx(20.0)
+    assert psnr_from_mse(np.float32(4.0), 2.0) == pytest.approx(0.0)
+    assert psnr_from_mse(0.0, 1.0) == math.inf
+    for mse, peak in [(0.1, 0.0), (-1.0, 1.0)]:
+        with pytest.raises(ValueError):
+            psnr_from_mse(mse, peak)
+
+
+def test_psnr_identical_is_inf_and_per_sample():
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 4))
+    assert psnr(x, x, peak=1.0) == math.inf
+    pred = x.copy()
+    pred[1] += 0.1  # sample 1: MSE 0.01; sample 2: MSE 1
+    pred[2] += 1.0
+    out = psnr_per_sample(pred, x, peak=1.0)
+    assert out.shape == (3,)
+    assert out[0] == math.inf
+    assert out[1:] == pytest.approx([20.0, 0.0])
+
+
+def test_psnr_bf16_tensor_and_data_range():
+    t = torch.tensor([[-1.0, 3.0], [0.0, 1.0]], dtype=torch.bfloat16)
+    assert data_range(t) == pytest.approx(4.0)
+    assert psnr(t + 0.5, t, peak=data_range(t)) == pytest.approx(10 * math.log10(16 / 0.25))
+
+
+# ----------------------------------------------------------------------------- NMI and probes
+
+
+def test_perfect_and_permuted_mapping():
+    labels = np.repeat(np.arange(4), 25)
+    perm = np.array([2, 0, 3, 1])
+    codes = perm[labels]  # a renaming of the labels
+    assert normalized_mutual_information(labels, labels) == pytest.approx(1.0)
+    assert normalized_mutual_information(codes, labels) == pytest.approx(1.0)
+    assert mapping_probe_accuracy(codes, labels, codes, labels) == 1.0
+
+
+def test_independent_labels_near_zero():
+    rng = np.random.default_rng(0)
+    n = 20_000
+    codes, labels = rng.integers(0, 8, n), rng.integers(0, 4, n)
+    assert normalized_mutual_information(codes, labels) < 0.02
+    half = n // 2
+    acc = mapping_probe_accuracy(codes[:half], labels[:half], codes[half:], labels[half:])
+    chance = majority_chance(labels[:half], labels[half:])
+    assert abs(acc - chance) < 0.03
+    assert chance == pytest.approx(0.25, abs=0.03)
+
+
+def test_many_to_one_mapping():
+    codes = np.tile(np.arange(6), 20)  # 6 codes ...
+    labels = codes // 2  # ... each always meaning one of 3 actions
+    assert mapping_probe_accuracy(codes, labels, codes, labels) == 1.0
+    nmi = normalized_mutual_information(codes, labels)
+    assert 0.5 < nmi < 1.0
+
+
+def test_nmi_matches_hand_computation():
+    a = np.array([0, 0, 1, 1])
+    b = np.array([0, 0, 0, 1])
+    # I = H(b) - H(b|a) = H(1/4) - 1/2 * H(1/2); NMI = 2I / (H(a) + H(b))
+    h = lambda *p: -sum(x * math.log(x) for x in p)  # noqa: E731
+    mi = h(0.25, 0.75) - 0.5 * h(0.5, 0.5)
+    expected = 2 * mi / (h(0.5, 0.5) + h(0.25, 0.75))
+    assert normalized_mutual_information(a, b) == pytest.approx(expected)
+    assert normalized_mutual_information(b, a) == pytest.approx(expected)
+
+
+def test_nmi_degenerate_cases():
+    assert normalized_mutual_information([3, 3, 3], [7, 7, 7]) == 1.0  # both constant
+    assert normalized_mutual_information([3, 3, 3], [0, 1, 2]) == 0.0  # one constant
+    with pytest.raises(ValueError):
+        normalized_mutual_information([], [])
+    with pytest.raises(ValueError):
+        normalized_mutual_information([0, 1], [0])
+
+
+def test_mapping_probe_unseen_codes_use_majority():
+    codes_fit, labels_fit = np.array([0, 0, 1]), np.array([2, 2, 1])
+    # code 5 is unseen: predicted as the fit majority label (2)
+    acc = mapping_probe_accuracy(codes_fit, labels_fit, np.array([0, 1, 5, 5]), np.array([2, 1, 2, 0]))
+    assert acc == pytest.approx(0.75)
+
+
+def test_majority_chance():
+    assert majority_chance([1, 1, 0], [1, 0, 0, 0]) == pytest.approx(0.25)
+
+
+def test_linear_probe_separable_and_random():
+    rng = np.random.default_rng(0)
+    n, d, k = 400, 5, 3
+    centers = rng.standard_normal((k, d)) * 6.0
+    labels = rng.integers(0, k, n)
+    feats = centers[labels] + rng.standard_normal((n, d))  # well separated blobs
+    fit, ev = split_fit_eval(n, 0.5, seed=0)
+    acc = linear_probe_accuracy(feats[fit], labels[fit], feats[ev], labels[ev], num_classes=k, steps=100)
+    assert acc > 0.97
+
+    noise = rng.standard_normal((n, d))
+    acc_rand = linear_probe_accuracy(noise[fit], labels[fit], noise[ev], labels[ev], num_classes=k, steps=100)
+    assert abs(acc_rand - 1 / k) < 0.12
+
+
+def test_linear_probe_deterministic_and_tensor_input():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(60, 2, 3, generator=g)  # extra dims are flattened
+    labels = torch.randint(0, 4, (60,), generator=g)
+    a = linear_probe_accuracy(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=4, steps=20, seed=1)
+    b = linear_probe_accuracy(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=4, steps=20, seed=1)
+    assert a == b
+    with pytest.raises(ValueError):
+        linear_probe_accuracy(feats[:30], labels[:30] + 4, feats[30:], labels[30:], num_classes=4, steps=1)
+
+
+# ----------------------------------------------------------------------------- usage, confusion
+
+
+def test_code_usage_hand_made():
+    out = code_usage(np.array([0, 0, 1, 3]), num_ids=5)
+    assert out["histogram"] == [2, 1, 0, 1, 0]
+    assert out["usage"] == pytest.approx(3 / 5)
+    assert out["num_used"] == 3
+    p = np.array([0.5, 0.25, 0.25])
+    assert out["perplexity"] == pytest.approx(math.exp(-(p * np.log(p)).sum()))
+    assert code_usage([2, 2, 2], 4)["perplexity"] == pytest.approx(1.0)
+    assert code_usage(np.arange(4), 4)["perplexity"] == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        code_usage([4], 4)
+
+
+def test_confusion_matrix():
+    m = confusion_matrix([0, 0, 2, 2, 2], [1, 1, 0, 1, 0], num_codes=3, num_labels=2)
+    np.testing.assert_array_equal(m, [[0, 2], [0, 0], [2, 1]])
+    assert m.dtype == np.int64
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@pytest.mark.parametrize("n,frac", [(10, 0.5), (7, 0.3), (2, 0.9), (1, 0.5)])
+def test_split_fit_eval(n, frac):
+    fit, ev = split_fit_eval(n, frac, seed=3)
+    assert np.intersect1d(fit, ev).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([fit, ev])), np.arange(n))
+    fit2, ev2 = split_fit_eval(n, frac, seed=3)
+    np.testing.assert_array_equal(fit, fit2)
+    np.testing.assert_array_equal(ev, ev2)
+    if n >= 2:
+        assert fit.size >= 1 and ev.size >= 1
+
+
+def test_split_by_group_keeps_groups_whole():
+    groups = np.array(["b.h5", "a.h5", "c.h5", "a.h5", "d.h5", "b.h5", "c.h5", "e.h5"])
+    fit, ev = split_by_group(groups, fit_fraction=0.4, seed=0)
+    assert np.intersect1d(fit, ev).size == 0
+    np.testing.assert_array_equal(np.sort(np.concatenate([fit, ev])), np.arange(groups.size))
+    assert set(groups[fit]).isdisjoint(groups[ev])
+    assert len(set(groups[fit])) == 2  # round(0.4 * 5 groups)
+
+    # deterministic, and independent of sample order
+    fit2, _ = split_by_group(groups, fit_fraction=0.4, seed=0)
+    np.testing.assert_array_equal(fit, fit2)
+    order = np.random.default_rng(1).permutation(groups.size)
+    fit3, _ = split_by_group(groups[order], fit_fraction=0.4, seed=0)
+    assert set(groups[order][fit3]) == set(groups[fit])
