@@ -1,0 +1,151 @@
+"""Evaluation and export on real checkpoints and H5 files."""
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from lam.eval.evaluate import evaluate_checkpoint, evaluate_windows, summarize
+from lam.eval.export import export_actions, export_windows
+from lam.model import VVAELatentActionVQVAE
+from lam.train.checkpoint import save_checkpoint
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("T", [2, 3, 4, 8])
+@pytest.mark.parametrize("n", [0, 1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31])
+def test_export_windows_tile_every_transition_once(n, T):
+    covered = Counter()
+    for start, length, first in export_windows(n, T):
+        assert 0 <= start and start + length <= n and length <= T
+        assert start < first <= start + length - 1
+        covered.update(range(first, start + length))
+    assert sorted(covered) == list(range(1, n)) and all(c == 1 for c in covered.values())
+
+
+def write_tiny_checkpoint(data_dir, tmp_path, seed=0):
+    cfg = tiny_config(data_dir, tmp_path)
+    torch.manual_seed(seed)
+    model = VVAELatentActionVQVAE(cfg.model)
+    ckpt = tmp_path / "ckpt"
+    save_checkpoint(ckpt, model=model.state_dict(), optimizer={}, scheduler={}, epoch=0, step=0, config=cfg.to_dict())
+    return ckpt, cfg, model
+
+
+@pytest.mark.slow
+def test_export_covers_every_transition_of_files_of_different_lengths(ray_session, tmp_path):
+    from lam.data.manifest import create_manifest, write_manifest
+    from lam.data.synth import write_synthetic_dataset
+
+    data = tmp_path / "data"
+    write_synthetic_dataset(data, files=3, chunks=5, seed=1, vary_length=True)  # 6, 8, 10 latent frames
+    manifest = create_manifest(data, 1.0, 0.0, 0.0)
+    write_manifest(manifest, data / "manifest.json")
+    ckpt, cfg, model = write_tiny_checkpoint(data, tmp_path)
+
+    result = export_actions(str(ckpt), str(data), str(tmp_path / "actions.parquet"), batch_size=3, progress=False)
+    table = pq.read_table(tmp_path / "actions.parquet").to_pandas()
+    assert result["rows"] == len(table) == result["expected_rows"]
+    assert list(table.columns) == ["file", "t", "codes", "action_id"]
+    for rel, meta in manifest.files.items():
+        ts = sorted(table.loc[table.file == rel, "t"])
+        assert ts == list(range(1, meta["n_frames"])), rel
+    codes = np.stack(table["codes"].to_numpy())
+    assert codes.shape[1] == cfg.model.num_codes and codes.min() >= 0 and codes.max() < cfg.model.num_embeddings
+    np.testing.assert_array_equal(table["action_id"], model.action_ids(torch.from_numpy(codes)).numpy())
+
+
+class ShiftWorld(torch.nn.Module):
+    """A hand-made 'model' with the LAM's inference API: the action is the horizontal shift
+    between frames (0: none, 1: +1, 2: -1), and the decoder applies it."""
+
+    def __init__(self, uses_actions: bool):
+        super().__init__()
+        self.uses_actions = uses_actions
+        self.config = type("C", (), {"num_embeddings": 3, "num_codes": 1})()
+
+    def _shift(self, frame, code):
+        return frame if code == 0 else torch.roll(frame, 1 if code == 1 else -1, dims=-1)
+
+    def encode_actions(self, x):
+        b, t = x.shape[:2]
+        idx = torch.zeros(b, t - 1, 1, dtype=torch.long)
+        for i in range(b):
+            for s in range(t - 1):
+                errs = [float((self._shift(x[i, s], c) - x[i, s + 1]).pow(2).mean()) for c in range(3)]
+                idx[i, s, 0] = int(np.argmin(errs))
+        return idx, idx.float()[..., None]
+
+    def _next(self, frame, code):
+        return self._shift(frame, code) if self.uses_actions else frame
+
+    def decode_with_actions(self, x, idx):
+        return torch.stack([torch.stack([self._next(x[i, s], int(idx[i, s, 0])) for s in range(x.shape[1] - 1)]) for i in range(x.shape[0])])
+
+    def rollout(self, x, idx, horizon):
+        frames, out = x[:, -1], []
+        for h in range(horizon):
+            frames = torch.stack([self._next(frames[i], int(idx[i, h, 0])) for i in range(x.shape[0])])
+            out.append(frames)
+        return torch.stack(out, dim=1)
+
+    def action_ids(self, idx):
+        return idx[..., 0]
+
+
+def shift_batches(n=8, T=5, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(2):
+        base = torch.randn(n, 2, 6, 6, generator=gen)
+        codes = torch.randint(0, 3, (n, T - 1), generator=gen)
+        frames = [base]
+        for s in range(T - 1):
+            frames.append(torch.stack([torch.roll(frames[-1][i], [0, 1, -1][int(codes[i, s])], dims=-1) for i in range(n)]))
+        yield torch.stack(frames, dim=1), codes.numpy(), np.arange(n) % 2
+
+
+@pytest.mark.parametrize("uses_actions", [True, False])
+def test_delta_psnr_is_zero_when_actions_are_ignored_and_positive_when_used(uses_actions):
+    report = summarize(evaluate_windows(ShiftWorld(uses_actions), shift_batches(), seed=0), num_actions=3)
+    deltas = [r["delta_psnr"] for r in report["rollout"]]
+    if uses_actions:
+        assert all(d > 1.0 for d in deltas)
+        assert report["ground_truth"]["nmi"] == pytest.approx(1.0)
+        assert report["ground_truth"]["code_map_accuracy"] == 1.0
+    else:
+        assert all(d == pytest.approx(0.0, abs=1e-9) for d in deltas)
+        assert report["next_frame"]["mse"] == pytest.approx(report["copy_last_baseline"]["mse"])
+
+
+def test_real_model_with_a_collapsed_codebook_has_zero_controllability(tiny_data, tmp_path):
+    _, cfg, model = write_tiny_checkpoint(tiny_data, tmp_path)
+    with torch.no_grad():
+        model.quantizer.codebook.copy_(model.quantizer.codebook[..., :1, :].expand_as(model.quantizer.codebook))
+    from lam.data.manifest import load_manifest
+    from lam.eval.evaluate import split_batches
+
+    manifest = load_manifest(tiny_data / "manifest.json")
+    report = summarize(evaluate_windows(model.eval(), split_batches(4, manifest, "val", 4)), cfg.model.num_embeddings ** 3)
+    assert all(abs(r["delta_psnr"]) < 1e-6 for r in report["rollout"])
+
+
+def test_eval_writes_report_and_figures(tiny_data, tmp_path):
+    ckpt, _, _ = write_tiny_checkpoint(tiny_data, tmp_path)
+    report = evaluate_checkpoint(ckpt, tiny_data, tiny_data / "manifest.json", split="test", out_dir=tmp_path / "eval")
+    saved = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert saved["split"] == "test" and saved["windows"] == 4  # 1 test file, 16 frames, T=4
+    assert [r["horizon"] for r in saved["rollout"]] == [1, 2, 3]
+    gt = saved["ground_truth"]
+    assert 0 <= gt["nmi"] <= 1 and 0 <= gt["chance_accuracy"] <= 1 and "linear_probe_accuracy" in gt
+    assert {Path(p).name for p in report["figures"]} == {"predictions.png", "code_usage.png", "confusion.png"}
+    assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report["figures"])
+
+
+def test_eval_cli_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
+    from lam.cli import main
+
+    assert main(["eval", "--checkpoint", str(tmp_path), "--data_dir", str(tmp_path)]) == 2
