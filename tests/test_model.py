@@ -1,0 +1,327 @@
+"""The latent action model: config, adapters, shapes/dtypes, causality (no leakage), rollout, ids."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lam.model import LAMOutput, LAMtoVVAEAdapter, ModelConfig, VVAELatentActionVQVAE, VVAEtoLAMAdapter
+
+METRIC_KEYS = {
+    "loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity",
+}
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """A few-thousand-parameter model on 4-channel 16x16 latents: fast enough for every causality check."""
+    base = dict(
+        in_channels=4, latent_size=16, patch_dim=16, patch_grid=4, embed_dim=32, num_heads=2,
+        encoder_depth=2, decoder_depth=2, codebook_dim=8, num_embeddings=5, num_codes=3, max_frames=8,
+    )
+    return ModelConfig(**{**base, **overrides})
+
+
+def make_model(cfg: ModelConfig, seed: int = 0) -> VVAELatentActionVQVAE:
+    """A model in eval mode whose decoder output is not zero.
+
+    The decoder's output projection starts at zero (an untrained model copies the previous
+    frame), which would make every "does not depend on" check pass trivially.
+    """
+    torch.manual_seed(seed)
+    model = VVAELatentActionVQVAE(cfg)
+    torch.nn.init.normal_(model.decoder.proj_out.weight, std=0.5)
+    return model.eval()
+
+
+def frames(cfg: ModelConfig, b: int, t: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, t, cfg.in_channels, cfg.latent_size, cfg.latent_size, generator=g)
+
+
+def random_indices(cfg: ModelConfig, b: int, steps: int, seed: int = 2) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(cfg.num_embeddings, (b, steps, cfg.num_codes), generator=g)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_defaults_are_the_spec():
+    c = ModelConfig()
+    assert (c.patch_dim, c.num_patches, c.embed_dim, c.encoder_depth, c.decoder_depth) == (256, 256, 512, 3, 3)
+    assert (c.codebook_dim, c.num_embeddings, c.num_codes, c.commitment_weight) == (128, 12, 3, 0.25)
+    assert c.num_actions == 1728 and c.rollout_horizon == 2 and c.patch_size == 4
+    c.validate()
+
+
+def test_config_round_trips_through_asdict_and_yaml():
+    yaml = pytest.importorskip("yaml")
+    c = ModelConfig(embed_dim=256, use_rollout=True, rollout_weight=0.5)
+    d = dataclasses.asdict(c)
+    assert all(type(v) in (int, float, bool) for v in d.values())
+    assert ModelConfig(**yaml.safe_load(yaml.safe_dump(d))) == c
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(embed_dim=100, num_heads=8), "num_heads"),
+        (dict(latent_size=64, patch_grid=10), "patch_grid"),
+        (dict(num_embeddings=0), "num_embeddings"),
+        (dict(commitment_weight=-1.0), "commitment_weight"),
+        (dict(dead_code_steps=-1), "dead_code_steps"),
+        (dict(max_frames=1), "max_frames"),
+        (dict(use_rollout=True, rollout_horizon=8, max_frames=8), "rollout_horizon"),
+    ],
+)
+def test_config_validate_rejects_impossible_settings(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**overrides).validate()
+    with pytest.raises(ValueError, match=message):
+        VVAELatentActionVQVAE(ModelConfig(**overrides))
+
+
+# ----------------------------------------------------------------------------- adapters
+
+
+def test_adapters_default_shapes_per_frame():
+    torch.manual_seed(0)
+    to_lam, to_vvae = VVAEtoLAMAdapter(), LAMtoVVAEAdapter()
+    x = torch.randn(2, 3, 16, 64, 64)
+    patches = to_lam(x)
+    assert patches.shape == (2, 3, 256, 256)
+    assert to_vvae(patches).shape == x.shape
+    # Per frame: adapting one frame alone gives the same patches.
+    torch.testing.assert_close(to_lam(x[1, 2]), patches[1, 2])
+    # Patches are row-major over the 16x16 grid: patch 17 = grid cell (1, 1) = pixels [4:8, 4:8].
+    y = torch.zeros(1, 16, 64, 64)
+    y[..., 4:8, 4:8] = 1.0
+    changed = (to_lam(y) - to_lam(torch.zeros_like(y))).abs().sum(-1)[0]  # (N,)
+    assert changed.nonzero().flatten().tolist() == [17]
+
+
+# ----------------------------------------------------------------------------- shapes / dtypes
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_default_config_forward_backward(bf16):
+    cfg = ModelConfig()
+    model = make_model(cfg).train()
+    x = frames(cfg, b=1, t=3)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    assert isinstance(out, LAMOutput)
+    assert out.predictions.shape == (1, 2, 16, 64, 64)
+    assert out.indices.shape == (1, 2, 3) and out.indices.dtype == torch.long
+    assert set(out.metrics) == METRIC_KEYS
+    assert out.loss.ndim == 0 and out.loss.requires_grad and torch.isfinite(out.loss)
+    out.loss.backward()
+    assert model.encoder.proj_in.weight.grad is not None
+    assert model.quantizer.codebook.grad is not None
+
+
+@pytest.mark.parametrize("rollout", [False, True], ids=["no-rollout", "rollout"])
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
+def test_tiny_config_outputs(rollout, bf16):
+    cfg = tiny_config(use_rollout=rollout, rollout_horizon=2)
+    model = make_model(cfg).train()
+    x = frames(cfg, b=2, t=5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    assert out.predictions.shape == (2, 4, 4, 16, 16)
+    assert out.indices.shape == (2, 4, 3) and out.indices.dtype == torch.long
+    assert int(out.indices.min()) >= 0 and int(out.indices.max()) < cfg.num_embeddings
+    assert set(out.metrics) == METRIC_KEYS | ({"rollout_loss"} if rollout else set())
+    for name, value in out.metrics.items():
+        assert value.ndim == 0 and not value.requires_grad and value.dtype == torch.float32, name
+        assert torch.isfinite(value), name
+    # loss = mse + vq (+ weight * rollout)
+    expected = out.metrics["mse_loss"] + out.metrics["vq_loss"]
+    if rollout:
+        expected = expected + cfg.rollout_weight * out.metrics["rollout_loss"]
+    torch.testing.assert_close(out.metrics["loss"], expected)
+    torch.testing.assert_close(out.loss.detach(), out.metrics["loss"])
+    out.loss.backward()
+
+
+def test_untrained_model_copies_the_previous_frame():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = VVAELatentActionVQVAE(cfg).eval()
+    x = frames(cfg, b=1, t=4)
+    bias = model.out_adapter.deconv.bias.view(1, 1, -1, 1, 1)
+    torch.testing.assert_close(model(x).predictions, x[:, :-1] + bias)
+
+
+def test_rejects_bad_inputs():
+    cfg = tiny_config()
+    model = make_model(cfg)
+    with pytest.raises(ValueError, match="shape"):
+        model(torch.randn(1, 3, 4, 8, 8))
+    with pytest.raises(ValueError, match="frames"):
+        model(frames(cfg, b=1, t=1))
+    with pytest.raises(ValueError, match="frames"):
+        model(frames(cfg, b=1, t=cfg.max_frames + 1))
+    with pytest.raises(ValueError, match="indices"):
+        model.decode_with_actions(frames(cfg, b=1, t=3), random_indices(cfg, b=1, steps=3))
+    with pytest.raises(ValueError, match="0..4"):
+        model.decode_with_actions(frames(cfg, b=1, t=3), torch.full((1, 2, 3), cfg.num_embeddings))
+    with pytest.raises(ValueError, match="at least 4 frames"):
+        make_model(tiny_config(use_rollout=True, rollout_horizon=3))(frames(cfg, b=1, t=3))
+
+
+# ----------------------------------------------------------------------------- causality
+
+
+def test_decoder_never_sees_the_target_frame():
+    """With actions given from outside, the prediction of frame t ignores frames >= t."""
+    cfg = tiny_config()
+    model = make_model(cfg)
+    t_len = 6
+    x = frames(cfg, b=2, t=t_len)
+    idx = random_indices(cfg, b=2, steps=t_len - 1)
+    with torch.no_grad():
+        base = model.decode_with_actions(x, idx)  # index t-1 predicts frame t
+        for t in range(1, t_len):
+            x2 = x.clone()
+            x2[:, t:] = torch.randn_like(x2[:, t:]) * 3
+            pred = model.decode_with_actions(x2, idx)
+            torch.testing.assert_close(pred[:, :t], base[:, :t], rtol=0, atol=1e-5)  # frames 1..t
+            if t < t_len - 1:  # the check is not vacuous: frame t does reach the prediction of frame t+1
+                assert (pred[:, t] - base[:, t]).abs().max() > 1e-2
+
+
+def test_decoder_prediction_depends_on_its_action_only_from_then_on():
+    cfg = tiny_config()
+    model = make_model(cfg)
+    x = frames(cfg, b=1, t=5)
+    idx = random_indices(cfg, b=1, steps=4)
+    with torch.no_grad():
+        base = model.decode_with_actions(x, idx)
+        idx2 = idx.clone()
+        idx2[:, 2] = (idx2[:, 2] + 1) % cfg.num_embeddings  # the action of 2 -> 3
+        pred = model.decode_with_actions(x, idx2)
+    torch.testing.assert_close(pred[:, :2], base[:, :2], rtol=0, atol=1e-5)  # frames 1, 2
+    assert (pred[:, 2] - base[:, 2]).abs().max() > 1e-2  # frame 3 uses it
+
+
+def test_frame_t_minus_1_of_decode_input_is_never_read():
+    cfg = tiny_config()
+    model = make_model(cfg)
+    x = frames(cfg, b=1, t=4)
+    idx = random_indices(cfg, b=1, steps=3)
+    x2 = x.clone()
+    x2[:, -1] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode_with_actions(x2, idx), model.decode_with_actions(x, idx))
+
+
+def test_inferred_action_sees_frames_up_to_t_only():
+    """z_pre of t-1 -> t changes with frame t (and t-1), never with frames > t."""
+    cfg = tiny_config()
+    model = make_model(cfg)
+    t_len = 6
+    x = frames(cfg, b=2, t=t_len)
+    with torch.no_grad():
+        _, z = model.encode_actions(x)  # (B, T-1, K, D), index t-1 = transition t-1 -> t
+        for t in range(1, t_len):
+            x2 = x.clone()
+            x2[:, t] = torch.randn_like(x2[:, t]) * 3
+            _, z2 = model.encode_actions(x2)
+            torch.testing.assert_close(z2[:, : t - 1], z[:, : t - 1], rtol=0, atol=1e-5)  # earlier transitions
+            assert (z2[:, t - 1] - z[:, t - 1]).abs().max() > 1e-3  # its own transition sees frame t
+            if t + 1 < t_len:  # frame t is the previous frame of t -> t+1
+                assert (z2[:, t] - z[:, t]).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- consistency of the entry points
+
+
+def test_forward_agrees_with_encode_and_decode():
+    cfg = tiny_config()
+    model = make_model(cfg)
+    x = frames(cfg, b=2, t=5)
+    with torch.no_grad():
+        out = model(x)
+        idx, z = model.encode_actions(x)
+        pred = model.decode_with_actions(x, idx)
+    assert torch.equal(out.indices, idx)
+    assert z.shape == (2, 4, cfg.num_codes, cfg.codebook_dim) and z.dtype == torch.float32
+    # forward's decoder gets z + (q - z), equal to q up to float rounding
+    torch.testing.assert_close(out.predictions, pred, rtol=1e-4, atol=1e-5)
+
+
+def test_rollout_one_step_is_teacher_forcing_and_feeds_predictions_back():
+    cfg = tiny_config()
+    model = make_model(cfg)
+    x = frames(cfg, b=2, t=6)
+    idx = random_indices(cfg, b=2, steps=5)
+    t0, h = 2, 3
+    with torch.no_grad():
+        teacher = model.decode_with_actions(x, idx)  # index t-1 predicts frame t
+        rolled = model.rollout(x[:, : t0 + 1], idx[:, t0 : t0 + h], h, context_indices=idx[:, :t0])
+        assert rolled.shape == (2, h, 4, 16, 16)  # frames t0+1 .. t0+h
+        torch.testing.assert_close(rolled[:, 0], teacher[:, t0], rtol=1e-5, atol=1e-5)
+        # Step 2 equals teacher forcing on a window whose frame t0+1 is the model's own prediction.
+        x_fed = x.clone()
+        x_fed[:, t0 + 1] = rolled[:, 0]
+        torch.testing.assert_close(rolled[:, 1], model.decode_with_actions(x_fed, idx)[:, t0 + 1], rtol=1e-5, atol=1e-5)
+        assert (rolled[:, 1] - teacher[:, t0 + 1]).abs().max() > 1e-3  # and it is not teacher forcing
+        # Without context_indices the context actions are inferred from x by the encoder
+        # (by causality the same codes as those inferred from the whole window).
+        inferred = model.encode_actions(x[:, : t0 + 1])[0]
+        assert torch.equal(inferred, model.encode_actions(x)[0][:, :t0])
+        torch.testing.assert_close(
+            model.rollout(x[:, : t0 + 1], idx[:, t0 : t0 + h], h),
+            model.rollout(x[:, : t0 + 1], idx[:, t0 : t0 + h], h, context_indices=inferred),
+        )
+        # A single ground-truth frame is enough context.
+        assert model.rollout(x[:, :1], idx[:, :2], 2).shape == (2, 2, 4, 16, 16)
+
+
+def test_rollout_loss_is_the_mse_of_a_rollout_with_the_inferred_actions():
+    h = 2
+    cfg = tiny_config(use_rollout=True, rollout_horizon=h, rollout_weight=0.5)
+    model = make_model(cfg)
+    x = frames(cfg, b=2, t=5)
+    with torch.no_grad():
+        out = model(x)
+        t0 = x.shape[1] - 1 - h
+        rolled = model.rollout(x[:, : t0 + 1], out.indices[:, t0:], h, context_indices=out.indices[:, :t0])
+    torch.testing.assert_close(out.metrics["rollout_loss"], F.mse_loss(rolled, x[:, t0 + 1 :]), rtol=1e-4, atol=1e-6)
+
+
+def test_action_ids_are_mixed_radix_and_invertible():
+    cfg = tiny_config(num_embeddings=12, num_codes=3)
+    model = make_model(cfg)
+    idx = torch.tensor([[[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [11, 11, 11], [3, 7, 5]]])
+    ids = model.action_ids(idx)
+    assert ids.dtype == torch.long
+    assert ids.tolist() == [[0, 1, 12, 144, 1727, 3 * 144 + 7 * 12 + 5]]
+    assert torch.equal(model.action_ids_to_indices(ids), idx)
+
+
+def test_state_dict_round_trip_carries_quantizer_state():
+    cfg = tiny_config(dead_code_steps=3)
+    model = make_model(cfg).train()
+    model(frames(cfg, b=2, t=4))  # updates the revival buffers
+    state = model.state_dict()
+    for name in ("steps_since_used", "recent", "recent_count", "revive_calls"):
+        assert f"quantizer.{name}" in state
+    clone = VVAELatentActionVQVAE(cfg)
+    clone.load_state_dict(state)
+    for name, value in clone.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_flop_count_covers_the_model():
+    from lam.model.flops import count_flops
+
+    flops = count_flops(tiny_config(), frames=4)
+    parts = sum(flops[k] for k in ("encoder", "decoder", "in_adapter", "out_adapter", "quantizer"))
+    assert flops["total"] > 0 and parts == pytest.approx(flops["total"], rel=1e-6)
+    with_backward = count_flops(tiny_config(), frames=4, backward=True)["total"]
+    assert 2 * flops["total"] < with_backward < 4 * flops["total"]
