@@ -74,7 +74,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         set_rng_state(state["rng"])
         torch.manual_seed(t.seed * 1000 + start_epoch + rank)  # ranks differ in dropout etc. after resume too
 
-    model = ray.train.torch.prepare_model(model)  # ray: DDP wrap (gloo on CPU, NCCL on GPU) and device move
+    # ray: DDP wrap (gloo on CPU, NCCL on GPU). No buffer broadcast: the quantizer's buffers are
+    # per-rank bookkeeping (its revival keeps the codebook itself identical on every rank).
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
     if t.compile:
         model = torch.compile(model)
 
@@ -147,6 +149,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             record |= evaluate(model, val_shard, per_worker_batch, keys, device, autocast, to_device)
         if t.test_mode:
             record |= evaluate_batch(model, fixed_batch, keys, device, autocast)
+        elif rank == 0 and sizes.get("val") and t.eval_every and (epoch + 1) % t.eval_every == 0:
+            record |= action_quality(raw_model, cfg, device)
 
         # ------------------------------------------------ report + checkpoint
         last = epoch + 1 == t.num_epochs
@@ -216,6 +220,24 @@ def params_in_sync(model: torch.nn.Module, device) -> bool:
     gathered = [torch.empty_like(fingerprint) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(gathered, fingerprint)
     return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def action_quality(model, cfg: RunConfig, device, max_windows: int = 64) -> dict:
+    """Rank 0: controllability (delta-t PSNR at horizon 1) and, with ground-truth actions, NMI on
+    up to `max_windows` val windows. Inference only, no collectives: the other ranks wait at report."""
+    from lam.data.manifest import load_manifest
+    from lam.eval.evaluate import evaluate_windows, split_batches, summarize
+
+    manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
+    model.eval()
+    with torch.no_grad():
+        acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, "val", 16, max_windows, device), keep_features=False)
+    report = summarize(acc, cfg.model.num_embeddings ** cfg.model.num_codes)
+    out = {"val/delta_psnr": report["delta_psnr"], "val/action_perplexity": report["codebook"]["action_perplexity"]}
+    if "ground_truth" in report:
+        out["val/nmi"] = report["ground_truth"]["nmi"]
+        out["val/code_map_accuracy"] = report["ground_truth"]["code_map_accuracy"]
+    return out
 
 
 def resolve_precision(precision: str, device: torch.device):

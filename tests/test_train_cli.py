@@ -1,0 +1,95 @@
+"""`lam train` as a user runs it (in-process, on the session's Ray): test mode, exit codes, config files."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lam.cli import main
+
+TINY_FLAGS = ["--sequence_length", "3", "--patch_grid", "8", "--patch_dim", "256", "--embed_dim", "96", "--num_heads", "4",
+              "--encoder_depth", "2", "--decoder_depth", "2", "--codebook_dim", "32", "--num_embeddings", "8",
+              "--warmup_steps", "10", "--wandb_mode", "disabled", "--log_every", "100"]
+
+
+@pytest.fixture(scope="module")
+def overfit_data(tmp_path_factory):
+    from lam.data.manifest import create_manifest, write_manifest
+    from lam.data.synth import write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("overfit")
+    write_synthetic_dataset(root, files=2, chunks=4, seed=0)
+    write_manifest(create_manifest(root, 1.0, 0.0, 0.0), root / "manifest.json")
+    return root
+
+
+@pytest.mark.slow
+def test_test_mode_passes_on_a_small_model(ray_session, overfit_data, tmp_path, capsys):
+    # The spec's command, with a small model so it runs in about a minute on 2 cores.
+    code = main(["train", "--data_dir", str(overfit_data), "--manifest_path", str(overfit_data / "manifest.json"), "--test_mode",
+                 "--num_epochs", "300", "--batch_size", "4", "--learning_rate", "2e-3", "--storage_path", str(tmp_path), *TINY_FLAGS])
+    out = capsys.readouterr().out
+    assert "-> PASS" in out, out
+    assert code == 0
+
+
+@pytest.mark.slow
+def test_test_mode_reports_fail_with_exit_code_1(ray_session, overfit_data, tmp_path, capsys):
+    # Impossible: 2 steps at a tiny learning rate.
+    code = main(["train", "--data_dir", str(overfit_data), "--test_mode", "--num_epochs", "2", "--batch_size", "4",
+                 "--learning_rate", "1e-7", "--storage_path", str(tmp_path), *TINY_FLAGS])
+    assert code == 1
+    assert "-> FAIL" in capsys.readouterr().out
+
+
+def test_yaml_config_with_cli_overrides_and_saved_resolved_config(tmp_path):
+    from argparse import ArgumentParser
+
+    from lam.config import RunConfig, add_config_flags, config_from_args, load_yaml
+
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"data": {"data_dir": "D", "sequence_length": 4}, "model": {"embed_dim": 64}, "batch_size": 8}))
+    parser = ArgumentParser()
+    add_config_flags(parser)
+    cfg = config_from_args(parser.parse_args(["--config", str(cfg_file), "--embed-dim", "32", "--use_rollout", "--learning_rate", "3e-4"]))
+    assert (cfg.data.data_dir, cfg.data.sequence_length, cfg.model.embed_dim, cfg.train.batch_size) == ("D", 4, 32, 8)
+    assert cfg.model.use_rollout is True and cfg.train.learning_rate == 3e-4
+    assert cfg.train.num_epochs == 100 and cfg.model.num_embeddings == 12  # spec defaults elsewhere
+    # the saved resolved config loads back to the same config
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert RunConfig.from_dict(load_yaml(saved)) == cfg
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--embed_dim", "30", "--num_heads", "8"], "divisible"),
+        (["--batch_size", "0"], "batch_size must be >= 1"),
+        (["--precision", "fp8"], "precision must be"),
+        (["--batch_size", "5", "--num_workers", "2"], "multiple of num_workers"),
+        (["--manifest_path", "/nonexistent/manifest.json"], "manifest does not exist"),
+    ],
+)
+def test_bad_train_settings_exit_2_before_anything_starts(tmp_path, capsys, args, message):
+    code = main(["train", "--data_dir", str(tmp_path), "--storage_path", str(tmp_path), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_config_key_is_refused(tmp_path, capsys):
+    cfg_file = tmp_path / "bad.yaml"
+    cfg_file.write_text("embed_dimm: 3\n")
+    assert main(["train", "--config", str(cfg_file)]) == 2
+    assert "unknown key 'embed_dimm'" in capsys.readouterr().err
+
+
+def test_train_help_lists_spec_flags(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for flag in ["--data_dir", "--manifest_path", "--test_mode", "--num_epochs", "--batch_size", "--learning_rate", "--sequence_length",
+                 "--codebook_dim", "--num_embeddings", "--embed_dim", "--encoder_depth", "--decoder_depth", "--commitment_weight",
+                 "--rollout_horizon", "--wandb_project", "--num_workers", "--use_gpu", "--warmup_steps", "--save_every", "--run_name",
+                 "--storage_path", "--config", "examples:"]:
+        assert flag in out, flag
