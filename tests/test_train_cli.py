@@ -35,7 +35,8 @@ def test_test_mode_passes_on_a_small_model(ray_session, overfit_data, tmp_path, 
 
 @pytest.mark.slow
 def test_test_mode_reports_fail_with_exit_code_1(ray_session, overfit_data, tmp_path, capsys):
-    # Impossible: 2 steps at a tiny learning rate.
+    # Impossible: 2 steps at a tiny learning rate leave the model at the copy-last baseline
+    # (which on this smooth data is itself under MSE 0.01: the baseline rule makes it FAIL).
     code = main(["train", "--data_dir", str(overfit_data), "--test_mode", "--num_epochs", "2", "--batch_size", "4",
                  "--learning_rate", "1e-7", "--storage_path", str(tmp_path), *TINY_FLAGS])
     assert code == 1
