@@ -28,30 +28,18 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: st
 
 def build_parser() -> argparse.ArgumentParser:
     from lam.data import cli as data_cli
+    from lam.eval import cli as eval_cli
+    from lam.train import cli as train_cli
 
     parser = argparse.ArgumentParser(
         prog="lam",
-        description="Train, tune, evaluate and export VQ-VAE latent action models on video-VAE latents, on Ray.",
+        description="Train, evaluate and export VQ-VAE latent action models on video-VAE latents, on Ray.",
         epilog="Run `lam COMMAND --help` for a command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data_cli, *_optional_command_modules()):
+    for module in (data_cli, train_cli, eval_cli):
         module.register(sub)
     return parser
-
-
-def _optional_command_modules():
-    """Command modules beyond the data layer, imported lazily so `lam --help` stays fast."""
-    import importlib
-
-    modules = []
-    for name in ("lam.train.cli", "lam.eval.cli", "lam.tune.cli"):
-        try:
-            modules.append(importlib.import_module(name))
-        except ModuleNotFoundError as e:
-            if e.name != name:  # a real missing dependency, not an absent module
-                raise
-    return modules
 
 
 def main(argv: list[str] | None = None) -> int:
