@@ -1,7 +1,5 @@
 """`lam train` as a user runs it (in-process, on the session's Ray): test mode, exit codes, config files."""
 
-from pathlib import Path
-
 import pytest
 import yaml
 

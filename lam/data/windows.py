@@ -162,7 +162,8 @@ class WindowReader:
         except (OSError, RuntimeError, ValueError) as e:
             raise DataError(self.data_dir / rel, f"cannot read chunks {first_chunk}..{last_chunk} ({e}); the file is probably truncated") from None
         # (n, C, t, H, W) -> (n, t, C, H, W) -> (n*t, C, H, W): the file's timeline.
-        frames = block.transpose(0, 2, 1, 3, 4).reshape(-1, *block.shape[1:2], *block.shape[3:])
+        n, c, _, h, w = block.shape
+        frames = block.transpose(0, 2, 1, 3, 4).reshape(-1, c, h, w)
         offset = start - first_chunk * t_latent
         window = frames[offset : offset + T]
         if out is None:

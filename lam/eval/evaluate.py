@@ -182,10 +182,10 @@ def label_scores(ids: np.ndarray, z_pre: np.ndarray | None, labels: np.ndarray, 
     return scores
 
 
-def split_batches(model_cfg_T: int, manifest, split: str, batch_size: int, max_windows: int | None = None, device="cpu"):
+def split_batches(sequence_length: int, manifest, split: str, batch_size: int, max_windows: int | None = None, device="cpu"):
     """(x, labels, groups) batches over the split's non-overlapping windows."""
-    index = build_window_index(manifest, split, model_cfg_T)
-    reader = WindowReader(manifest.data_dir, model_cfg_T, manifest.dataset_key, manifest.latent_shape)
+    index = build_window_index(manifest, split, sequence_length)
+    reader = WindowReader(manifest.data_dir, sequence_length, manifest.dataset_key, manifest.latent_shape)
     labels_by_file = {rel: true_actions(Path(manifest.data_dir) / rel) for rel in index.files}
     has_labels = all(v is not None for v in labels_by_file.values())
     n = len(index) if max_windows is None else min(len(index), max_windows)
@@ -199,7 +199,7 @@ def split_batches(model_cfg_T: int, manifest, split: str, batch_size: int, max_w
             labels = None
             if has_labels:
                 # transition t-1 -> t of a window starting at s is timeline frame s + t
-                labels = np.stack([labels_by_file[f][s + 1 : s + model_cfg_T] for f, s in zip(files, starts)])
+                labels = np.stack([labels_by_file[f][s + 1 : s + sequence_length] for f, s in zip(files, starts)])
             yield x, labels, index.file_ids[sel]
     finally:
         reader.close()

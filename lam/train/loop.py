@@ -90,6 +90,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")  # ray: this worker's share of the epoch
     val_shard = ray.train.get_dataset_shard("val") if sizes.get("val") else None
     keys = metric_keys(cfg)
+    eval_manifest = None  # rank 0's action-quality checks read val windows directly; load the manifest once
+    if rank == 0 and val_shard is not None and t.eval_every and not t.test_mode:
+        from lam.data.manifest import load_manifest
+
+        eval_manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
 
     def to_device(batch) -> torch.Tensor:
         # Stored dtype (float16) -> float32 once, on the device.
@@ -149,8 +154,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             record |= evaluate(model, val_shard, per_worker_batch, keys, device, autocast, to_device)
         if t.test_mode:
             record |= evaluate_batch(model, fixed_batch, keys, device, autocast)
-        elif rank == 0 and sizes.get("val") and t.eval_every and (epoch + 1) % t.eval_every == 0:
-            record |= action_quality(raw_model, cfg, device)
+        elif eval_manifest is not None and (epoch + 1) % t.eval_every == 0:
+            record |= action_quality(raw_model, cfg, eval_manifest, device)
 
         # ------------------------------------------------ report + checkpoint
         last = epoch + 1 == t.num_epochs
@@ -225,13 +230,11 @@ def params_in_sync(model: torch.nn.Module, device) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def action_quality(model, cfg: RunConfig, device, max_windows: int = 64) -> dict:
+def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 64) -> dict:
     """Rank 0: controllability (delta-t PSNR at horizon 1) and, with ground-truth actions, NMI on
     up to `max_windows` val windows. Inference only, no collectives: the other ranks wait at report."""
-    from lam.data.manifest import load_manifest
     from lam.eval.evaluate import evaluate_windows, split_batches, summarize
 
-    manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
     model.eval()
     with torch.no_grad():
         acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, "val", 16, max_windows, device), keep_features=False)
