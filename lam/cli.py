@@ -4,6 +4,7 @@
     lam manifest demo_data --train_ratio 0.8 --val_ratio 0.1 --test_ratio 0.1 --seed 42
     lam validate demo_data
     lam train --data_dir demo_data --manifest_path demo_data/manifest.json --test_mode
+    lam tune --data_dir demo_data --num_samples 8 --max_epochs 20
     lam demo
 
 Errors the user can fix (a bad file, flag or manifest) print one line naming the
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     from lam.data import cli as data_cli
     from lam.eval import cli as eval_cli
     from lam.train import cli as train_cli
+    from lam.tune import cli as tune_cli
 
     parser = argparse.ArgumentParser(
         prog="lam",
@@ -37,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Run `lam COMMAND --help` for a command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data_cli, train_cli, eval_cli):
+    for module in (data_cli, train_cli, tune_cli, eval_cli):
         module.register(sub)
     return parser
 

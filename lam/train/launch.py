@@ -12,6 +12,7 @@ same code runs on that cluster.
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,9 @@ def init_ray(min_cpus: int = 0) -> None:
     quiet = {"log_to_driver": True, "logging_level": "WARNING"}
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints once, not twice
     os.environ.setdefault("WANDB_SILENT", "true")  # we print where the wandb run is ourselves
+    # Train gives up on starting a worker group after 60 s by default; a busy small machine
+    # (several trials starting at once) can take longer. Inherited by every Ray process.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
     if os.environ.get("RAY_ADDRESS"):
         ray.init(**quiet)
         return
@@ -56,14 +60,25 @@ def init_ray(min_cpus: int = 0) -> None:
     # The env var reaches the processes Ray starts; this process read it at import.
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
+    # Ray Train's placement-group cleaner finds the dashboard (state API) by looking for "the"
+    # local cluster, and gives up when it sees several on one machine: name ours explicitly.
+    dashboard_port = free_local_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
     ray.init(
         address="local",
         num_cpus=max(os.cpu_count() or 1, min_cpus),
         include_dashboard=True,  # Ray Train's state API (placement-group cleanup) needs it
         dashboard_host="127.0.0.1",
+        dashboard_port=dashboard_port,
         **quiet,
     )
     ray.data.DataContext.get_current().enable_progress_bars = False
+
+
+def free_local_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def cpus_needed(cfg: RunConfig) -> int:
@@ -96,8 +111,12 @@ def prepare(cfg: RunConfig):
     return manifest
 
 
-def train(cfg: RunConfig, verbose: bool = True) -> TrainOutcome:
-    manifest = prepare(cfg)
+def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) -> tuple[TorchTrainer, str, str]:
+    """The TorchTrainer for one run, and its run directory (local path or URI) and local directory.
+
+    Writes the run's config.yaml first. `callbacks` are Ray Train callbacks (a Tune sweep
+    passes the one that forwards each report to Tune).
+    """
     t = cfg.train
     storage_path = storage.resolve_storage_path(t.storage_path)
     run_dir = storage.join(storage_path, t.run_name)
@@ -105,6 +124,7 @@ def train(cfg: RunConfig, verbose: bool = True) -> TrainOutcome:
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
 
     init_ray(min_cpus=cpus_needed(cfg))
+    ray.data.DataContext.get_current().enable_progress_bars = False  # here too: a Tune trial is another process
     datasets, sizes = build_datasets(cfg, manifest)
     if verbose:
         print(f"[lam] run {t.run_name}: outputs in {run_dir}", flush=True)
@@ -123,9 +143,17 @@ def train(cfg: RunConfig, verbose: bool = True) -> TrainOutcome:
             ),
             failure_config=ray.train.FailureConfig(max_failures=t.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines are enough
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
     )
+    return trainer, run_dir, local_dir
+
+
+def train(cfg: RunConfig, verbose: bool = True) -> TrainOutcome:
+    manifest = prepare(cfg)
+    t = cfg.train
+    trainer, run_dir, local_dir = build_trainer(cfg, manifest, verbose=verbose)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:

@@ -53,3 +53,8 @@ def read_text(path: str) -> str | None:
         return None
     with fs.open_input_stream(p) as f:
         return f.read().decode()
+
+
+def exists(path: str) -> bool:
+    fs, p = _fs(path)
+    return fs.get_file_info(p).type != pafs.FileType.NotFound

@@ -1,0 +1,1 @@
+"""Hyperparameter sweeps: Ray Tune + ASHA, one distributed TorchTrainer per trial."""
