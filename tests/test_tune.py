@@ -18,7 +18,7 @@ from lam.cli import main as lam_main
 from lam.config import RunConfig, dump_yaml, load_yaml
 from lam.errors import UserError
 from lam.tune.space import DEFAULT_SPACE_PATH, check_against, count_grid, load_search_space, to_param_space
-from lam.tune.sweep import SweepSettings, derive_max_concurrent, run_sweep
+from lam.tune.sweep import SweepSettings, derive_max_concurrent, run_sweep, trial_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,6 +85,18 @@ def test_max_concurrent_trials_follows_the_cluster_resources():
     assert derive_max_concurrent(cfg, {"CPU": 2}) == 1  # never 0: one trial waits for resources
     cfg.train.use_gpu = True
     assert derive_max_concurrent(cfg, {"CPU": 64, "GPU": 4}) == 2  # 2 GPUs a trial
+
+
+def test_each_trial_is_its_own_run_in_the_sweeps_wandb_group(tmp_path):
+    base = RunConfig()
+    base.data.data_dir = "d"
+    cfg = trial_config(base.to_dict(), {"learning_rate": 3e-4, "embed_dim": 256}, str(tmp_path / "sweep1"), "sweep1", "ab12c_00003")
+    assert (cfg.train.learning_rate, cfg.model.embed_dim) == (3e-4, 256)
+    assert cfg.train.run_name == "trial_ab12c_00003"
+    assert cfg.train.storage_path == str(tmp_path / "sweep1" / "trials")
+    assert cfg.train.wandb_group == "sweep1"
+    base.train.wandb_group = "mine"  # a group the user chose wins
+    assert trial_config(base.to_dict(), {}, "s3://b/sweep1", "sweep1", "x").train.wandb_group == "mine"
 
 
 def test_cli_reports_a_bad_space_with_exit_code_2(tmp_path, tiny_data, capsys):
