@@ -60,14 +60,17 @@ class TrainConfig:
     warmup_steps: int = 500  # linear warm-up, then cosine decay to min_lr_ratio * learning_rate
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0  # max global grad norm (the pre-clip norm is logged as train/grad_norm)
-    precision: str = "auto"  # fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)
-    compile: bool = False  # torch.compile the model
+    precision: str = "auto"  # fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32; on CPUs bf16 autocast measured slower, see bench/)
+    compile: bool = False  # torch.compile the model (on CPU the first steps compile C++ kernels: minutes)
     seed: int = 0
     test_mode: bool = False  # spec's overfit sanity check: train on one batch, PASS if MSE < 0.01 and MAE < 0.05
     # scale-out
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: float = 1.0  # also each worker's torch thread count (Ray sets OMP_NUM_THREADS to it): on a CPU-only machine use cores / num_workers
+    # input pipeline (Ray Data -> worker)
+    read_batch_size: int = 8  # windows per h5py read task (map_batches batch size): bigger = fewer tasks, bigger blocks
+    prefetch_batches: int = 2  # batches each worker's iterator prepares ahead of the training step
     max_failures: int = 0  # restarts from the last checkpoint when a worker dies
     # checkpoints and outputs
     run_name: str = ""  # default: a timestamp; re-use a name to resume that run
@@ -112,6 +115,8 @@ class RunConfig:
             (t.warmup_steps >= 0, f"warmup_steps must be >= 0, got {t.warmup_steps}"),
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),
             (t.save_every >= 1, f"save_every must be >= 1, got {t.save_every}"),
+            (t.read_batch_size >= 1, f"read_batch_size must be >= 1, got {t.read_batch_size}"),
+            (t.prefetch_batches >= 0, f"prefetch_batches must be >= 0, got {t.prefetch_batches}"),
             (t.precision in ("fp32", "bf16", "auto"), f"precision must be fp32, bf16 or auto, got {t.precision!r}"),
             (t.wandb_mode in ("online", "offline", "disabled", "auto"), f"wandb_mode must be online, offline, disabled or auto, got {t.wandb_mode!r}"),
             (d.sequence_length >= 2, f"sequence_length must be >= 2, got {d.sequence_length}"),

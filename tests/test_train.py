@@ -78,6 +78,9 @@ def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, 
         a, b = (json.loads((tmp_path / f"rank{r}_epoch{epoch}.json").read_text()) for r in range(2))
         assert len(a) == len(b) == n // 2
         assert not set(a) & set(b) and len(set(a) | set(b)) == n
+    # and a new order every epoch (the source draws a permutation per execution)
+    epochs = [json.loads((tmp_path / f"rank0_epoch{e}.json").read_text()) for e in range(2)]
+    assert epochs[0] != epochs[1]
 
 
 def _tag_windows(batch):

@@ -1,10 +1,19 @@
-"""Ray Data ingest: window index rows -> shuffled per epoch -> h5py reads in `map_batches`.
+"""Ray Data ingest: a window index -> a new order every epoch -> h5py reads in Ray Data read tasks.
 
-The dataset's rows are the small window index `{"file", "start"}`; shuffling
-happens on those rows, never on tensors. `map_batches` turns a batch of rows into
-`{"x": [B, T, C, H, W]}` in the files' stored dtype (float16 for VVAE latents,
-half the bytes of float32 through Ray's object store); the training worker
-converts once, on its device.
+`WindowDatasource` is a Ray Data source over the small window index
+(`{file, start}` pairs; shuffling happens on the index, never on tensors). Ray
+Data asks a source for its read tasks each time a dataset is executed, that is
+once per epoch, so the source draws a fresh permutation there and hands each
+read task a slice of it; a task reads its windows with h5py and yields blocks
+of `read_batch_size` windows `{"x": [B, T, C, H, W]}` in the files' stored
+dtype (float16 for VVAE latents, half the bytes of float32 through Ray's object
+store). The training worker converts once, on its device.
+
+Why not `from_items(rows).random_shuffle().map_batches(read)`: that was the
+first version, and it delivered about a third of this one's windows/s on 2
+cores (`python -m bench`, bench/README.md). The all-to-all shuffle is a barrier (no read starts
+before it ends) and it runs tens of tiny tasks per epoch, for rows that a
+permutation in one process orders in microseconds.
 
 Ray Train's DataConfig hands each worker its shard with
 `streaming_split(num_workers, equal=True)`: every worker gets the same number of
@@ -16,17 +25,26 @@ the order is reshuffled).
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 
+import numpy as np
 import ray
+from ray.data.block import BlockAccessor, BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from lam.config import RunConfig
 from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest
 from lam.data.windows import WindowIndex, WindowReader, build_window_index
 
+# Windows per read task: enough that per-task scheduling costs little next to the
+# reads (a 1 MB window takes ~0.5 ms), few enough that several tasks run at once.
+WINDOWS_PER_READ_TASK = 64
+
 # One reader (and so one open handle per file) per process: Ray reuses worker
-# processes across tasks, so map_batches calls in the same process share it.
+# processes across tasks, so read tasks in the same process share it.
 _READERS: dict[tuple, WindowReader] = {}
 
 
@@ -41,34 +59,67 @@ def _reader(data_dir: str, sequence_length: int, dataset_key: str, shape: tuple)
 
 
 def read_windows(rows: dict, data_dir: str, sequence_length: int, dataset_key: str, shape: tuple) -> dict:
-    """map_batches UDF: `{"file": [B], "start": [B]}` -> `{"x": [B, T, C, H, W]}`."""
+    """`{"file": [B], "start": [B]}` -> `{"x": [B, T, C, H, W]}` in the stored dtype."""
     reader = _reader(data_dir, sequence_length, dataset_key, shape)
     return {"x": reader.read_batch(rows["file"], rows["start"])}
+
+
+def _read_task(files: list[str], starts: list[int], rows_per_read: int, **read_kwargs):
+    """One read task: its windows, in order, as blocks of `rows_per_read` windows."""
+    for i in range(0, len(starts), rows_per_read):
+        rows = {"file": files[i : i + rows_per_read], "start": starts[i : i + rows_per_read]}
+        yield BlockAccessor.batch_to_block(read_windows(rows, **read_kwargs))
+
+
+class WindowDatasource(Datasource):
+    """The windows of a `WindowIndex` as a Ray Data source; with `shuffle`, in a new order every execution.
+
+    Ray Data may call `get_read_tasks` more than once per execution (planning, then
+    running); every call covers every window exactly once, so whichever set runs is
+    a complete epoch.
+    """
+
+    def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_read: int = 8):
+        self.files, self.file_ids, self.starts = list(index.files), index.file_ids, index.starts
+        self.shuffle, self.rows_per_read = shuffle, rows_per_read
+        shape = manifest.latent_shape
+        self.read_kwargs = {
+            "data_dir": str(manifest.data_dir),
+            "sequence_length": index.sequence_length,
+            "dataset_key": manifest.dataset_key,
+            "shape": (shape.channels, shape.t_latent, shape.height, shape.width),
+        }
+        # Only a size estimate for Ray's planning; numpy has no bfloat16 dtype to ask, so a table.
+        stored = next(iter(manifest.files.values()), {}).get("dtype", "float16")
+        itemsize = {"float32": 4, "float64": 8}.get(stored, 2)
+        self.window_bytes = index.sequence_length * shape.channels * shape.height * shape.width * itemsize
+
+    def estimate_inmemory_data_size(self) -> int:
+        return len(self.starts) * self.window_bytes
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+        n = len(self.starts)
+        # Unseeded, like Ray Data's random_shuffle(): a different order every epoch and every run.
+        order = np.random.default_rng().permutation(n) if self.shuffle else np.arange(n)
+        tasks = []
+        for ids in np.array_split(order, max(1, min(parallelism, n))):
+            files = [self.files[f] for f in self.file_ids[ids]]
+            starts = self.starts[ids].tolist()
+            read_fn = functools.partial(_read_task, files, starts, self.rows_per_read, **self.read_kwargs)
+            metadata = BlockMetadata(num_rows=len(ids), size_bytes=len(ids) * self.window_bytes, input_files=None, exec_stats=None)
+            tasks.append(ReadTask(read_fn, metadata))
+        return tasks
 
 
 def window_dataset(
     index: WindowIndex,
     manifest: Manifest,
     shuffle: bool,
-    rows_per_read: int = 8,
+    rows_per_read: int = 8,  # TrainConfig.read_batch_size
 ) -> ray.data.Dataset:
     """A Ray dataset of windows. With `shuffle`, every epoch (every new iteration) sees a new order."""
-    rows = index.rows()
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 64)))
-    if shuffle:
-        ds = ds.random_shuffle()
-    shape = manifest.latent_shape
-    return ds.map_batches(
-        read_windows,
-        batch_size=rows_per_read,
-        batch_format="numpy",
-        fn_kwargs={
-            "data_dir": str(manifest.data_dir),
-            "sequence_length": index.sequence_length,
-            "dataset_key": manifest.dataset_key,
-            "shape": (shape.channels, shape.t_latent, shape.height, shape.width),
-        },
-    )
+    source = WindowDatasource(index, manifest, shuffle, rows_per_read)
+    return ray.data.read_datasource(source, override_num_blocks=math.ceil(len(index) / WINDOWS_PER_READ_TASK))
 
 
 def build_datasets(cfg: RunConfig, manifest: Manifest) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
@@ -83,10 +134,11 @@ def build_datasets(cfg: RunConfig, manifest: Manifest) -> tuple[dict[str, ray.da
         n = min(cfg.train.batch_size, len(train_index))
         one_batch = WindowIndex(train_index.files, train_index.file_ids[:n], train_index.starts[:n], T)
         return {"train": window_dataset(one_batch, manifest, shuffle=False)}, {"train": n, "val": 0}
-    datasets = {"train": window_dataset(train_index, manifest, shuffle=True)}
+    rows_per_read = cfg.train.read_batch_size
+    datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_read=rows_per_read)}
     sizes = {"train": len(train_index), "val": 0}
     if manifest.splits.get("val"):
         val_index = build_window_index(manifest, "val", T)  # non-overlapping windows for evaluation
-        datasets["val"] = window_dataset(val_index, manifest, shuffle=False)
+        datasets["val"] = window_dataset(val_index, manifest, shuffle=False, rows_per_read=rows_per_read)
         sizes["val"] = len(val_index)
     return datasets, sizes

@@ -1,0 +1,170 @@
+"""Training-step, MFU and scaling benchmarks.
+
+  bare_loop      one process, no Ray: the same model, batch, AdamW, LR schedule, grad
+                 clipping and dead-code revival as `lam.train.loop`, on batches of real
+                 windows already in memory (so it is an upper bound: no input pipeline).
+  ray_train      the real thing: `lam.train.launch.train` (TorchTrainer + Ray Data + the
+                 worker loop), reading the windows from H5 through Ray Data.
+  matmul_peak    this machine's dense matmul FLOP/s in a dtype, measured in this process.
+  flops          FLOPs of one training step per sample (forward + backward), counted by
+                 `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and
+                 attention, 2 FLOPs per multiply-add; elementwise ops are not counted).
+  comm_bytes     analytic DDP gradient all-reduce volume per step and per worker.
+
+Warm-up is excluded everywhere: the bare loop times `steps` steps after `warmup` untimed
+ones; the Ray Train rate is `train/steady_samples_per_s` of the last epoch (that epoch
+without its first step, so neither the pipeline's per-epoch start-up nor torch.compile's
+compilation, which happens in epoch 1, is in it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lam.config import RunConfig
+from lam.model import ModelConfig, VVAELatentActionVQVAE
+from lam.train.schedule import lr_multiplier
+
+
+def model_preset(name: str) -> tuple[ModelConfig, int]:
+    """(model config, sequence_length) of a named size.
+
+    default  the spec's model (27M parameters, ~300 GFLOPs per 8-frame sample per step):
+             for GPUs; on 2 CPU cores one step of batch 2 takes ~15 s.
+    demo     the `lam demo` recipe (1.3M parameters, 3-frame windows): what 2 CPU cores train.
+    tiny     the tests' model: seconds, for checking the suite itself.
+    """
+    m = ModelConfig()
+    if name == "default":
+        return m, 8
+    if name == "demo":
+        m.patch_grid, m.patch_dim, m.embed_dim, m.num_heads = 8, 256, 96, 4
+        m.encoder_depth, m.decoder_depth = 2, 2
+        m.codebook_dim, m.num_embeddings, m.dead_code_steps = 8, 8, 50
+        return m, 3
+    if name == "tiny":
+        m.patch_grid, m.patch_dim, m.embed_dim, m.num_heads = 4, 32, 32, 2
+        m.encoder_depth, m.decoder_depth, m.codebook_dim, m.num_embeddings = 1, 1, 8, 4
+        return m, 3
+    raise ValueError(f"unknown model preset {name!r} (default, demo, tiny)")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+# ----------------------------------------------------------------------------- bare loop
+
+
+def bare_loop(cfg: RunConfig, batches: list[torch.Tensor], warmup: int, steps: int, device: torch.device) -> dict:
+    """samples/s of a plain single-process loop; `batches` are stored-dtype CPU tensors, cycled."""
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    model = VVAELatentActionVQVAE(cfg.model).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
+                                  betas=(0.9, 0.95), fused=device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_multiplier(s, t.warmup_steps, warmup + steps, t.min_lr_ratio))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" else nullcontext()
+    step_model = torch.compile(model) if t.compile else model
+
+    def step(x: torch.Tensor) -> float:
+        x = x.to(device, non_blocking=True).float()  # stored dtype -> fp32 once, on the device
+        with autocast:
+            out = step_model(x)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        model.quantizer.revive_dead_codes()
+        return float(grad_norm)  # waits for the device, as the real loop does
+
+    warm_start = time.perf_counter()
+    for i in range(warmup):
+        step(batches[i % len(batches)])
+    sync(device)
+    warmup_s = time.perf_counter() - warm_start
+    start = time.perf_counter()
+    step_times = []
+    for i in range(steps):
+        s0 = time.perf_counter()
+        step(batches[(warmup + i) % len(batches)])
+        step_times.append(time.perf_counter() - s0)
+    sync(device)
+    seconds = time.perf_counter() - start
+    samples = sum(batches[(warmup + i) % len(batches)].shape[0] for i in range(steps))
+    return {"samples_per_s": samples / seconds, "warmup_steps": warmup, "warmup_s": warmup_s, "timed_steps": steps,
+            "median_step_s": float(np.median(step_times)), "torch_threads": torch.get_num_threads()}
+
+
+# ----------------------------------------------------------------------------- Ray Train
+
+
+def ray_train(cfg: RunConfig) -> dict:
+    """samples/s of the real training service (all workers together), from its metrics.jsonl."""
+    from lam.train.launch import train
+
+    outcome = train(cfg, verbose=False)
+    records = [json.loads(line) for line in Path(outcome.run_dir, "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if "epoch" in r]
+    last = epochs[-1]
+    return {
+        "samples_per_s": last["train/steady_samples_per_s"],
+        "epoch_samples_per_s": [r["train/samples_per_s"] for r in epochs],  # whole epochs, start-up included
+        "data_wait_s": last["train/data_wait_s"],
+        "epochs": len(epochs),
+        "num_workers": cfg.train.num_workers,
+        "cpus_per_worker": cfg.train.cpus_per_worker,
+    }
+
+
+# ----------------------------------------------------------------------------- FLOPs and peak
+
+
+def flops_per_sample(model_cfg: ModelConfig, frames: int) -> float:
+    """Forward + backward FLOPs of one sample (FlopCounterMode; see lam.model.flops)."""
+    from lam.model.flops import count_flops
+
+    return count_flops(model_cfg, frames=frames, backward=True)["total"] * 1e9
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
+    """Dense n x n matmul FLOP/s, best of a few timed bursts after warm-up."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    best, deadline = 0.0, time.perf_counter() + seconds
+    reps = 2 if device.type == "cpu" else 20
+    while time.perf_counter() < deadline:
+        start = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync(device)
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
+    return best
+
+
+def param_count(model_cfg: ModelConfig) -> int:
+    return sum(p.numel() for p in VVAELatentActionVQVAE(model_cfg).parameters())
+
+
+def comm_bytes(params: int, workers: int, bytes_per_grad: int = 4) -> float:
+    """Bytes each worker sends (and receives) per step in a ring all-reduce of the gradients:
+    2 (N - 1) / N x gradient bytes. DDP reduces fp32 gradients, also under bf16 autocast
+    (the parameters stay fp32)."""
+    return 2 * (workers - 1) / workers * params * bytes_per_grad
+
+
+def finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)

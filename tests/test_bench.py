@@ -1,0 +1,67 @@
+"""The benchmark suite runs end to end in its quickest mode and writes a well-formed report.
+
+Correctness only: no timing is asserted (rates on a shared CI machine mean little). The
+suite runs as a subprocess because it starts and shuts down its own local Ray.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_a_sane_report(tmp_path):
+    out = tmp_path / "results.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--threads", "1", "--out", str(out), "--workdir", str(tmp_path / "work")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "## ingest" in proc.stdout and "## training step" in proc.stdout and "## MFU" in proc.stdout
+    report = json.loads(out.read_text())
+
+    m = report["machine"]
+    for key in ("cpu", "cpu_cores", "device", "torch", "ray", "load_avg_start", "load_avg_end"):
+        assert key in m, key
+    assert report["quick"] is True and positive(report["wall_s"])
+
+    ingest = report["ingest"]
+    assert set(ingest["rows"]) == {"ray_data", "dataloader", "h5py_loop"}
+    for row in ingest["rows"].values():
+        assert positive(row["windows_per_s"]) and positive(row["mb_per_s"])
+        assert {e["windows"] for e in row["epochs"]} == {ingest["dataset"]["windows_per_epoch"]}  # every window, every epoch
+    assert all(positive(v) for v in ingest["ratios"].values())
+    assert set(ingest["targets"]) == set(ingest["ratios"])
+
+    train = report["train"]
+    assert {(r["precision"], r["compile"]) for r in train["rows"]} == {("fp32", False), ("bf16", False)}
+    for row in train["rows"]:
+        assert positive(row["bare"]["samples_per_s"]) and positive(row["ray_train"]["samples_per_s"])
+        assert positive(row["ray_vs_bare"])
+        assert row["ray_train"]["epochs"] == 2
+    assert isinstance(train["targets"]["ray_train_overhead"]["met"], bool)
+
+    mfu = report["mfu"]
+    assert positive(mfu["flops_per_sample"]) and positive(mfu["peak_flops"]["fp32"]) and positive(mfu["peak_flops"]["bf16"])
+    assert len(mfu["rows"]) == 2 * len(train["rows"])
+    assert all(positive(r["achieved_flops"]) and 0 < r["mfu"] for r in mfu["rows"])
+
+    scaling = report["scaling"]
+    assert [r["workers"] for r in scaling["rows"]] == [1, 2]
+    assert all(positive(r["samples_per_s"]) for r in scaling["rows"])
+    comm = scaling["allreduce_bytes_per_step_per_worker"]["default_config"]
+    # ring all-reduce of fp32 gradients: 2 (N-1)/N x 4 bytes per parameter; N=2 sends each byte once
+    assert comm["N=2"] == pytest.approx(4 * comm["params"])
+    assert comm["N=8"] == pytest.approx(2 * 7 / 8 * 4 * comm["params"])
