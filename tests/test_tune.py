@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import tiny_config
+from tests.conftest import tiny_config
 from lam.cli import main as lam_main
 from lam.config import RunConfig, dump_yaml, load_yaml
 from lam.errors import UserError

@@ -62,7 +62,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp_dtype == torch.bfloat16 else nullcontext()
 
     # --------------------------------------------------------------- resume
-    start_epoch, step = 0, 0
+    start_epoch, step, saved_record = 0, 0, None
     checkpoint = ray.train.get_checkpoint()  # ray: the latest checkpoint of this run, if any
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
@@ -71,6 +71,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
+        saved_record = state.get("metrics")
         set_rng_state(state["rng"])
         torch.manual_seed(t.seed * 1000 + start_epoch + rank)  # ranks differ in dropout etc. after resume too
 
@@ -122,17 +123,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
     for epoch in range(start_epoch, t.num_epochs):
         epoch_start, samples = time.time(), 0
         tracker, grad_norms = MeanTracker(), []
+        # Throughput bookkeeping: time spent blocked on the data iterator, and the rate after the
+        # epoch's first step (which carries the pipeline's start-up and, in epoch 1, compile warm-up).
+        data_wait, steady_start, steady_samples = 0.0, None, 0
 
         if t.test_mode and fixed_batch is None:
             fixed_batch = to_device(next(iter(train_shard.iter_torch_batches(batch_size=per_worker_batch))))
         batches = [{"x": fixed_batch}] if t.test_mode else train_shard.iter_torch_batches(
-            batch_size=per_worker_batch, prefetch_batches=2, pin_memory=device.type == "cuda"
+            batch_size=per_worker_batch, prefetch_batches=t.prefetch_batches, pin_memory=device.type == "cuda"
         )
+        wait_start = time.perf_counter()
         for batch in batches:
+            data_wait += time.perf_counter() - wait_start
             x = batch["x"] if t.test_mode else to_device(batch)
-            metrics, grad_norm = train_step(x)
+            metrics, grad_norm = train_step(x)  # float(grad_norm) waits for the device, so timings are honest
             step += 1
             samples += x.shape[0] * world
+            if steady_start is None:
+                steady_start, steady_samples = time.perf_counter(), samples
             tracker.add(metrics, weight=x.shape[0])
             grad_norms.append(grad_norm)
             maybe_inject_fault(t.inject_fault_at_step, step, rank, run_dir)
@@ -143,11 +151,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 logger.log({f"train/{k}": float(v) for k, v in metrics.items()} | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, step)
                 print(f"[lam] epoch {epoch + 1}/{t.num_epochs} step {step}/{total_steps} loss {float(metrics['loss']):.4f} "
                       f"mse {float(metrics['mse_loss']):.4f} {rate:.1f} samples/s ETA {format_eta(remaining)}", flush=True)
+            wait_start = time.perf_counter()
+        loop_end = time.perf_counter()
 
         record = tracker.compute("train", keys, device)
         record["train/lr"] = scheduler.get_last_lr()[0]
         record["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
         record["train/samples_per_s"] = samples / max(time.time() - epoch_start, 1e-9)
+        steady_time = loop_end - steady_start if steady_start is not None else 0.0
+        record["train/steady_samples_per_s"] = (samples - steady_samples) / steady_time if samples > steady_samples else record["train/samples_per_s"]
+        record["train/data_wait_s"] = data_wait  # rank 0's; ~0 when ingest keeps up with the model
         record["epoch"] = epoch + 1
         record["ddp/params_in_sync"] = float(params_in_sync(raw_model, device))
         if val_shard is not None:
@@ -174,9 +187,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
                       f" | elapsed {format_eta(time.time() - run_start)}", flush=True)
                 if save:
                     save_checkpoint(tmp, model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                    epoch=epoch, step=step, config=cfg.to_dict())
+                                    epoch=epoch, step=step, config=cfg.to_dict(),
+                                    metrics={k: float(v) for k, v in record.items()})  # plain floats: weights_only loads them
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
             ray.train.report(record, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}" if save else None)  # ray:
+
+    if start_epoch >= t.num_epochs and saved_record:
+        # Resumed after the last epoch (e.g. a sweep interrupted just as this run ended):
+        # nothing to train, but the caller (Tune, `lam train`) still gets the final metrics.
+        ray.train.report(saved_record)  # ray:
 
     if logger is not None:
         logger.close()
