@@ -38,17 +38,17 @@ def model_preset(name: str) -> tuple[ModelConfig, int]:
 
     default  the spec's model (27M parameters, ~300 GFLOPs per 8-frame sample per step):
              for GPUs; on 2 CPU cores one step of batch 2 takes ~15 s.
-    demo     the `lam demo` recipe (1.3M parameters, 3-frame windows): what 2 CPU cores train.
+    demo     the `lam demo` recipe (about 1.3M parameters, 3-frame windows): what 2 CPU cores train.
     tiny     the tests' model: seconds, for checking the suite itself.
     """
     m = ModelConfig()
     if name == "default":
         return m, 8
     if name == "demo":
-        m.patch_grid, m.patch_dim, m.embed_dim, m.num_heads = 8, 256, 96, 4
-        m.encoder_depth, m.decoder_depth = 2, 2
-        m.codebook_dim, m.num_embeddings, m.dead_code_steps = 8, 8, 50
-        return m, 3
+        from lam.train.cli import demo_config
+
+        demo = demo_config(Path("."))  # the recipe itself, so the benchmark follows it
+        return demo.model, demo.data.sequence_length
     if name == "tiny":
         m.patch_grid, m.patch_dim, m.embed_dim, m.num_heads = 4, 32, 32, 2
         m.encoder_depth, m.decoder_depth, m.codebook_dim, m.num_embeddings = 1, 1, 8, 4

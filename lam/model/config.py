@@ -31,6 +31,26 @@ class ModelConfig:
     num_embeddings: int = 12
     num_codes: int = 3
     commitment_weight: float = 0.25
+    # Finite scalar quantisation instead of VQ: each code is a point of a fixed grid of
+    # num_embeddings points (levels factorised from num_embeddings, e.g. 12 -> 3 x 4; see
+    # quantizer.fsq_levels_for), so codebook_dim and commitment_weight are unused.
+    fsq: bool = False
+    # Whiten each code's pre-quantisation vector (batch statistics in training, running ones in
+    # evaluation; quantizer.RunningStandardize): removes the offset shared by all transitions,
+    # which otherwise puts them all in one code, and decorrelates the code's dims
+    standardize_z: bool = False
+    # Motion stem on frame differences (patch at t minus patch at t-1), pooled by mean and max
+    # over patches, instead of on the (patch at t, patch at t-1) pair pooled by mean
+    diff_motion_stem: bool = False
+    # Also add a linear map of the pooled motion features straight to the pre-quantisation
+    # vectors (next to the transformer's action token), so codes see motion from the first step
+    motion_to_code: bool = False
+    # Add spatial moments of the patch differences (sum over patches of position x change) to
+    # the pooled motion: for a moving object they are linear in its displacement
+    motion_moments: bool = False
+    # Codes from the motion stem alone (implies motion_to_code): no encoder transformer, so a
+    # code cannot depend on what a frame looks like (its background), only on what changed
+    motion_code_only: bool = False
     # Multi-step rollout loss (decoder fed its own predictions)
     use_rollout: bool = False
     rollout_horizon: int = 2
@@ -48,6 +68,15 @@ class ModelConfig:
     def patch_size(self) -> int:
         """Side of the square of latent pixels that one patch covers."""
         return self.latent_size // self.patch_grid
+
+    @property
+    def code_dim(self) -> int:
+        """Dimension of one code vector: codebook_dim for VQ, the number of FSQ levels for FSQ."""
+        if self.fsq:
+            from lam.model.quantizer import fsq_levels_for
+
+            return len(fsq_levels_for(self.num_embeddings))
+        return self.codebook_dim
 
     @property
     def num_actions(self) -> int:
@@ -72,6 +101,8 @@ class ModelConfig:
             raise ValueError(
                 f"model.latent_size ({self.latent_size}) must be divisible by model.patch_grid ({self.patch_grid})"
             )
+        if self.fsq and self.num_embeddings < 2:
+            raise ValueError(f"model.num_embeddings must be >= 2 with model.fsq, got {self.num_embeddings}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
         if self.commitment_weight < 0:

@@ -45,6 +45,7 @@ per rank).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -233,3 +234,215 @@ def _all_reduce_sum_(t: torch.Tensor) -> None:
 def _broadcast_from_rank0_(t: torch.Tensor) -> None:
     if _distributed():
         dist.broadcast(t, src=0)
+
+
+# ---------------------------------------------------------------------------
+# Finite scalar quantisation (Mentzer et al. 2023, "FSQ: VQ-VAE made simple")
+# ---------------------------------------------------------------------------
+def fsq_levels_for(num_embeddings: int, spec: str = "") -> tuple[int, ...]:
+    """Levels per dimension of one FSQ code whose product is `num_embeddings`.
+
+    `spec` ("3,4") gives them explicitly; "" factorises: prime factors, with pairs of 2s merged
+    into 4s (8 -> (2, 4), 12 -> (3, 4), 16 -> (4, 4), 5 -> (5,), 27 -> (3, 3, 3)).
+    """
+    if spec:
+        levels = tuple(int(s) for s in str(spec).replace(" ", "").split(",") if s)
+        if not levels or any(level < 2 for level in levels):
+            raise ValueError(f"fsq_levels must be integers >= 2 separated by commas, got {spec!r}")
+        if math.prod(levels) != num_embeddings:
+            raise ValueError(f"fsq_levels {spec!r} give {math.prod(levels)} entries per code, "
+                             f"but num_embeddings is {num_embeddings}")
+        return levels
+    if num_embeddings < 2:
+        raise ValueError(f"FSQ needs num_embeddings >= 2, got {num_embeddings}")
+    n, primes, p = num_embeddings, [], 2
+    while n > 1:
+        while n % p == 0:
+            primes.append(p)
+            n //= p
+        p += 1
+    twos = primes.count(2)
+    levels = [4] * (twos // 2) + [2] * (twos % 2) + [q for q in primes if q != 2]
+    return tuple(sorted(levels))
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """FSQ with the same interface as MultiCodeQuantizer: K codes, each a point of a fixed grid.
+
+    Code position k is a `len(levels)`-dim vector; dimension j is squashed into
+    `levels[j]` bins with a shifted tanh and rounded (straight-through), so each code is
+    one of prod(levels) = num_embeddings grid points and the mixed-radix action id works
+    as with VQ. Quantised values are scaled into [-1, 1]. There is no codebook to learn,
+    so nothing can collapse or die: every grid point stays reachable, and the decoder sees
+    codes that differ by a whole bin (not by the small spread of encoder outputs around
+    a shared offset, which is what kept VQ codes near-constant early in training).
+
+    `loss`, `codebook_loss` and `commitment_loss` are zero (FSQ needs no auxiliary loss);
+    `usage` and `perplexity` are reported as for VQ. `revive_dead_codes()` is a no-op.
+    """
+
+    def __init__(self, num_codes: int = 3, levels: tuple[int, ...] = (3, 4)):
+        super().__init__()
+        self.num_codes = num_codes
+        self.levels = tuple(int(level) for level in levels)
+        self.num_embeddings = math.prod(self.levels)
+        self.codebook_dim = len(self.levels)
+        self.commitment_weight = 0.0
+        self.sync_stats = True
+        self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.long), persistent=False)
+        # mixed radix over the dims of one code: index = sum_j digit_j * prod(levels[j+1:])
+        basis = [math.prod(self.levels[j + 1:]) for j in range(len(self.levels))]
+        self.register_buffer("_basis", torch.tensor(basis, dtype=torch.long), persistent=False)
+
+    def _quantize(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (..., D) float32 -> (values in [-1, 1] with a straight-through gradient, digits 0..L-1 long).
+
+        s = tanh(z) in (-1, 1) is cut into L equal bins, digit d is the bin, and the value is the
+        bin's centre rescaled so that the outer centres are -1 and 1: (d - (L-1)/2) / ((L-1)/2).
+        The bins are symmetric about 0 for every L (z = 0 is a bin centre for odd L and a bin
+        edge for even L), so unit-variance inputs use every level. The gradient is that of
+        s * L / (L-1), the continuous value that the rounding snaps to the centres.
+        """
+        levels = self._levels.to(z.dtype)
+        s = torch.tanh(z)
+        digits = torch.minimum(((s + 1) * 0.5 * levels).floor(), levels - 1).clamp_min(0)
+        half = (levels - 1) / 2
+        values = (digits - half) / half
+        smooth = s * levels / (levels - 1)
+        return smooth + (values - smooth).detach(), digits.long()
+
+    def _index(self, digits: torch.Tensor) -> torch.Tensor:
+        return (digits * self._basis).sum(-1)
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices (..., K) long for z (..., K, D). Pure: no state changes."""
+        with torch.autocast(z.device.type, enabled=False):
+            return self._index(self._quantize(z.detach().float())[1])
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Grid points (..., K, D) float32 in [-1, 1] for indices (..., K)."""
+        digits = (indices.long()[..., None] // self._basis) % self._levels  # (..., K, D)
+        half = (self._levels.float() - 1) / 2
+        return (digits.float() - half) / half
+
+    def code_counts(self, indices: torch.Tensor) -> torch.Tensor:
+        flat = indices.reshape(-1, self.num_codes).t()  # (K, n)
+        counts = torch.zeros(self.num_codes, self.num_embeddings, dtype=torch.long, device=indices.device)
+        return counts.scatter_add_(1, flat, torch.ones_like(flat))
+
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z: (..., K, D) encoder outputs."""
+        with torch.autocast(z.device.type, enabled=False):
+            quantized, digits = self._quantize(z.float())  # value = grid point, gradient straight through
+            indices = self._index(digits)
+            with torch.no_grad():
+                counts = self.code_counts(indices)
+                if self.sync_stats:
+                    _all_reduce_sum_(counts)
+                usage, perplexity = usage_and_perplexity(counts)
+            zero = quantized.new_zeros(())
+        return QuantizerOutput(quantized=quantized, indices=indices, loss=zero, codebook_loss=zero,
+                               commitment_loss=zero, usage=usage, perplexity=perplexity)
+
+    def revive_dead_codes(self) -> int:
+        return 0
+
+
+class RunningStandardize(nn.Module):
+    """Whitening of each code's pre-quantisation vector (batch norm without affine, decorrelating).
+
+    z (..., K, D) -> L_k^-1 (z_k - mean_k) per code position k, with L_k the Cholesky factor of
+    the covariance of z_k (D x D): each code's D dims come out with mean 0, variance 1 and no
+    correlation. In training, mean and covariance are the current batch's, over all ranks (a
+    differentiable all-reduce), with the gradient going through them as in batch norm;
+    evaluation uses running averages of them (updated by every training forward, identical on
+    every rank). Nothing is learned, so the encoder cannot undo it. With D = 1 this is batch
+    norm without affine.
+
+    Why: at initialisation the action token's output is mostly a vector shared by all
+    samples (norm ~4.5 against a per-sample spread ~0.5 in the demo), so every transition
+    lands in the same quantiser bin and the decoder learns to ignore the codes. Removing the
+    shared offset and scale makes the differences between transitions decide the bins from
+    the first step. Per-dim scaling alone is not enough: the dims of z then vary together
+    along one direction, so a D-dim code still takes 2 values; decorrelating makes each
+    dimension carry its own information (for the agent: which way along y, which along x).
+
+    Batch norm makes the output blind to the raw offset and scale, so under training those
+    would drift freely and the running averages would lag behind (evaluation then put every
+    transition into one bin although training used several). So each training forward also
+    sets `self.loss`, the Gaussian KL-style penalty mean^2 + tr(C) - log det(C) - D (zero at
+    mean 0, covariance I; averaged over codes) on the raw batch statistics. It cannot change
+    the whitened output, only keeps the raw statistics near the identity, so the running
+    averages match what training saw.
+    """
+
+    def __init__(self, num_codes: int, dim: int, momentum: float = 0.1, eps: float = 1e-4):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("mean", torch.zeros(num_codes, dim))
+        self.register_buffer("cov", torch.eye(dim).repeat(num_codes, 1, 1))  # (K, D, D)
+        self.loss = torch.zeros(())  # set by each training forward: the raw-statistics penalty
+
+    def _whiten(self, z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        """z (..., K, D), mean (K, D), cov (K, D, D) -> L^-1 (z - mean) per code."""
+        d = cov.shape[-1]
+        chol = torch.linalg.cholesky(cov + self.eps * torch.eye(d, device=cov.device))  # (K, D, D)
+        centred = (z - mean).unsqueeze(-1)  # (..., K, D, 1)
+        return torch.linalg.solve_triangular(chol.expand(*centred.shape[:-2], d, d), centred, upper=False).squeeze(-1)
+
+    def _moments(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean (K, D) and covariance (K, D, D) of z (..., K, D) over all ranks, differentiable."""
+        k, d = self.mean.shape
+        flat = z.reshape(-1, k, d)  # (n, K, D)
+        sums = torch.cat([flat.sum(0).unsqueeze(-1), torch.einsum("nki,nkj->kij", flat, flat)], dim=-1)  # (K, D, 1+D)
+        count = torch.tensor(float(flat.shape[0]), device=z.device)
+        sums = _all_reduce_sum_autograd(sums)
+        _all_reduce_sum_(count)
+        mean = sums[..., 0] / count  # (K, D)
+        cov = sums[..., 1:] / count - mean.unsqueeze(-1) * mean.unsqueeze(-2)  # (K, D, D)
+        return mean, cov
+
+    def _penalty(self, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
+        d = cov.shape[-1]
+        reg = cov + self.eps * torch.eye(d, device=cov.device)
+        return (mean.pow(2).sum(-1) + torch.diagonal(reg, dim1=-2, dim2=-1).sum(-1) - torch.logdet(reg) - d).mean()
+
+    def forward(self, z: torch.Tensor, z_head: torch.Tensor | None = None) -> torch.Tensor:
+        """z (..., K, D) -> whitened z. `z_head`, if given, is the same value computed from detached
+        encoder features: the penalty is taken on its statistics, so it trains only the encoder's
+        output layer (which can meet it on its own) and leaves the rest of the encoder to the
+        prediction loss."""
+        z = z.float()
+        if not self.training:
+            self.loss = z.new_zeros(())
+            return self._whiten(z, self.mean, self.cov)
+        mean, cov = self._moments(z)
+        if z_head is None:
+            self.loss = self._penalty(mean, cov)
+        else:
+            self.loss = self._penalty(*self._moments(z_head.float()))
+        with torch.no_grad():
+            self.mean.lerp_(mean.detach(), self.momentum)
+            self.cov.lerp_(cov.detach(), self.momentum)
+        return self._whiten(z, mean, cov)
+
+
+def _all_reduce_sum_autograd(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks that gradients flow back through (each rank gets the summed gradient)."""
+    return _AllReduceSum.apply(t) if _distributed() else t
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """out = sum over ranks of t; d(sum of all ranks' losses)/dt = sum over ranks of d loss/d out."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
