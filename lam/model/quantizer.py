@@ -54,6 +54,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def count_codes(indices: torch.Tensor, num_codes: int, num_embeddings: int) -> torch.Tensor:
+    """How often each entry is used in `indices` (..., K): (K, M) long, local to this rank."""
+    flat = indices.reshape(-1, num_codes).t()  # (K, n)
+    counts = torch.zeros(num_codes, num_embeddings, dtype=torch.long, device=indices.device)
+    return counts.scatter_add_(1, flat, torch.ones_like(flat))
+
+
 @dataclass
 class QuantizerOutput:
     quantized: torch.Tensor  # (..., K, D) float32: value = codebook entries, gradient -> z (straight-through)
@@ -113,9 +120,7 @@ class MultiCodeQuantizer(nn.Module):
 
     def code_counts(self, indices: torch.Tensor) -> torch.Tensor:
         """How often each entry is used in `indices` (..., K): (K, M) long, local to this rank."""
-        flat = indices.reshape(-1, self.num_codes).t()  # (K, n)
-        counts = torch.zeros(self.num_codes, self.num_embeddings, dtype=torch.long, device=indices.device)
-        return counts.scatter_add_(1, flat, torch.ones_like(flat))
+        return count_codes(indices, self.num_codes, self.num_embeddings)
 
     # ----------------------------------------------------------------- forward
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
@@ -326,9 +331,7 @@ class FiniteScalarQuantizer(nn.Module):
         return (digits.float() - half) / half
 
     def code_counts(self, indices: torch.Tensor) -> torch.Tensor:
-        flat = indices.reshape(-1, self.num_codes).t()  # (K, n)
-        counts = torch.zeros(self.num_codes, self.num_embeddings, dtype=torch.long, device=indices.device)
-        return counts.scatter_add_(1, flat, torch.ones_like(flat))
+        return count_codes(indices, self.num_codes, self.num_embeddings)
 
     def forward(self, z: torch.Tensor) -> QuantizerOutput:
         """z: (..., K, D) encoder outputs."""
