@@ -119,17 +119,19 @@ class LatentActionEncoder(nn.Module):
         """z (B, T-1, K, D); with `head_view`, (z, z_head) where z_head is the same value computed
         from detached features, so that a loss on it trains only the output layers (see
         RunningStandardize)."""
-        z, z_head = self._forward(patches)
+        z, z_head = self._forward(patches, head_view)
         return (z, z_head) if head_view else z
 
-    def _forward(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, patches: torch.Tensor, head_view: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t = patches.shape[:2]
+        needs_change = self.diff_stem or self.moment_proj is not None
+        change = patches[:, 1:] - patches[:, :-1] if needs_change else None  # (B, T-1, N, P)
         # The action token of frame t starts from the pooled motion between frames t-1 and t:
         # local motion features are the same wherever the object is, so their mean says what
         # moved which way from the first step of training (attention pooling alone has to
         # learn positions first, and learns actions far more slowly). Frame 0 has no motion.
         if self.diff_stem:
-            local = self.motion(patches[:, 1:] - patches[:, :-1])  # (B, T-1, N, E)
+            local = self.motion(change)  # (B, T-1, N, E)
             motion = self.motion_pool(torch.cat([local.mean(dim=2), local.amax(dim=2)], dim=-1))  # (B, T-1, E)
         else:
             pairs = torch.cat([patches[:, 1:], patches[:, :-1]], dim=-1)  # (B, T-1, N, 2P)
@@ -139,25 +141,28 @@ class LatentActionEncoder(nn.Module):
             # sum_n position_n * (patch_n at t - patch_n at t-1) is linear in d, wherever it is,
             # and a static background cancels. At initialisation a linear probe on them finds
             # the demo agent's move 98% of the time.
-            change = patches[:, 1:] - patches[:, :-1]  # (B, T-1, N, P)
             moments = torch.einsum("btnp,nk->btkp", change, self.patch_coords.to(change.dtype)) / change.shape[2]
             motion = motion + self.moment_proj(torch.cat([moments.flatten(-2), change.mean(dim=2)], dim=-1))
         shape = (b, t - 1, self.num_codes, self.codebook_dim)
         if self.motion_only:
             m = F.layer_norm(motion.float(), motion.shape[-1:])
-            return self.motion_to_code(m).view(shape), self.motion_to_code(m.detach()).view(shape)
+            z_head = self.motion_to_code(m.detach()).view(shape) if head_view else None
+            return self.motion_to_code(m).view(shape), z_head
         x = self.proj_in(patches) + self.pos_space  # (B, T, N, E)
         motion = torch.cat([torch.zeros_like(motion[:, :1]), motion], dim=1)  # (B, T, E)
         token = (self.action_token + motion).to(x.dtype)[:, :, None]  # (B, T, 1, E)
         x = torch.cat([x, token], dim=2) + self.pos_time[:t, None]  # (B, T, N+1, E)
         x = self.transformer(x)
         token_out = x[:, 1:, -1]  # (B, T-1, E): action tokens of frames 1..T-1
-        z, z_head = self.to_action(token_out), self.to_action(token_out.detach())  # (B, T-1, K*D)
+        z = self.to_action(token_out)  # (B, T-1, K*D)
+        z_head = self.to_action(token_out.detach()) if head_view else None
         if self.motion_to_code is not None:
             # layer norm: the pooled features are small (~0.02) next to the transformer's output
             m = F.layer_norm(motion[:, 1:].float(), motion.shape[-1:]).to(z.dtype)
-            z, z_head = z + self.motion_to_code(m), z_head + self.motion_to_code(m.detach())
-        return z.view(shape), z_head.view(shape)
+            z = z + self.motion_to_code(m)
+            if head_view:
+                z_head = z_head + self.motion_to_code(m.detach())
+        return z.view(shape), None if z_head is None else z_head.view(shape)
 
 
 class LatentActionDecoder(nn.Module):
@@ -266,8 +271,11 @@ class VVAELatentActionVQVAE(nn.Module):
         cfg = self.config
         t = x.shape[1]
         patches = self.in_adapter(x)  # (B, T, N, P)
-        z, z_head = self.encoder(patches, head_view=True)  # (B, T-1, K, D) twice
-        z = self.z_norm(z, z_head) if cfg.standardize_z else z
+        if cfg.standardize_z:  # the whitening's penalty needs the output-layer-only view of z
+            z, z_head = self.encoder(patches, head_view=True)  # (B, T-1, K, D) twice
+            z = self.z_norm(z, z_head)
+        else:
+            z = self.encoder(patches)  # (B, T-1, K, D)
         vq = self.quantizer(z)
         pred = self._predict(x[:, :-1], patches[:, :-1], vq.quantized)  # (B, T-1, C, H, W), frames 1..T-1
 

@@ -135,10 +135,9 @@ def run_sweep(base: RunConfig, s: SweepSettings, verbose: bool = True) -> SweepO
     space_source = s.search_space or "default search space"
     raw_space = load_search_space(s.search_space)
     base.train.num_epochs = s.max_epochs
-    base.train.run_name = "sweep-check"  # prepare() names runs; trials get their own names below
     prepare(base)  # config, manifest and every listed file, before any trial starts
     check_against(base, raw_space, space_source)
-    base.train.run_name = ""
+    base.train.run_name = ""  # prepare() named the run; each trial gets its own name instead
     # Trials run in other processes (and folders, maybe nodes): give them absolute paths.
     base.data.data_dir = str(Path(base.data.data_dir).resolve())
     if base.data.manifest_path:
@@ -233,7 +232,7 @@ def collect_rows(grid, sweep_dir: str, s: SweepSettings) -> list[TrialRow]:
             status = "unfinished"
         else:
             status = "completed" if epochs >= s.max_epochs else "stopped early"
-        params = {k: v for k, v in (result.config or {}).items()}
+        params = dict(result.config or {})
         rows.append(TrialRow(trial_id, params, epochs, best, status, storage.join(sweep_dir, "trials", f"trial_{trial_id}"), checkpoints))
     return sorted(rows, key=lambda r: r.trial_id)
 
