@@ -69,7 +69,7 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 1.0  # also each worker's torch thread count (Ray sets OMP_NUM_THREADS to it): on a CPU-only machine use cores / num_workers
     # input pipeline (Ray Data -> worker)
-    read_batch_size: int = 8  # windows per h5py read task (map_batches batch size): bigger = fewer tasks, bigger blocks
+    read_batch_size: int = 0  # windows per Ray Data block; 0: one per-worker batch, so a batch is one block (no copy)
     prefetch_batches: int = 2  # batches each worker's iterator prepares ahead of the training step
     max_failures: int = 0  # restarts from the last checkpoint when a worker dies
     # checkpoints and outputs
@@ -115,7 +115,7 @@ class RunConfig:
             (t.warmup_steps >= 0, f"warmup_steps must be >= 0, got {t.warmup_steps}"),
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),
             (t.save_every >= 1, f"save_every must be >= 1, got {t.save_every}"),
-            (t.read_batch_size >= 1, f"read_batch_size must be >= 1, got {t.read_batch_size}"),
+            (t.read_batch_size >= 0, f"read_batch_size must be >= 0 (0: one batch per block), got {t.read_batch_size}"),
             (t.prefetch_batches >= 0, f"prefetch_batches must be >= 0, got {t.prefetch_batches}"),
             (t.precision in ("fp32", "bf16", "auto"), f"precision must be fp32, bf16 or auto, got {t.precision!r}"),
             (t.wandb_mode in ("online", "offline", "disabled", "auto"), f"wandb_mode must be online, offline, disabled or auto, got {t.wandb_mode!r}"),

@@ -9,14 +9,29 @@ import numpy as np
 import pytest
 
 
-def write_h5(path: Path, n_chunks: int = 4, shape_tail=(16, 2, 64, 64), dtype="float16", key="latents", seed: int = 0, values=None) -> Path:
-    """Write a latent file whose value at (chunk k, channel c, j) encodes its timeline position, plus noise."""
+# HDF5 storage layouts a latent file may have; WindowReader has a fast path for "whole_chunks".
+LAYOUTS = {
+    "contiguous": {},
+    "whole_chunks": {"chunks": True},  # one HDF5 chunk per latent chunk (what lam.data.synth writes)
+    "gzip": {"chunks": True, "compression": "gzip"},
+    "split_chunks": {"chunks": "half"},  # HDF5 chunks of half a latent chunk
+}
+
+
+def write_h5(path: Path, n_chunks: int = 4, shape_tail=(16, 2, 64, 64), dtype="float16", key="latents", seed: int = 0, values=None,
+             layout: str = "contiguous") -> Path:
+    """Write a latent file of random values (or `values`) in one of the `LAYOUTS`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if values is None:
         rng = np.random.default_rng(seed)
         values = rng.standard_normal((n_chunks, *shape_tail)).astype(dtype)
+    options = dict(LAYOUTS[layout])
+    if options.get("chunks") is True:
+        options["chunks"] = (1, *values.shape[1:])
+    elif options.get("chunks") == "half":
+        options["chunks"] = (1, values.shape[1] // 2, *values.shape[2:])
     with h5py.File(path, "w") as f:
-        f.create_dataset(key, data=values)
+        f.create_dataset(key, data=values, **options)
     return path
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from lam.data.h5 import inspect_file
 from lam.data.manifest import create_manifest, write_manifest
-from lam.data.windows import WindowReader, build_window_index, window_starts
+from lam.data.windows import WindowReader, all_finite, build_window_index, stores_whole_chunks, window_starts
 from lam.errors import DataError, UserError
-from tests.conftest import write_h5
+from tests.conftest import LAYOUTS, write_h5
 
 
 def naive_window(path, start, T, key="latents"):
@@ -31,6 +31,33 @@ def test_windows_equal_a_naive_read(tmp_path, T):
         np.testing.assert_array_equal(reader.read("v.h5", s), naive_window(path, s, T))
     batch = reader.read_batch(["v.h5"] * len(starts), sorted(starts))
     assert batch.shape == (len(starts), T, 16, 64, 64) and batch.dtype == np.float32
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_every_storage_layout_reads_the_same_windows(tmp_path, layout, dtype):
+    path = write_h5(tmp_path / "v.h5", n_chunks=5, dtype=dtype, seed=1, layout=layout)
+    with h5py.File(path) as f:
+        assert stores_whole_chunks(f["latents"]) == (layout == "whole_chunks")
+    for out_dtype in (np.float32, None):
+        reader = WindowReader(tmp_path, sequence_length=3, out_dtype=out_dtype)
+        for s in range(0, 8):
+            window = reader.read("v.h5", s)
+            assert window.dtype == (out_dtype or np.dtype(dtype))
+            np.testing.assert_array_equal(window.astype(np.float32), naive_window(path, s, 3))
+        reader.close()
+
+
+def test_float16_finite_check_matches_numpy():
+    specials = np.array([0.0, -0.0, 1.0, -1.0, 65504.0, -65504.0, 6e-8, -6e-8, np.inf, -np.inf, np.nan, -np.nan], np.float16)
+    for value in specials:
+        window = np.full((2, 3), 0.5, np.float16)
+        window[1, 2] = value
+        assert all_finite(window) == bool(np.isfinite(window).all()), value
+    every_bit_pattern = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.float16)
+    expected = np.isfinite(every_bit_pattern)
+    assert [all_finite(every_bit_pattern[i : i + 1]) for i in range(0, 2**16, 97)] == list(expected[::97])
+    assert all_finite(every_bit_pattern[expected]) and all_finite(np.zeros(0, np.float16))
 
 
 def test_window_starts_stride_and_short_files():
@@ -131,6 +158,22 @@ def test_nan_window_at_read_time_names_file_and_frames(tmp_path):
     reader.read("v.h5", 0)
     with pytest.raises(DataError, match=r"v.h5: window of latent frames 4..5 contains NaN"):
         reader.read("v.h5", 4)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_nan_and_truncation_while_open_are_caught_in_every_layout(tmp_path, layout):
+    values = np.zeros((3, 16, 2, 64, 64), np.float16)
+    values[2, 5, 1, 10, 10] = np.nan  # frame 5
+    write_h5(tmp_path / "nan.h5", values=values, layout=layout)
+    reader = WindowReader(tmp_path, sequence_length=2)
+    reader.read("nan.h5", 2)
+    with pytest.raises(DataError, match=r"nan.h5: window of latent frames 4..5 contains NaN"):
+        reader.read("nan.h5", 4)
+    path = write_h5(tmp_path / "cut.h5", n_chunks=6, layout=layout)
+    reader.read("cut.h5", 0)  # the handle stays open, as in a long run, while the file is cut short
+    _truncate(path, keep=0.6)
+    with pytest.raises(DataError, match=r"cut.h5: (was truncated while being read|cannot read chunks)"):
+        reader.read("cut.h5", 9)
 
 
 def test_truncated_data_after_a_good_header_is_caught_on_read(tmp_path):

@@ -83,6 +83,25 @@ def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, 
     assert epochs[0] != epochs[1]
 
 
+def test_blocks_are_whole_per_worker_batches(ray_session, tiny_data, tmp_path, monkeypatch):
+    """A training batch is one block (so the iterator never concatenates): every block holds
+    one per-worker batch, except at most one at the end of the epoch."""
+    from lam.data.manifest import load_manifest
+    from lam.train import ingest
+
+    monkeypatch.setattr(ingest, "WINDOWS_PER_READ_TASK", 8)  # several read tasks even on tiny data
+    cfg = tiny_config(tiny_data, tmp_path)
+    cfg.data.stride, cfg.train.batch_size, cfg.train.num_workers = 1, 6, 2  # 3 windows per worker per step
+    datasets, sizes = ingest.build_datasets(cfg, load_manifest(tiny_data / "manifest.json"))
+    for _ in range(2):
+        blocks = [len(block["x"]) for block in datasets["train"].iter_batches(batch_size=None)]
+        assert sum(blocks) == sizes["train"] == 26
+        assert len(blocks) == 9 and sorted(blocks)[1:] == [3] * 8  # tasks of 9, 9 and 8 windows
+    cfg.train.read_batch_size = 4  # set explicitly, it wins
+    datasets, _ = ingest.build_datasets(cfg, load_manifest(tiny_data / "manifest.json"))
+    assert sorted(len(block["x"]) for block in datasets["train"].iter_batches(batch_size=None))[-1] == 4
+
+
 def _tag_windows(batch):
     # Identify each window by its content: the mean of frame 0 is unique per window here.
     return {"tag": [f"{float(x[0].astype('float64').sum()):.6f}" for x in batch["x"]]}

@@ -7,7 +7,9 @@ once per epoch, so the source draws a fresh permutation there and hands each
 read task a slice of it; a task reads its windows with h5py and yields blocks
 of `read_batch_size` windows `{"x": [B, T, C, H, W]}` in the files' stored
 dtype (float16 for VVAE latents, half the bytes of float32 through Ray's object
-store). The training worker converts once, on its device.
+store). The training worker converts once, on its device. By default a block
+is one per-worker training batch, which the worker's iterator then hands over
+without a copy (see `WindowDatasource`).
 
 Why not `from_items(rows).random_shuffle().map_batches(read)`: that was the
 first version, and it delivered about a third of this one's windows/s on 2
@@ -28,19 +30,24 @@ from __future__ import annotations
 import functools
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from lam.config import RunConfig
 from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest
 from lam.data.windows import WindowIndex, WindowReader, build_window_index
 
-# Windows per read task: enough that per-task scheduling costs little next to the
-# reads (a 1 MB window takes ~0.5 ms), few enough that several tasks run at once.
+if TYPE_CHECKING:
+    # Only for annotations: lam.config imports torch (through the model config), and the
+    # read tasks import this module; without torch a read worker starts ~1 s sooner.
+    from lam.config import RunConfig
+
+# Windows per read task (at least): enough that per-task scheduling costs little next
+# to the reads (a 1 MB window takes ~0.5 ms), few enough that several tasks run at once.
 WINDOWS_PER_READ_TASK = 64
 
 # One reader (and so one open handle per file) per process: Ray reuses worker
@@ -64,24 +71,31 @@ def read_windows(rows: dict, data_dir: str, sequence_length: int, dataset_key: s
     return {"x": reader.read_batch(rows["file"], rows["start"])}
 
 
-def _read_task(files: list[str], starts: list[int], rows_per_read: int, **read_kwargs):
-    """One read task: its windows, in order, as blocks of `rows_per_read` windows."""
-    for i in range(0, len(starts), rows_per_read):
-        rows = {"file": files[i : i + rows_per_read], "start": starts[i : i + rows_per_read]}
+def _read_task(files: list[str], starts: list[int], rows_per_block: int, **read_kwargs):
+    """One read task: its windows, in order, as blocks of `rows_per_block` windows."""
+    for i in range(0, len(starts), rows_per_block):
+        rows = {"file": files[i : i + rows_per_block], "start": starts[i : i + rows_per_block]}
         yield BlockAccessor.batch_to_block(read_windows(rows, **read_kwargs))
 
 
 class WindowDatasource(Datasource):
     """The windows of a `WindowIndex` as a Ray Data source; with `shuffle`, in a new order every execution.
 
+    Every block holds `rows_per_block` windows (the last one of an epoch may hold
+    fewer), and every read task a whole number of blocks, so when `rows_per_block`
+    is the training batch each batch is exactly one block: Ray Data's batcher then
+    hands the block over as it is, where a batch spanning two blocks would be
+    concatenated (a copy of the whole batch; 44% of a Train worker's ingest time
+    before this, `python -m bench --sections ingest`).
+
     Ray Data may call `get_read_tasks` more than once per execution (planning, then
     running); every call covers every window exactly once, so whichever set runs is
     a complete epoch.
     """
 
-    def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_read: int = 8):
+    def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int):
         self.files, self.file_ids, self.starts = list(index.files), index.file_ids, index.starts
-        self.shuffle, self.rows_per_read = shuffle, rows_per_read
+        self.shuffle, self.rows_per_block = shuffle, rows_per_block
         shape = manifest.latent_shape
         self.read_kwargs = {
             "data_dir": str(manifest.data_dir),
@@ -93,33 +107,50 @@ class WindowDatasource(Datasource):
         stored = next(iter(manifest.files.values()), {}).get("dtype", "float16")
         itemsize = {"float32": 4, "float64": 8}.get(stored, 2)
         self.window_bytes = index.sequence_length * shape.channels * shape.height * shape.width * itemsize
+        self.rows_per_task = rows_per_block * math.ceil(WINDOWS_PER_READ_TASK / rows_per_block)
+
+    @property
+    def block_bytes(self) -> int:
+        return self.rows_per_block * self.window_bytes
+
+    @property
+    def num_read_tasks(self) -> int:
+        return math.ceil(len(self.starts) / self.rows_per_task)
 
     def estimate_inmemory_data_size(self) -> int:
         return len(self.starts) * self.window_bytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
+        # `parallelism` is ignored: the task size follows from the block size (see __init__).
         n = len(self.starts)
         # Unseeded, like Ray Data's random_shuffle(): a different order every epoch and every run.
         order = np.random.default_rng().permutation(n) if self.shuffle else np.arange(n)
         tasks = []
-        for ids in np.array_split(order, max(1, min(parallelism, n))):
+        for first in range(0, n, self.rows_per_task):
+            ids = order[first : first + self.rows_per_task]
             files = [self.files[f] for f in self.file_ids[ids]]
             starts = self.starts[ids].tolist()
-            read_fn = functools.partial(_read_task, files, starts, self.rows_per_read, **self.read_kwargs)
+            read_fn = functools.partial(_read_task, files, starts, self.rows_per_block, **self.read_kwargs)
             metadata = BlockMetadata(num_rows=len(ids), size_bytes=len(ids) * self.window_bytes, input_files=None, exec_stats=None)
             tasks.append(ReadTask(read_fn, metadata))
         return tasks
 
 
-def window_dataset(
-    index: WindowIndex,
-    manifest: Manifest,
-    shuffle: bool,
-    rows_per_read: int = 8,  # TrainConfig.read_batch_size
-) -> ray.data.Dataset:
-    """A Ray dataset of windows. With `shuffle`, every epoch (every new iteration) sees a new order."""
-    source = WindowDatasource(index, manifest, shuffle, rows_per_read)
-    return ray.data.read_datasource(source, override_num_blocks=math.ceil(len(index) / WINDOWS_PER_READ_TASK))
+def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int) -> ray.data.Dataset:
+    """A Ray dataset of windows in blocks of `rows_per_block`. With `shuffle`, every epoch
+    (every new iteration) sees a new order."""
+    source = WindowDatasource(index, manifest, shuffle, rows_per_block)
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks)
+    # Ray Data merges a task's consecutive blocks until they pass target_max_block_size
+    # (128 MiB by default) and slices blocks of 1.5x it or more. Just under one block,
+    # every block we yield is emitted as it is: never merged, never sliced.
+    ds.context.target_max_block_size = max(1, int(0.9 * source.block_bytes))
+    # Per-operator reservation splits the cluster between the operators of a pipeline;
+    # ours has one (the read), and the reservation held it to about one task at a time
+    # (1.0k -> 1.45k windows/s without it on 2 cores). Memory stays bounded: Ray Data
+    # then caps its object-store use at a quarter of the store.
+    ds.context.op_resource_reservation_enabled = False
+    return ds
 
 
 def build_datasets(cfg: RunConfig, manifest: Manifest) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
@@ -133,12 +164,12 @@ def build_datasets(cfg: RunConfig, manifest: Manifest) -> tuple[dict[str, ray.da
     if cfg.train.test_mode:
         n = min(cfg.train.batch_size, len(train_index))
         one_batch = WindowIndex(train_index.files, train_index.file_ids[:n], train_index.starts[:n], T)
-        return {"train": window_dataset(one_batch, manifest, shuffle=False)}, {"train": n, "val": 0}
-    rows_per_read = cfg.train.read_batch_size
-    datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_read=rows_per_read)}
+        return {"train": window_dataset(one_batch, manifest, shuffle=False, rows_per_block=n)}, {"train": n, "val": 0}
+    rows_per_block = cfg.train.read_batch_size or cfg.train.batch_size // cfg.train.num_workers  # 0: one batch per block
+    datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_block=rows_per_block)}
     sizes = {"train": len(train_index), "val": 0}
     if manifest.splits.get("val"):
         val_index = build_window_index(manifest, "val", T)  # non-overlapping windows for evaluation
-        datasets["val"] = window_dataset(val_index, manifest, shuffle=False, rows_per_read=rows_per_read)
+        datasets["val"] = window_dataset(val_index, manifest, shuffle=False, rows_per_block=rows_per_block)
         sizes["val"] = len(val_index)
     return datasets, sizes
