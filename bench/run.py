@@ -182,9 +182,6 @@ def run_train(args, s: dict, workdir: Path, cfg, batches) -> dict:
     cpus = 1 if args.device.type == "cuda" else args.threads
     precisions = ["fp32", "bf16"]
     compiles = [False] + ([True] if args.compile else [])
-    if cfg.model.fsq and True in compiles:  # see RunConfig.validate: compile does not work with FSQ yet
-        print("[bench] train: skipping the torch.compile rows: the model uses FSQ, which --compile does not support yet", flush=True)
-        compiles = [False]
     rows = []
     for compile_ in compiles:
         for precision in precisions:

@@ -122,9 +122,6 @@ class RunConfig:
             (d.sequence_length >= 2, f"sequence_length must be >= 2, got {d.sequence_length}"),
             (d.sequence_length <= self.model.max_frames, f"sequence_length {d.sequence_length} exceeds model max_frames {self.model.max_frames}"),
             (t.batch_size >= t.num_workers, f"batch_size {t.batch_size} must be >= num_workers {t.num_workers} (it is split across workers)"),
-            # Under torch 2.13 the compiled model's loss came back without a graph with FSQ
-            # (RuntimeError in backward); fail at start-up, not at the first step.
-            (not (t.compile and self.model.fsq), "--compile does not work with --fsq yet (the compiled loss loses its gradient); drop one of them"),
         ]
         for ok, message in checks:
             if not ok:

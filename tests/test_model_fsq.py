@@ -116,6 +116,25 @@ def test_fsq_model_shapes_ids_and_gradients():
     VVAELatentActionVQVAE(cfg).load_state_dict(state)
 
 
+def test_compiled_fsq_model_keeps_its_loss_graph_and_gradients():
+    """torch.compile (inductor, torch 2.13) returned the FSQ model's loss without a graph while
+    the model added FSQ's constant-zero auxiliary loss: `y + y.new_zeros(())` returned beside
+    `y.detach()` loses its grad_fn. The model now leaves a loss that does not exist out."""
+    torch.manual_seed(0)
+    model = VVAELatentActionVQVAE(tiny(fsq=True, num_codes=1, num_embeddings=9)).train()
+    x = torch.randn(2, 3, 4, 16, 16)
+    eager = model(x)
+    eager.loss.backward()
+    expected = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    compiled = torch.compile(model)(x)
+    assert compiled.loss.grad_fn is not None
+    compiled.loss.backward()
+    torch.testing.assert_close(compiled.loss, eager.loss, atol=1e-5, rtol=1e-5)
+    for name, grad in expected.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-4, rtol=1e-3, msg=name)
+
+
 def test_vq_model_with_standardize_z():
     model = VVAELatentActionVQVAE(tiny(standardize_z=True, codebook_dim=8)).train()
     out = model(torch.randn(4, 3, 4, 16, 16))

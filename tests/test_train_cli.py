@@ -68,7 +68,6 @@ def test_yaml_config_with_cli_overrides_and_saved_resolved_config(tmp_path):
         (["--precision", "fp8"], "precision must be"),
         (["--batch_size", "5", "--num_workers", "2"], "multiple of num_workers"),
         (["--manifest_path", "/nonexistent/manifest.json"], "manifest does not exist"),
-        (["--fsq", "--compile"], "--compile does not work with --fsq"),
     ],
 )
 def test_bad_train_settings_exit_2_before_anything_starts(tmp_path, capsys, args, message):

@@ -285,7 +285,10 @@ class VVAELatentActionVQVAE(nn.Module):
         vq_loss = vq.loss
         if cfg.standardize_z:  # keeps the raw statistics still (see RunningStandardize)
             vq_loss = vq_loss + self.z_norm.loss
-        loss = mse_loss + vq_loss
+        # FSQ alone has no auxiliary loss. Adding its constant zero anyway is harmless in eager
+        # mode, but torch.compile (inductor, torch 2.13) then returned the loss without a graph
+        # (`y + y.new_zeros(())` returned next to `y.detach()`; tests/test_model_fsq.py).
+        loss = mse_loss + vq_loss if self.quantizer.has_loss or cfg.standardize_z else mse_loss
         metrics = {
             "mse_loss": mse_loss,
             "mae_loss": err.abs().mean(),

@@ -87,6 +87,7 @@ class MultiCodeQuantizer(nn.Module):
         super().__init__()
         self.num_codes, self.num_embeddings, self.codebook_dim = num_codes, num_embeddings, codebook_dim
         self.commitment_weight = commitment_weight
+        self.has_loss = True  # codebook + commitment terms for the model's loss
         self.dead_code_steps = dead_code_steps
         self.revive_noise = revive_noise  # noise std, relative to the per-dim std of recent encoder outputs
         self.seed = seed
@@ -293,6 +294,7 @@ class FiniteScalarQuantizer(nn.Module):
         self.num_embeddings = math.prod(self.levels)
         self.codebook_dim = len(self.levels)
         self.commitment_weight = 0.0
+        self.has_loss = False  # `loss` is a constant zero, which the model leaves out of its loss
         self.sync_stats = True
         self.register_buffer("_levels", torch.tensor(self.levels, dtype=torch.long), persistent=False)
         # mixed radix over the dims of one code: index = sum_j digit_j * prod(levels[j+1:])
