@@ -135,6 +135,19 @@ def test_compiled_fsq_model_keeps_its_loss_graph_and_gradients():
         torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
+def test_encode_actions_changes_no_state_even_in_train_mode():
+    model = VVAELatentActionVQVAE(tiny(fsq=True, standardize_z=True)).train()
+    x = torch.randn(4, 3, 4, 16, 16)
+    model(x)  # one training forward: running statistics move away from their initial values
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx_train, z_train = model.encode_actions(torch.randn(4, 3, 4, 16, 16) * 3 + 1)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    x2 = torch.randn(2, 3, 4, 16, 16)
+    idx_train, z_train = model.encode_actions(x2)
+    idx_eval, z_eval = model.eval().encode_actions(x2)  # same answer as in evaluation
+    assert torch.equal(idx_train, idx_eval) and torch.allclose(z_train, z_eval)
+
+
 def test_vq_model_with_standardize_z():
     model = VVAELatentActionVQVAE(tiny(standardize_z=True, codebook_dim=8)).train()
     out = model(torch.randn(4, 3, 4, 16, 16))

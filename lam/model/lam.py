@@ -318,9 +318,12 @@ class VVAELatentActionVQVAE(nn.Module):
     # ------------------------------------------------------------- inference
     def encode_actions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (B, T, C, H, W) -> (indices (B, T-1, K) long, z_pre (B, T-1, K, D) float32).
-        Index t-1 is the transition t-1 -> t, computed from frames <= t. No quantizer state changes."""
+        Index t-1 is the transition t-1 -> t, computed from frames <= t. Changes no state, in
+        either mode: whitening (`standardize_z`) uses its running statistics, as in evaluation."""
         self._check_frames(x)
-        z = self.z_norm(self.encoder(self.in_adapter(x))).float()
+        z = self.encoder(self.in_adapter(x)).float()
+        if self.config.standardize_z:
+            z = self.z_norm.standardize(z)
         return self.quantizer.nearest(z), z
 
     def decode_with_actions(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:

@@ -412,6 +412,10 @@ class RunningStandardize(nn.Module):
         reg = cov + self.eps * torch.eye(d, device=cov.device)
         return (mean.pow(2).sum(-1) + torch.diagonal(reg, dim1=-2, dim2=-1).sum(-1) - torch.logdet(reg) - d).mean()
 
+    def standardize(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., K, D) -> z whitened with the running statistics, in any mode; changes nothing."""
+        return self._whiten(z.float(), self.mean, self.cov)
+
     def forward(self, z: torch.Tensor, z_head: torch.Tensor | None = None) -> torch.Tensor:
         """z (..., K, D) -> whitened z. `z_head`, if given, is the same value computed from detached
         encoder features: the penalty is taken on its statistics, so it trains only the encoder's
@@ -420,7 +424,7 @@ class RunningStandardize(nn.Module):
         z = z.float()
         if not self.training:
             self.loss = z.new_zeros(())
-            return self._whiten(z, self.mean, self.cov)
+            return self.standardize(z)
         mean, cov = self._moments(z)
         if z_head is None:
             self.loss = self._penalty(mean, cov)

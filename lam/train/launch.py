@@ -11,6 +11,7 @@ same code runs on that cluster.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -81,9 +82,14 @@ def free_local_port() -> int:
         return s.getsockname()[1]
 
 
-def cpus_needed(cfg: RunConfig) -> int:
-    """Training workers plus two CPUs for Ray Data read tasks."""
-    return int(cfg.train.num_workers * cfg.train.cpus_per_worker) + 2
+# Logical CPUs left for Ray Data read tasks beside a run's training workers. A sweep packs
+# several trials on a cluster and gives each one (lam.tune.sweep.DATA_CPUS_PER_TRIAL).
+DATA_CPUS_PER_RUN = 2
+
+
+def cpus_needed(cfg: RunConfig, data_cpus: int = DATA_CPUS_PER_RUN) -> int:
+    """Logical CPUs a run needs: its training workers' plus `data_cpus` for read tasks."""
+    return math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker) + data_cpus
 
 
 @dataclass

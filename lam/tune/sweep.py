@@ -32,7 +32,7 @@ from lam.config import RunConfig, apply_overrides, dump_yaml
 from lam.data.manifest import load_manifest
 from lam.errors import UserError
 from lam.train import storage
-from lam.train.launch import build_trainer, init_ray, prepare
+from lam.train.launch import build_trainer, cpus_needed, init_ray, prepare
 from lam.tune.space import check_against, count_grid, describe, load_search_space, to_param_space
 
 DATA_CPUS_PER_TRIAL = 1  # room for each trial's Ray Data read tasks beside its training workers
@@ -90,15 +90,11 @@ class SweepOutcome:
     finished: bool  # False when interrupted: run again with --resume
 
 
-def cpus_per_trial(cfg: RunConfig) -> float:
-    return cfg.train.num_workers * cfg.train.cpus_per_worker + DATA_CPUS_PER_TRIAL
-
-
 def derive_max_concurrent(cfg: RunConfig, resources: dict) -> int:
     """How many trials the cluster holds at once: each needs its workers' CPUs (and GPUs) plus
     a CPU for data reading. On an autoscaling cluster this sees only the nodes up now."""
     t = cfg.train
-    n = int(resources.get("CPU", 0) // cpus_per_trial(cfg))
+    n = int(resources.get("CPU", 0) // cpus_needed(cfg, DATA_CPUS_PER_TRIAL))
     if t.use_gpu:
         n = min(n, int(resources.get("GPU", 0) // t.num_workers))
     return max(1, n)
@@ -149,7 +145,7 @@ def run_sweep(base: RunConfig, s: SweepSettings, verbose: bool = True) -> SweepO
     sweep_dir = storage.join(storage_root, name)
     # A local Ray gets logical CPUs for the trials asked to run at once (on a cluster the
     # autoscaler adds nodes instead); without enough, Ray Data's reads would wait forever.
-    init_ray(min_cpus=cpus_per_trial(base) * max(1, s.max_concurrent_trials))
+    init_ray(min_cpus=cpus_needed(base, DATA_CPUS_PER_TRIAL) * max(1, s.max_concurrent_trials))
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base=base.to_dict(), sweep_dir=sweep_dir, sweep_name=name),
