@@ -271,9 +271,10 @@ class VVAELatentActionVQVAE(nn.Module):
         cfg = self.config
         t = x.shape[1]
         patches = self.in_adapter(x)  # (B, T, N, P)
+        whitening_penalty = None
         if cfg.standardize_z:  # the whitening's penalty needs the output-layer-only view of z
             z, z_head = self.encoder(patches, head_view=True)  # (B, T-1, K, D) twice
-            z = self.z_norm(z, z_head)
+            z, whitening_penalty = self.z_norm(z, z_head)  # penalty None in evaluation
         else:
             z = self.encoder(patches)  # (B, T-1, K, D)
         vq = self.quantizer(z)
@@ -283,12 +284,12 @@ class VVAELatentActionVQVAE(nn.Module):
         err = pred.float() - target
         mse_loss = err.pow(2).mean()
         vq_loss = vq.loss
-        if cfg.standardize_z:  # keeps the raw statistics still (see RunningStandardize)
-            vq_loss = vq_loss + self.z_norm.loss
+        if whitening_penalty is not None:  # keeps the raw statistics still (see RunningStandardize)
+            vq_loss = vq_loss + whitening_penalty
         # FSQ alone has no auxiliary loss. Adding its constant zero anyway is harmless in eager
         # mode, but torch.compile (inductor, torch 2.13) then returned the loss without a graph
         # (`y + y.new_zeros(())` returned next to `y.detach()`; tests/test_model_fsq.py).
-        loss = mse_loss + vq_loss if self.quantizer.has_loss or cfg.standardize_z else mse_loss
+        loss = mse_loss + vq_loss if self.quantizer.has_loss or whitening_penalty is not None else mse_loss
         metrics = {
             "mse_loss": mse_loss,
             "mae_loss": err.abs().mean(),

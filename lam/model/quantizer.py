@@ -375,10 +375,12 @@ class RunningStandardize(nn.Module):
     Batch norm makes the output blind to the raw offset and scale, so under training those
     would drift freely and the running averages would lag behind (evaluation then put every
     transition into one bin although training used several). So each training forward also
-    sets `self.loss`, the Gaussian KL-style penalty mean^2 + tr(C) - log det(C) - D (zero at
-    mean 0, covariance I; averaged over codes) on the raw batch statistics. It cannot change
-    the whitened output, only keeps the raw statistics near the identity, so the running
-    averages match what training saw.
+    returns a penalty, the Gaussian KL-style mean^2 + tr(C) - log det(C) - D (zero at mean 0,
+    covariance I; averaged over codes) on the raw batch statistics. It cannot change the
+    whitened output, only keeps the raw statistics near the identity, so the running averages
+    match what training saw. (Returned, not kept on the module: a tensor with a graph stored
+    as a module attribute became a graph output of its own under torch.compile, and the
+    compiled backward then failed on its missing gradient.)
     """
 
     def __init__(self, num_codes: int, dim: int, momentum: float = 0.1, eps: float = 1e-4):
@@ -386,7 +388,6 @@ class RunningStandardize(nn.Module):
         self.momentum, self.eps = momentum, eps
         self.register_buffer("mean", torch.zeros(num_codes, dim))
         self.register_buffer("cov", torch.eye(dim).repeat(num_codes, 1, 1))  # (K, D, D)
-        self.loss = torch.zeros(())  # set by each training forward: the raw-statistics penalty
 
     def _whiten(self, z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         """z (..., K, D), mean (K, D), cov (K, D, D) -> L^-1 (z - mean) per code."""
@@ -416,24 +417,20 @@ class RunningStandardize(nn.Module):
         """z (..., K, D) -> z whitened with the running statistics, in any mode; changes nothing."""
         return self._whiten(z.float(), self.mean, self.cov)
 
-    def forward(self, z: torch.Tensor, z_head: torch.Tensor | None = None) -> torch.Tensor:
-        """z (..., K, D) -> whitened z. `z_head`, if given, is the same value computed from detached
-        encoder features: the penalty is taken on its statistics, so it trains only the encoder's
-        output layer (which can meet it on its own) and leaves the rest of the encoder to the
-        prediction loss."""
+    def forward(self, z: torch.Tensor, z_head: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """z (..., K, D) -> (whitened z, penalty on the raw statistics; None in evaluation).
+        `z_head`, if given, is the same value computed from detached encoder features: the
+        penalty is taken on its statistics, so it trains only the encoder's output layer
+        (which can meet it on its own) and leaves the rest of the encoder to the prediction loss."""
         z = z.float()
         if not self.training:
-            self.loss = z.new_zeros(())
-            return self.standardize(z)
+            return self.standardize(z), None
         mean, cov = self._moments(z)
-        if z_head is None:
-            self.loss = self._penalty(mean, cov)
-        else:
-            self.loss = self._penalty(*self._moments(z_head.float()))
+        penalty = self._penalty(mean, cov) if z_head is None else self._penalty(*self._moments(z_head.float()))
         with torch.no_grad():
             self.mean.lerp_(mean.detach(), self.momentum)
             self.cov.lerp_(cov.detach(), self.momentum)
-        return self._whiten(z, mean, cov)
+        return self._whiten(z, mean, cov), penalty
 
 
 def _all_reduce_sum_autograd(t: torch.Tensor) -> torch.Tensor:
