@@ -83,6 +83,20 @@ def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, 
     assert epochs[0] != epochs[1]
 
 
+def test_mean_tracker_weights_tensors_and_floats_and_reads_back_once():
+    import torch
+
+    from lam.train.metrics import MeanTracker
+
+    tracker = MeanTracker()
+    tracker.add({"loss": torch.tensor(1.0), "usage": 0.5}, weight=2)
+    tracker.add({"loss": torch.tensor(4.0, dtype=torch.float16), "usage": torch.tensor(0.8)}, weight=1)
+    assert isinstance(tracker.sums["loss"], torch.Tensor)  # summed where it lives, not read back per step
+    means = tracker.compute("train", ["loss", "usage", "absent"], torch.device("cpu"))
+    assert means == pytest.approx({"train/loss": 2.0, "train/usage": 0.6, "train/absent": 0.0})
+    assert MeanTracker().compute("train", ["loss"], torch.device("cpu")) == {}  # a rank that saw no batch
+
+
 def test_blocks_are_whole_per_worker_batches(ray_session, tiny_data, tmp_path, monkeypatch):
     """A training batch is one block (so the iterator never concatenates): every block holds
     one per-worker batch, except at most one at the end of the epoch."""

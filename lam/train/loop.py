@@ -101,7 +101,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Stored dtype (float16) -> float32 once, on the device.
         return batch["x"].to(device, non_blocking=True).float()
 
-    def train_step(x: torch.Tensor) -> tuple[dict, float]:
+    def train_step(x: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """One optimisation step. Metrics and the gradient norm stay on the device: reading
+        them here would make the host wait for the GPU every step."""
         model.train()
         with autocast:
             out = model(x)
@@ -111,7 +113,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
         optimizer.step()
         scheduler.step()
         raw_model.quantizer.revive_dead_codes()  # identical on every rank
-        return out.metrics, float(grad_norm)
+        return out.metrics, grad_norm.detach()
+
+    def wait_for_device() -> None:
+        """Before reading a clock: queued GPU work must be done for the time to be honest."""
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     fixed_batch = None  # test mode: the one batch, kept on device
     run_start = time.time()
@@ -136,27 +143,30 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for batch in batches:
             data_wait += time.perf_counter() - wait_start
             x = batch["x"] if t.test_mode else to_device(batch)
-            metrics, grad_norm = train_step(x)  # float(grad_norm) waits for the device, so timings are honest
+            metrics, grad_norm = train_step(x)
             step += 1
             samples += x.shape[0] * world
             if steady_start is None:
+                wait_for_device()
                 steady_start, steady_samples = time.perf_counter(), samples
             tracker.add(metrics, weight=x.shape[0])
             grad_norms.append(grad_norm)
             maybe_inject_fault(t.inject_fault_at_step, step, rank, run_dir)
             if rank == 0 and not t.test_mode and t.log_every and step % t.log_every == 0:
+                wait_for_device()
                 elapsed = time.time() - epoch_start
                 rate = samples / max(elapsed, 1e-9)
                 remaining = (total_steps - step) * t.batch_size / max(rate, 1e-9)
-                logger.log({f"train/{k}": float(v) for k, v in metrics.items()} | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, step)
+                logger.log({f"train/{k}": float(v) for k, v in metrics.items()} | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)}, step)
                 print(f"[lam] epoch {epoch + 1}/{t.num_epochs} step {step}/{total_steps} loss {float(metrics['loss']):.4f} "
                       f"mse {float(metrics['mse_loss']):.4f} {rate:.1f} samples/s ETA {format_eta(remaining)}", flush=True)
             wait_start = time.perf_counter()
+        wait_for_device()
         loop_end = time.perf_counter()
 
         record = tracker.compute("train", keys, device)
         record["train/lr"] = scheduler.get_last_lr()[0]
-        record["train/grad_norm"] = float(np.mean(grad_norms)) if grad_norms else 0.0
+        record["train/grad_norm"] = float(torch.stack(grad_norms).double().mean()) if grad_norms else 0.0
         record["train/samples_per_s"] = samples / max(time.time() - epoch_start, 1e-9)
         steady_time = loop_end - steady_start if steady_start is not None else 0.0
         record["train/steady_samples_per_s"] = (samples - steady_samples) / steady_time if samples > steady_samples else record["train/samples_per_s"]

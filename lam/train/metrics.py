@@ -24,26 +24,34 @@ from lam.train import storage
 
 
 class MeanTracker:
-    """Weighted means of scalar metrics over steps, all-reduced across ranks on `compute`."""
+    """Weighted means of scalar metrics over steps, all-reduced across ranks on `compute`.
+
+    Tensor metrics are summed where they live (on the GPU in GPU runs): `add` never waits
+    for the device, so the host can queue the next step while this one runs. `compute` reads
+    everything back at once.
+    """
 
     def __init__(self):
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor | float] = {}
         self.weight = 0.0
 
     def add(self, metrics: dict[str, torch.Tensor | float], weight: float) -> None:
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v) * weight
+            v = v.detach().double() * weight if torch.is_tensor(v) else float(v) * weight
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
         self.weight += weight
 
     def compute(self, prefix: str, keys: list[str], device) -> dict[str, float]:
         """Means over all ranks. `keys` must be the same list on every rank (a rank may have seen no batch)."""
-        values = torch.tensor([self.sums.get(k, 0.0) for k in keys] + [self.weight], dtype=torch.float64, device=device)
+        parts = [torch.as_tensor(self.sums.get(k, 0.0), dtype=torch.float64, device=device).reshape(()) for k in keys]
+        values = torch.stack(parts + [torch.tensor(self.weight, dtype=torch.float64, device=device)])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(values)
-        total = values[-1].item()
+        values = values.tolist()
+        total = values[-1]
         if total == 0:
             return {}
-        return {f"{prefix}/{k}": (values[i].item() / total) for i, k in enumerate(keys)}
+        return {f"{prefix}/{k}": values[i] / total for i, k in enumerate(keys)}
 
 
 def resolve_wandb_mode(mode: str) -> str:
