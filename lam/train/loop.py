@@ -7,6 +7,7 @@ has side effects (metrics file, wandb, console lines, checkpoint files).
 
 from __future__ import annotations
 
+import inspect
 import math
 import tempfile
 import time
@@ -75,9 +76,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
         set_rng_state(state["rng"])
         torch.manual_seed(t.seed * 1000 + start_epoch + rank)  # ranks differ in dropout etc. after resume too
 
-    # ray: DDP wrap (gloo on CPU, NCCL on GPU). No buffer broadcast: the quantizer's buffers are
-    # per-rank bookkeeping (its revival keeps the codebook itself identical on every rank).
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"broadcast_buffers": False})
+    # ray: DDP wrap (gloo on CPU, NCCL on GPU). No buffer broadcast before every forward: the
+    # quantizer's and the whitening's buffers are kept identical by their own all-reduces, or
+    # are per-rank bookkeeping. Newer torch calls the switch `forward_sync_buffers` (and warns
+    # about the old name); it still syncs once at wrap time, which is harmless: the ranks have
+    # just built or loaded the same model.
+    ddp_has_new_name = "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
+    no_buffer_sync = {"forward_sync_buffers": False} if ddp_has_new_name else {"broadcast_buffers": False}
+    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=no_buffer_sync)
     if t.compile:
         model = torch.compile(model)
 
