@@ -97,9 +97,9 @@ def test_reader_pickles_without_handles_and_reopens(tmp_path):
     write_h5(tmp_path / "v.h5", n_chunks=2)
     reader = WindowReader(tmp_path, sequence_length=2)
     first = reader.read("v.h5", 1)
-    assert reader._handles  # opened lazily on first read
+    assert reader._open  # opened lazily on first read
     clone = pickle.loads(pickle.dumps(reader))
-    assert clone._handles == {}
+    assert clone._open == {}
     np.testing.assert_array_equal(clone.read("v.h5", 1), first)
     reader.close()
     clone.close()

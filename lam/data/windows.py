@@ -130,6 +130,17 @@ def stores_whole_chunks(ds: h5py.Dataset) -> bool:
     )
 
 
+@dataclass
+class _OpenFile:
+    """One file a `WindowReader` has open, and what it learned when opening it."""
+
+    file: h5py.File
+    dataset: h5py.Dataset
+    whole_chunks: bool  # `stores_whole_chunks(dataset)`: read raw chunks
+    fd: int  # the file's descriptor, to notice truncation while open
+    size: int  # bytes when opened
+
+
 class WindowReader:
     """Reads windows from H5 files, keeping one open handle per file per process.
 
@@ -152,24 +163,18 @@ class WindowReader:
         self.latent_shape = latent_shape
         self.out_dtype = None if out_dtype is None else np.dtype(out_dtype)  # None: the stored dtype
         self.check_finite = check_finite
-        self._handles: dict[str, h5py.File] = {}
-        self._datasets: dict[str, h5py.Dataset] = {}
-        self._whole_chunks: dict[str, bool] = {}
-        self._sizes: dict[str, tuple[int, int]] = {}  # rel -> (file descriptor, size when opened)
+        self._open: dict[str, _OpenFile] = {}
 
     # Handles stay in the process that opened them.
     def __getstate__(self):
         state = self.__dict__.copy()
-        state["_handles"], state["_datasets"], state["_whole_chunks"], state["_sizes"] = {}, {}, {}, {}
+        state["_open"] = {}
         return state
 
     def close(self) -> None:
-        for f in self._handles.values():
-            f.close()
-        self._handles.clear()
-        self._datasets.clear()
-        self._whole_chunks.clear()
-        self._sizes.clear()
+        for opened in self._open.values():
+            opened.file.close()
+        self._open.clear()
 
     def __del__(self):
         try:
@@ -177,30 +182,31 @@ class WindowReader:
         except Exception:
             pass
 
-    def dataset(self, rel: str) -> h5py.Dataset:
-        ds = self._datasets.get(rel)
-        if ds is None:
+    def _file(self, rel: str) -> _OpenFile:
+        opened = self._open.get(rel)
+        if opened is None:
             f = open_h5(self.data_dir / rel)
             ds = f[resolve_key(f, self.dataset_key)]
             check_shape(self.data_dir / rel, ds.shape, self.latent_shape)
-            self._handles[rel], self._datasets[rel] = f, ds
-            self._whole_chunks[rel] = stores_whole_chunks(ds)
             fd = f.id.get_vfd_handle()
-            self._sizes[rel] = (fd, os.fstat(fd).st_size)
-        return ds
+            opened = self._open[rel] = _OpenFile(f, ds, stores_whole_chunks(ds), fd, os.fstat(fd).st_size)
+        return opened
 
-    def _check_not_truncated(self, rel: str) -> None:
+    def dataset(self, rel: str) -> h5py.Dataset:
+        return self._file(rel).dataset
+
+    def _check_not_truncated(self, rel: str, opened: _OpenFile) -> None:
         """HDF5 reads the missing tail of a file cut short while open as zeros, without an
         error; one fstat per window (~1 us) turns that into a DataError instead."""
-        fd, size = self._sizes[rel]
-        now = os.fstat(fd).st_size
-        if now < size:
-            raise DataError(self.data_dir / rel, f"was truncated while being read ({size} -> {now} bytes)")
+        now = os.fstat(opened.fd).st_size
+        if now < opened.size:
+            raise DataError(self.data_dir / rel, f"was truncated while being read ({opened.size} -> {now} bytes)")
 
     def read(self, rel: str, start: int, out: np.ndarray | None = None) -> np.ndarray:
         """Frames `start : start + T` of file `rel` as `[T, C, H, W]` in `out_dtype`."""
         T = self.sequence_length
-        ds = self.dataset(rel)
+        opened = self._file(rel)
+        ds = opened.dataset
         t_latent = ds.shape[2]
         n_frames = ds.shape[0] * t_latent
         if start < 0 or start + T > n_frames:
@@ -209,7 +215,7 @@ class WindowReader:
         if out is None:
             out = np.empty((T, ds.shape[1], ds.shape[3], ds.shape[4]), dtype=self.out_dtype or ds.dtype)
         try:
-            if self._whole_chunks[rel]:
+            if opened.whole_chunks:
                 chunks = [self._raw_chunk(rel, ds, k) for k in range(first_chunk, last_chunk + 1)]
             else:
                 block = ds[first_chunk : last_chunk + 1]  # (n, C, t_latent, H, W), stored dtype
@@ -223,7 +229,7 @@ class WindowReader:
         for i in range(T):
             k, j = divmod(offset + i, t_latent)
             np.copyto(out[i], chunks[k][:, j], casting="unsafe")
-        self._check_not_truncated(rel)
+        self._check_not_truncated(rel, opened)
         if self.check_finite and not all_finite(out):
             raise DataError(self.data_dir / rel, f"window of latent frames {start}..{start + T - 1} contains NaN or Inf values")
         return out
