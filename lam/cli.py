@@ -1,14 +1,16 @@
-"""The `lam` command: one entry point, a subcommand per job.
+"""The `lam` command: one entry point, a subcommand per job. Nothing imports this module.
 
     lam synth demo_data --files 16 --chunks 64 --seed 0
     lam manifest demo_data --train_ratio 0.8 --val_ratio 0.1 --test_ratio 0.1 --seed 42
     lam validate demo_data
     lam train --data_dir demo_data --manifest_path demo_data/manifest.json --test_mode
+    lam train --recipe demo --data_dir demo_data
     lam tune --data_dir demo_data --num_samples 8 --max_epochs 20
     lam demo
 
 Errors the user can fix (a bad file, flag or manifest) print one line naming the
-problem and exit with code 2, without a traceback.
+problem and exit with code 2, without a traceback. The command modules import torch,
+Ray and wandb only when a command runs, so `lam --help` answers at once.
 """
 
 from __future__ import annotations
@@ -16,26 +18,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lam.data import cli as data_cli
 from lam.errors import UserError
-
-
-def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwargs) -> None:
-    """Add `--some_flag` with its dashed spelling `--some-flag` as an alias."""
-    spellings = [f"--{name}"]
-    if "_" in name:
-        spellings.append(f"--{name.replace('_', '-')}")
-    parser.add_argument(*spellings, dest=name, **kwargs)
+from lam.eval import cli as eval_cli
+from lam.train import cli as train_cli
+from lam.tune import cli as tune_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from lam.data import cli as data_cli
-    from lam.eval import cli as eval_cli
-    from lam.train import cli as train_cli
-    from lam.tune import cli as tune_cli
-
     parser = argparse.ArgumentParser(
         prog="lam",
-        description="Train, evaluate and export VQ-VAE latent action models on video-VAE latents, on Ray.",
+        description="Train, evaluate and export latent action models on video-VAE latents, on Ray.",
         epilog="Run `lam COMMAND --help` for a command's options and examples.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -1,44 +1,50 @@
-"""Typed configuration: dataclasses with the spec's defaults, loadable from YAML, overridable from the CLI.
+"""Typed run configuration: dataclasses with the spec's defaults, loadable from YAML, overridable from the CLI.
 
-A run's config has three sections, each a dataclass:
-    data:  where the latents are and how windows are cut       (DataConfig)
-    model: the VQ latent action model's hyperparameters        (lam.model.ModelConfig)
-    train: optimisation, scale-out, checkpoints, logging       (TrainConfig)
+A run's config has three sections: data (DataConfig: where the latents are, how windows
+are cut), model (ModelConfig: the latent action model's parts and sizes) and train
+(TrainConfig: optimisation, scale-out, checkpoints, logging); a sweep adds SweepConfig.
+Every leaf field is also a CLI flag of the same flat name (`--embed_dim`, `--data_dir`),
+so the spec's commands work as written, and its one-line description (`option(help=...)`)
+is the flag's help text. A YAML file may nest the sections or use flat keys:
 
-Every leaf field is also a CLI flag of the same flat name (`--embed_dim`,
-`--data_dir`, `--num_workers`, ...), so the spec's commands work as written.
-A YAML file may use the sections or flat keys:
-
-    data: {data_dir: demo_data, sequence_length: 8}        # nested
-    model: {embed_dim: 256}
+    data: {data_dir: demo_data, sequence_length: 8}        # or flat: data_dir: demo_data
+    model: {embed_dim: 256, quantizer: fsq}
     train: {batch_size: 16, learning_rate: 3.0e-4}
 
-    data_dir: demo_data                                    # or flat
-    embed_dim: 256
-
-Precedence: dataclass defaults < --config YAML < CLI flags.
+Precedence: dataclass defaults < a recipe (`lam.recipes`) < --config YAML < CLI flags.
+A component choice (stem, action head, quantizer) is a string naming a class in the
+model's registries (`lam.model`); the valid names are listed here, in the field's
+`choices`, so a config is checked without importing torch.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from lam.errors import UserError
-from lam.model.config import ModelConfig
+
+
+def option(default, help: str, *, group: str = "", choices: tuple[str, ...] = ()):
+    """A config field with its one-line description (the CLI's help) and, for a component, its valid names."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
+
+
+# -----------------------------------------------------------------------------
+# The three sections
 
 
 @dataclass
 class DataConfig:
-    data_dir: str = ""
-    manifest_path: str = ""  # default: DATA_DIR/manifest.json
-    sequence_length: int = 8  # latent frames per window (8 = 4 chunks = 4 s of video)
-    stride: int = 0  # frames between window starts in train; 0 = sequence_length (non-overlapping)
+    data_dir: str = option("", "folder of VVAE latent H5 files (searched recursively)")
+    manifest_path: str = option("", "split manifest written by `lam manifest`; empty: DATA_DIR/manifest.json")
+    sequence_length: int = option(8, "latent frames per window (8 = 4 chunks = 4 s of video)")
+    stride: int = option(0, "frames between the starts of training windows; 0: sequence_length (no overlap)")
     # (the H5 dataset key comes from the manifest: `lam manifest --dataset_key`)
 
     @property
@@ -50,41 +56,168 @@ class DataConfig:
         return self.stride or self.sequence_length
 
 
+STEMS = ("pair", "diff")
+ACTION_HEADS = ("token", "token+motion", "motion")
+QUANTIZERS = ("vq", "fsq")
+
+
+@dataclass
+class ModelConfig:
+    """The latent action model. Built with no arguments, it is the spec's model: 16-channel
+    64x64 latents, 256 patches of dim 256, a 512-wide transformer with 3 encoder and 3
+    decoder layers, 3 VQ codes of dim 128 from 12-entry codebooks (12^3 = 1,728 actions)."""
+
+    in_channels: int = option(16, "channels of a latent frame")
+    latent_size: int = option(64, "height and width of a latent frame")
+    patch_dim: int = option(256, "dimension of a patch vector (the input adapter's output channels)")
+    patch_grid: int = option(16, "patches per side: a frame becomes patch_grid^2 patches")
+    embed_dim: int = option(512, "transformer width")
+    num_heads: int = option(8, "attention heads (must divide embed_dim)")
+    encoder_depth: int = option(3, "encoder transformer layers")
+    decoder_depth: int = option(3, "decoder transformer layers")
+    mlp_ratio: float = option(4.0, "transformer MLP width as a multiple of embed_dim")
+    stem: str = option("pair", "what the encoder's motion stem sees: pair = (patch at t, patch at t-1), "
+                       "diff = their difference (a static background cancels)", choices=STEMS)
+    motion_moments: bool = option(False, "add spatial moments of the frame difference to the stem's features "
+                                  "(linear in how far and which way things moved)")
+    action_head: str = option("token", "where an action comes from: token = the encoder transformer's action token, "
+                              "token+motion = that plus a linear map of the stem's features, "
+                              "motion = the stem's features alone (no encoder transformer)", choices=ACTION_HEADS)
+    quantizer: str = option("vq", "the action bottleneck: vq = learned codebooks (the spec), "
+                            "fsq = finite scalar quantisation (a fixed grid; nothing to collapse)", choices=QUANTIZERS)
+    whiten: bool = option(False, "whiten each code's vector before quantising (batch statistics in training, "
+                          "running ones in evaluation), so transitions spread over the codes from the first step")
+    codebook_dim: int = option(128, "vq: dimension of a code vector")
+    num_embeddings: int = option(12, "choices per code (vq: codebook entries; fsq: grid points); "
+                                 "actions = num_embeddings^num_codes")
+    num_codes: int = option(3, "codes per action")
+    commitment_weight: float = option(0.25, "vq: commitment loss weight")
+    dead_code_steps: int = option(100, "vq: re-initialise a codebook entry unused for this many training steps (0: never)")
+    use_rollout: bool = option(False, "add a multi-step rollout loss (the decoder fed its own predictions)")
+    rollout_horizon: int = option(2, "frames predicted by the rollout loss")
+    rollout_weight: float = option(1.0, "weight of the rollout loss")
+    max_frames: int = option(64, "longest window the model accepts (length of its temporal position table)")
+
+    @property
+    def num_patches(self) -> int:
+        return self.patch_grid**2
+
+    @property
+    def patch_size(self) -> int:
+        """Side of the square of latent pixels that one patch covers."""
+        return self.latent_size // self.patch_grid
+
+    @property
+    def num_actions(self) -> int:
+        return self.num_embeddings**self.num_codes
+
+    def validate(self) -> "ModelConfig":
+        """Raise ValueError naming the first impossible setting; return self so it chains."""
+        positive = [
+            "in_channels", "latent_size", "patch_dim", "patch_grid", "embed_dim", "num_heads",
+            "encoder_depth", "decoder_depth", "codebook_dim", "num_embeddings", "num_codes",
+            "rollout_horizon",
+        ]
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+        for f in dataclasses.fields(self):
+            choices = f.metadata["choices"]
+            if choices and getattr(self, f.name) not in choices:
+                raise ValueError(f"model.{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.latent_size % self.patch_grid:
+            raise ValueError(f"model.latent_size ({self.latent_size}) must be divisible by model.patch_grid ({self.patch_grid})")
+        if self.quantizer == "fsq" and self.num_embeddings < 2:
+            raise ValueError(f"model.num_embeddings must be >= 2 with the fsq quantizer, got {self.num_embeddings}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if self.commitment_weight < 0:
+            raise ValueError(f"model.commitment_weight must be >= 0, got {self.commitment_weight!r}")
+        if self.rollout_weight < 0:
+            raise ValueError(f"model.rollout_weight must be >= 0, got {self.rollout_weight!r}")
+        if not isinstance(self.dead_code_steps, int) or self.dead_code_steps < 0:
+            raise ValueError(f"model.dead_code_steps must be an integer >= 0 (0 disables), got {self.dead_code_steps!r}")
+        if not isinstance(self.max_frames, int) or self.max_frames < 2:
+            raise ValueError(f"model.max_frames must be an integer >= 2, got {self.max_frames!r}")
+        if self.use_rollout and self.rollout_horizon + 1 > self.max_frames:
+            raise ValueError(
+                f"model.rollout_horizon ({self.rollout_horizon}) needs windows of rollout_horizon + 1 frames, "
+                f"more than model.max_frames ({self.max_frames})"
+            )
+        return self
+
+
+TRAINING, SCALING, OUTPUTS = "training", "scaling", "outputs and logging"
+
+
 @dataclass
 class TrainConfig:
-    # optimisation (spec defaults)
-    batch_size: int = 32  # per step across all workers
-    num_epochs: int = 100
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 500  # linear warm-up, then cosine decay to min_lr_ratio * learning_rate
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0  # max global grad norm (the pre-clip norm is logged as train/grad_norm)
-    precision: str = "auto"  # fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32; on CPUs bf16 autocast measured slower, see bench/)
-    compile: bool = False  # torch.compile the model (on CPU the first steps compile C++ kernels: minutes)
-    seed: int = 0
-    test_mode: bool = False  # spec's overfit sanity check: train on one batch, PASS if MSE < 0.01 and MAE < 0.05
-    # scale-out
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0  # also each worker's torch thread count (Ray sets OMP_NUM_THREADS to it): on a CPU-only machine use cores / num_workers
-    # input pipeline (Ray Data -> worker)
-    read_batch_size: int = 0  # windows per Ray Data block; 0: one per-worker batch, so a batch is one block (no copy)
-    prefetch_batches: int = 2  # batches each worker's iterator prepares ahead of the training step
-    max_failures: int = 0  # restarts from the last checkpoint when a worker dies
-    # checkpoints and outputs
-    run_name: str = ""  # default: a timestamp; re-use a name to resume that run
-    storage_path: str = "./runs"  # local folder or a URI (s3://..., gs://...)
-    save_every: int = 5  # epochs between checkpoints (and always at the end)
-    keep_best: int = 3  # checkpoints kept by lowest val/loss; the latest is always kept too
-    # logging
-    log_every: int = 10  # steps between console/metric lines inside an epoch
-    wandb_project: str = "vvae-lam"
-    wandb_mode: str = "auto"  # online | offline | disabled | auto (online when an API key is configured)
-    wandb_group: str = ""
-    eval_every: int = 1  # epochs between controllability/NMI evaluations on val (0 disables)
-    # testing hook: raise once in rank 0 at this global step to exercise failure recovery (0 = never)
-    inject_fault_at_step: int = 0
+    batch_size: int = option(32, "windows per optimiser step, across all workers", group=TRAINING)
+    num_epochs: int = option(100, "passes over the training windows", group=TRAINING)
+    learning_rate: float = option(1e-4, "peak learning rate (AdamW)", group=TRAINING)
+    weight_decay: float = option(0.01, "AdamW weight decay", group=TRAINING)
+    warmup_steps: int = option(500, "steps of linear warm-up, then cosine decay", group=TRAINING)
+    min_lr_ratio: float = option(0.1, "the cosine decay ends at this fraction of learning_rate", group=TRAINING)
+    grad_clip: float = option(1.0, "max global gradient norm (the pre-clip norm is logged as train/grad_norm)", group=TRAINING)
+    precision: str = option("auto", "fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)", group=TRAINING)
+    compile: bool = option(False, "torch.compile the model (on CPU the first steps compile kernels: minutes)", group=TRAINING)
+    seed: int = option(0, "seed of the initial weights and of dropout", group=TRAINING)
+    test_mode: bool = option(False, "the spec's overfit check: train on one batch, PASS when MSE < 0.01 and MAE < 0.05", group=TRAINING)
+    num_workers: int = option(1, "DDP workers (processes), one GPU each with --use_gpu", group=SCALING)
+    use_gpu: bool = option(False, "train on GPUs (NCCL); otherwise CPUs (gloo)", group=SCALING)
+    cpus_per_worker: float = option(1.0, "CPUs per worker, also its torch thread count; on a CPU machine use cores / num_workers", group=SCALING)
+    read_batch_size: int = option(0, "windows per Ray Data block; 0: one per-worker batch, so a batch is one block", group=SCALING)
+    prefetch_batches: int = option(2, "batches each worker prepares ahead of the training step", group=SCALING)
+    max_failures: int = option(0, "restarts from the last checkpoint when a worker dies", group=SCALING)
+    inject_fault_at_step: int = option(0, "fail once in rank 0 at this step, to exercise --max_failures (0: never)", group=SCALING)
+    run_name: str = option("", "run folder under storage_path, empty: a timestamp; re-use a name to resume that run", group=OUTPUTS)
+    storage_path: str = option("./runs", "where runs go: a local folder or a URI (s3://..., gs://...)", group=OUTPUTS)
+    save_every: int = option(5, "epochs between checkpoints (and always at the end)", group=OUTPUTS)
+    keep_best: int = option(3, "checkpoints kept, by lowest val/loss (the latest is always kept too)", group=OUTPUTS)
+    log_every: int = option(10, "steps between progress lines and metric records inside an epoch", group=OUTPUTS)
+    eval_every: int = option(1, "epochs between action-quality checks on val (delta-t PSNR, NMI); 0: never", group=OUTPUTS)
+    wandb_project: str = option("vvae-lam", "wandb project", group=OUTPUTS)
+    wandb_mode: str = option("auto", "online | offline | disabled | auto (online when an API key is configured)", group=OUTPUTS)
+    wandb_group: str = option("", "wandb group (a sweep puts its trials in one)", group=OUTPUTS)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+@dataclass
+class SweepConfig:
+    """A `lam tune` sweep: which space, how many trials, and ASHA's schedule (the trials' own
+    config is a RunConfig)."""
+
+    search_space: str = option("", "search space YAML; empty: lam/tune/default_space.yaml")
+    name: str = option("", "sweep name, a folder under storage_path; empty: tune-DATE-TIME")
+    num_samples: int = option(1, "samples of the space (grid keys: repeats of the grid)")
+    max_epochs: int = option(10, "epochs per trial, ASHA's max_t")
+    grace_period: int = option(1, "epochs before ASHA may stop a trial")
+    reduction_factor: int = option(2, "ASHA keeps the best 1/reduction_factor of the trials at each rung")
+    metric: str = option("val/mse_loss", "metric ASHA compares (the training loop reports it every epoch)")
+    mode: str = option("min", "whether the metric is better low or high", choices=("min", "max"))
+    max_concurrent_trials: int = option(0, "trials at once; 0: as many as the cluster's CPUs (GPUs) hold now")
+    search_seed: int = option(0, "seed of the random draws of the space")
+    resume: bool = option(False, "continue the sweep named by --name (finished trials are kept)")
+
+    def validate(self) -> "SweepConfig":
+        checks = [
+            (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
+            (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
+            (1 <= self.grace_period <= self.max_epochs, f"grace_period must be in 1..max_epochs ({self.max_epochs}), got {self.grace_period}"),
+            (self.reduction_factor >= 2, f"reduction_factor must be >= 2, got {self.reduction_factor}"),
+            (self.mode in ("min", "max"), f"mode must be min or max, got {self.mode!r}"),
+            (self.max_concurrent_trials >= 0, f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}"),
+            (not self.resume or self.name, "--resume needs --name (the sweep to continue)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        return self
 
 
 @dataclass
@@ -97,10 +230,11 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict) -> "RunConfig":
-        cfg = cls()
-        apply_overrides(cfg, raw, source="config")
-        return cfg
+    def from_dict(cls, raw: dict, source: str = "config") -> "RunConfig":
+        return apply_overrides(cls(), raw, source=source)
+
+    def copy(self) -> "RunConfig":
+        return RunConfig.from_dict(self.to_dict())
 
     def validate(self) -> "RunConfig":
         t, d = self.train, self.data
@@ -136,9 +270,6 @@ class RunConfig:
         return self.train.run_name
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-
-
 def flat_fields() -> dict[str, tuple[str, dataclasses.Field]]:
     """Every leaf field by its flat name -> (section, field). Names are unique across sections."""
     out: dict[str, tuple[str, dataclasses.Field]] = {}
@@ -149,14 +280,17 @@ def flat_fields() -> dict[str, tuple[str, dataclasses.Field]]:
     return out
 
 
+def field_type(f: dataclasses.Field) -> type:
+    t = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
+    if t is None:
+        raise TypeError(f"config field {f.name} has unsupported type {f.type!r}")
+    return t
+
+
 def _coerce(name: str, f: dataclasses.Field, value):
-    kind = _field_type(f)
+    kind = field_type(f)
     if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise UserError(f"config key '{name}' must be true or false, got {value!r}")
+        return _as_bool(name, value)
     try:
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
@@ -165,32 +299,80 @@ def _coerce(name: str, f: dataclasses.Field, value):
         raise UserError(f"config key '{name}' must be {kind.__name__}, got {value!r}") from None
 
 
-def _field_type(f: dataclasses.Field) -> type:
-    t = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
-    if t is None:
-        raise TypeError(f"config field {f.name} has unsupported type {f.type!r}")
-    return t
+def _as_bool(name: str, value) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.lower() in ("true", "1", "yes")
+    raise UserError(f"config key '{name}' must be true or false, got {value!r}")
 
 
-def apply_overrides(cfg: RunConfig, raw: dict, source: str) -> RunConfig:
-    """Set fields from a nested ({section: {key: v}}) or flat ({key: v}) mapping."""
+# -----------------------------------------------------------------------------
+# Deprecated boolean keys of the model's components: older configs named the components with
+# booleans. They are still accepted wherever a config key is (YAML, CLI, search spaces,
+# checkpoints) and translated to the choices by `apply_overrides`.
+
+DEPRECATED_KEYS = {
+    "fsq": "quantizer: fsq (false: vq)",
+    "standardize_z": "whiten",
+    "diff_motion_stem": "stem: diff (false: pair)",
+    "motion_to_code": "action_head: token+motion",
+    "motion_code_only": "action_head: motion",
+}
+_warned: set[str] = set()
+
+
+def _apply_deprecated(model: ModelConfig, given: dict[str, bool]) -> None:
+    """Translate the old booleans into today's choices, relative to the current config: each
+    old key changes only what it used to control (`motion_code_only` implied `motion_to_code`)."""
+    if "fsq" in given:
+        model.quantizer = "fsq" if given["fsq"] else "vq"
+    if "standardize_z" in given:
+        model.whiten = given["standardize_z"]
+    if "diff_motion_stem" in given:
+        model.stem = "diff" if given["diff_motion_stem"] else "pair"
+    if "motion_to_code" in given or "motion_code_only" in given:
+        to_code = given.get("motion_to_code", model.action_head != "token")
+        only = given.get("motion_code_only", model.action_head == "motion")
+        model.action_head = "motion" if only else "token+motion" if to_code else "token"
+
+
+def _warn_deprecated(key: str, source: str) -> None:
+    if key not in _warned:  # once per key and process: a sweep applies the same key to every trial
+        _warned.add(key)
+        print(f"lam: warning: {source}: '{key}' is deprecated; use {DEPRECATED_KEYS[key]}", file=sys.stderr)
+
+
+# -----------------------------------------------------------------------------
+# Overrides and YAML
+
+
+def apply_overrides(cfg: RunConfig, raw: dict, source: str, warn_deprecated: bool = True) -> RunConfig:
+    """Set fields from a nested ({section: {key: v}}) or flat ({key: v}) mapping.
+    Deprecated keys are translated first, so a current key given beside one wins."""
     fields = flat_fields()
+    flat: dict = {}
     for key, value in (raw or {}).items():
         if key in SECTIONS and isinstance(value, dict):
             for sub_key, sub_value in value.items():
-                if sub_key not in fields or fields[sub_key][0] != key:
+                known = sub_key in fields and fields[sub_key][0] == key
+                if not known and not (key == "model" and sub_key in DEPRECATED_KEYS):
                     raise UserError(f"{source}: unknown key '{key}.{sub_key}'")
-                _set(cfg, sub_key, sub_value, fields)
-        elif key in fields:
-            _set(cfg, key, value, fields)
+                flat[sub_key] = sub_value
+        elif key in fields or key in DEPRECATED_KEYS:
+            flat[key] = value
         else:
             raise UserError(f"{source}: unknown key '{key}' (see `lam train --help` for the names)")
+    deprecated = {k: _as_bool(k, flat.pop(k)) for k in list(flat) if k in DEPRECATED_KEYS}
+    if deprecated:
+        if warn_deprecated:
+            for key in deprecated:
+                _warn_deprecated(key, source)
+        _apply_deprecated(cfg.model, deprecated)
+    for key, value in flat.items():
+        section, f = fields[key]
+        setattr(getattr(cfg, section), key, _coerce(key, f, value))
     return cfg
-
-
-def _set(cfg: RunConfig, key: str, value, fields) -> None:
-    section, f = fields[key]
-    setattr(getattr(cfg, section), key, _coerce(key, f, value))
 
 
 def load_yaml(path: str | Path) -> dict:
@@ -208,38 +390,5 @@ def load_yaml(path: str | Path) -> dict:
     return raw
 
 
-def save_yaml(cfg: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(dump_yaml(cfg))
-
-
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
-
-
-# -----------------------------------------------------------------------------
-# CLI
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config field (`--name` and `--name-with-dashes`), default: not given."""
-    from lam.cli import add_flag
-
-    parser.add_argument("--config", help="YAML config file; CLI flags override it")
-    groups = {s: parser.add_argument_group(f"{s} options") for s in SECTIONS}
-    for name, (section, f) in flat_fields().items():
-        kind = _field_type(f)
-        default = f.default if f.default is not dataclasses.MISSING else None
-        helptext = f"(default: {default!r})"
-        if kind is bool:
-            add_flag(groups[section], name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=helptext)
-        else:
-            add_flag(groups[section], name, type=kind, default=argparse.SUPPRESS, metavar=kind.__name__.upper(), help=helptext)
-
-
-def config_from_args(args: argparse.Namespace) -> RunConfig:
-    cfg = RunConfig()
-    if getattr(args, "config", None):
-        apply_overrides(cfg, load_yaml(args.config), source=args.config)
-    given = {name: getattr(args, name) for name in flat_fields() if hasattr(args, name)}
-    apply_overrides(cfg, given, source="command line")
-    return cfg

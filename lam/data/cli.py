@@ -12,13 +12,12 @@ from tqdm import tqdm
 from lam.data.h5 import FileInfo, LatentShape, find_h5_files, inspect_file
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.errors import DataError, UserError
+from lam.flags import add_flag
 
 RAW = argparse.RawDescriptionHelpFormatter
 
 
 def register(sub) -> None:
-    from lam.cli import add_flag
-
     # -- synth ---------------------------------------------------------------
     p = sub.add_parser(
         "synth",
@@ -32,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("out_dir", help="folder to write video_0000.h5, ... into (created if missing)")
     p.add_argument("--files", type=int, default=16, help="number of files (videos), default 16")
     p.add_argument("--chunks", type=int, default=64, help="chunks per file (1 chunk = 2 latent frames), default 64")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; file i uses a seed derived from it (default 0)")
     add_flag(p, "vary_length", action="store_true", help="give files different lengths (chunks/2 .. chunks)")
     add_flag(p, "num_actions", type=int, default=5, help="5 = stay + 4 moves; up to 9 adds diagonals")
     p.set_defaults(func=run_synth)
@@ -49,13 +48,13 @@ def register(sub) -> None:
         "  lam manifest /data/output_h5 --train_ratio 0.8 --val_ratio 0.1 --test_ratio 0.1 --seed 42\n"
         "  lam manifest /data/output_h5 --out /data/splits/manifest.json --dataset_key z",
     )
-    p.add_argument("data_dir")
-    add_flag(p, "train_ratio", type=float, default=0.8)
-    add_flag(p, "val_ratio", type=float, default=0.1)
-    add_flag(p, "test_ratio", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("data_dir", help="folder of H5 latent files (searched recursively)")
+    add_flag(p, "train_ratio", type=float, default=0.8, help="fraction of files for training (default 0.8)")
+    add_flag(p, "val_ratio", type=float, default=0.1, help="fraction of files for validation (default 0.1)")
+    add_flag(p, "test_ratio", type=float, default=0.1, help="fraction of files for testing (default 0.1)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the split; the same seed gives the same split (default 42)")
     p.add_argument("--out", help="manifest path (default DATA_DIR/manifest.json)")
-    _add_shape_flags(p, add_flag)
+    _add_shape_flags(p)
     p.set_defaults(func=run_manifest)
 
     # -- validate ------------------------------------------------------------
@@ -69,16 +68,16 @@ def register(sub) -> None:
     )
     p.add_argument("path", help="a data folder, or a manifest.json (checks the files it lists)")
     p.add_argument("--full", action="store_true", help="scan every value for NaN/Inf (default: a sample of chunks)")
-    _add_shape_flags(p, add_flag)
+    _add_shape_flags(p)
     p.set_defaults(func=run_validate)
 
 
-def _add_shape_flags(p, add_flag) -> None:
+def _add_shape_flags(p) -> None:
     add_flag(p, "dataset_key", default="latents", help="H5 dataset name (default latents; the only 5-D dataset is used if absent)")
-    add_flag(p, "channels", type=int, default=16)
-    add_flag(p, "t_latent", type=int, default=2)
-    add_flag(p, "height", type=int, default=64)
-    add_flag(p, "width", type=int, default=64)
+    add_flag(p, "channels", type=int, default=16, help="latent channels every file must have (default 16)")
+    add_flag(p, "t_latent", type=int, default=2, help="latent frames per chunk (default 2)")
+    add_flag(p, "height", type=int, default=64, help="latent height (default 64)")
+    add_flag(p, "width", type=int, default=64, help="latent width (default 64)")
 
 
 def _shape(args) -> LatentShape:

@@ -6,14 +6,12 @@ import argparse
 import json
 from pathlib import Path
 
-from lam.errors import UserError
+from lam.flags import add_flag
 
 RAW = argparse.RawDescriptionHelpFormatter
 
 
 def register(sub) -> None:
-    from lam.cli import add_flag
-
     p = sub.add_parser(
         "eval",
         help="evaluate a checkpoint: prediction error, controllability, codebook use, action recovery",
@@ -25,17 +23,17 @@ def register(sub) -> None:
         epilog="examples:\n  lam eval --checkpoint runs/my-run/checkpoint_epoch0010 --data_dir D --manifest_path D/manifest.json --split test\n"
         "  lam eval --checkpoint CKPT --data_dir D --split val --max_windows 256 --wandb_run my-run",
     )
-    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by lam train")
-    add_flag(p, "data_dir", required=True)
-    add_flag(p, "manifest_path", default=None, help="default DATA_DIR/manifest.json")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    add_flag(p, "batch_size", type=int, default=16)
-    add_flag(p, "max_windows", type=int, default=None, help="evaluate a random subset of this many windows")
-    p.add_argument("--out", default=None, help="output folder for report.json and figures")
-    p.add_argument("--no_figures", "--no-figures", action="store_true")
-    p.add_argument("--device", default="cpu")
-    add_flag(p, "wandb_run", default=None, help="log the report's numbers to this training run's wandb run")
-    add_flag(p, "wandb_project", default="vvae-lam")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by lam train (checkpoint_epoch*)")
+    add_flag(p, "data_dir", required=True, help="folder of the H5 latent files")
+    add_flag(p, "manifest_path", default=None, help="split manifest (default: DATA_DIR/manifest.json)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split to evaluate (default: test)")
+    add_flag(p, "batch_size", type=int, default=16, help="windows per forward pass (default: 16)")
+    add_flag(p, "max_windows", type=int, default=None, help="evaluate a random subset of this many windows (default: all)")
+    p.add_argument("--out", default=None, help="output folder for report.json and figures (default: CHECKPOINT/../eval_SPLIT)")
+    p.add_argument("--no_figures", "--no-figures", action="store_true", help="write report.json only")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    add_flag(p, "wandb_run", default=None, help="add the report's numbers to this training run's wandb run")
+    add_flag(p, "wandb_project", default="vvae-lam", help="wandb project of that run (default: vvae-lam)")
     p.set_defaults(func=run_eval)
 
     p = sub.add_parser(
@@ -49,26 +47,22 @@ def register(sub) -> None:
         "  lam export-actions --checkpoint CKPT --data_dir D --manifest_path D/manifest.json --split test --out test_actions.parquet\n"
         "  lam export-actions --checkpoint CKPT --data_dir s3data --out a.parquet --num_actors 8 --use_gpu",
     )
-    p.add_argument("--checkpoint", required=True)
-    add_flag(p, "data_dir", required=True)
-    add_flag(p, "manifest_path", default=None, help="default DATA_DIR/manifest.json")
-    p.add_argument("--split", default=None, choices=["train", "val", "test"], help="default: every file in the manifest")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint folder written by lam train (checkpoint_epoch*)")
+    add_flag(p, "data_dir", required=True, help="folder of the H5 latent files")
+    add_flag(p, "manifest_path", default=None, help="split manifest (default: DATA_DIR/manifest.json)")
+    p.add_argument("--split", default=None, choices=["train", "val", "test"], help="only this split (default: every file in the manifest)")
     p.add_argument("--out", required=True, help="Parquet file to write")
-    add_flag(p, "batch_size", type=int, default=16)
-    add_flag(p, "num_actors", type=int, default=1)
-    add_flag(p, "use_gpu", action="store_true")
+    add_flag(p, "batch_size", type=int, default=16, help="windows per forward pass (default: 16)")
+    add_flag(p, "num_actors", type=int, default=1, help="inference actors, each holding the model once (default: 1)")
+    add_flag(p, "use_gpu", action="store_true", help="one GPU per actor")
     p.set_defaults(func=run_export)
-
-
-def _check_checkpoint(path: str) -> None:
-    if not (Path(path) / "state.pt").is_file():
-        raise UserError(f"{path}: not a lam checkpoint folder (no state.pt); pass a checkpoint_epoch* folder of a run")
 
 
 def run_eval(args) -> int:
     from lam.eval.evaluate import evaluate_checkpoint, print_report
+    from lam.runtime.checkpoint import check_checkpoint
 
-    _check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint)
     report = evaluate_checkpoint(
         args.checkpoint, args.data_dir, args.manifest_path or str(Path(args.data_dir) / "manifest.json"), split=args.split,
         batch_size=args.batch_size, max_windows=args.max_windows, out_dir=args.out, device=args.device, figures=not args.no_figures,
@@ -82,7 +76,7 @@ def run_eval(args) -> int:
 def log_to_wandb(report: dict, run_name: str, project: str) -> None:
     import wandb
 
-    from lam.train.metrics import resolve_wandb_mode, wandb_run_id
+    from lam.runtime.run_log import resolve_wandb_mode, wandb_run_id
 
     split = report["split"]
     flat = {f"eval_{split}/next_frame_{k}": v for k, v in report["next_frame"].items()}
@@ -97,8 +91,9 @@ def log_to_wandb(report: dict, run_name: str, project: str) -> None:
 
 def run_export(args) -> int:
     from lam.eval.export import export_actions
+    from lam.runtime.checkpoint import check_checkpoint
 
-    _check_checkpoint(args.checkpoint)
+    check_checkpoint(args.checkpoint)
     result = export_actions(args.checkpoint, args.data_dir, args.out, args.manifest_path, args.split,
                             batch_size=args.batch_size, num_actors=args.num_actors, use_gpu=args.use_gpu)
     print(json.dumps(result))

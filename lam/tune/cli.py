@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lam.config import add_config_flags, config_from_args
+from lam.flags import add_config_flags, add_sweep_flags, config_from_args, recipes_help, sweep_from_args
 
 TUNE_EXAMPLES = """examples:
   # 8 random draws of the default space (lam/tune/default_space.yaml), 20 epochs max each
@@ -33,44 +33,29 @@ Without RAY_ADDRESS a local Ray is started on 127.0.0.1; with it, the sweep runs
 
 
 def register(sub) -> None:
-    from lam.cli import add_flag
-    from lam.tune.sweep import SweepSettings
-
     p = sub.add_parser(
         "tune",
         help="hyperparameter sweep: Ray Tune + ASHA, a distributed training run per trial",
+        usage="lam tune [--search_space YAML] [--name NAME] [--SWEEP_FIELD VALUE ...] [--recipe NAME] [--config YAML] "
+        "[--FIELD VALUE ...] [--verbose]",
         description="Sweep model and optimiser settings with Ray Tune. Every trial is a TorchTrainer run (DDP);\n"
         "ASHA stops the weak ones early. Prints a results table and writes the best config as YAML.",
-        epilog=TUNE_EXAMPLES,
+        epilog=TUNE_EXAMPLES + recipes_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    defaults = SweepSettings()
-    g = p.add_argument_group("sweep options")
-    add_flag(g, "search_space", default="", metavar="YAML", help="search space file (default: lam/tune/default_space.yaml)")
-    add_flag(g, "name", default="", help="sweep name, a folder under --storage_path (default: tune-DATE-TIME)")
-    add_flag(g, "num_samples", type=int, default=defaults.num_samples, help=f"samples of the space (default: {defaults.num_samples})")
-    add_flag(g, "max_epochs", type=int, default=defaults.max_epochs, help=f"epochs per trial, ASHA's max_t (default: {defaults.max_epochs})")
-    add_flag(g, "grace_period", type=int, default=defaults.grace_period, help=f"epochs before a trial may be stopped (default: {defaults.grace_period})")
-    add_flag(g, "reduction_factor", type=int, default=defaults.reduction_factor, help=f"ASHA reduction factor (default: {defaults.reduction_factor})")
-    add_flag(g, "metric", default=defaults.metric, help=f"metric ASHA compares (default: {defaults.metric})")
-    add_flag(g, "mode", default=defaults.mode, choices=["min", "max"], help=f"(default: {defaults.mode})")
-    add_flag(g, "max_concurrent_trials", type=int, default=0, help="trials at once (default: what the cluster's CPUs/GPUs hold)")
-    add_flag(g, "search_seed", type=int, default=defaults.seed, help=f"seed of the random draws (default: {defaults.seed})")
-    add_flag(g, "resume", action="store_true", help="continue the sweep --name")
+    add_sweep_flags(p)
     add_config_flags(p)
+    p.add_argument("--verbose", action="store_true",
+                   help="also show Ray's own log lines on the console (always written to the sweep's ray.log)")
     p.set_defaults(func=run_tune)
 
 
 def run_tune(args) -> int:
-    from lam.tune.sweep import SweepSettings, format_table, run_sweep
+    from lam.tune.sweep import format_table, run_sweep
 
-    settings = SweepSettings(
-        search_space=args.search_space, name=args.name, num_samples=args.num_samples, max_epochs=args.max_epochs,
-        grace_period=args.grace_period, reduction_factor=args.reduction_factor, metric=args.metric, mode=args.mode,
-        max_concurrent_trials=args.max_concurrent_trials, seed=args.search_seed, resume=args.resume,
-    )
+    settings = sweep_from_args(args)
     base = config_from_args(args)
-    outcome = run_sweep(base, settings)
+    outcome = run_sweep(base, settings, ray_logs=args.verbose)
     print("")
     print(format_table(outcome, settings.metric))
     print("")

@@ -1,0 +1,81 @@
+"""Argparse glue: every config field becomes a flag whose help is the field's own description.
+
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)              # --config, --recipe, one flag per field, grouped
+    cfg = config_from_args(parser.parse_args())
+
+Flags take the field's flat name (`--embed_dim`) and its dashed spelling
+(`--embed-dim`); a run flag not given leaves the value to the recipe or YAML below it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from lam.config import DEPRECATED_KEYS, RunConfig, SweepConfig, apply_overrides, field_type, flat_fields, load_yaml
+from lam.recipes import RECIPES, recipe_config
+
+HELP_GROUPS = {"data": "data options", "model": "model options"}  # TrainConfig fields name their own group
+
+
+def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **kwargs) -> None:
+    """Add `--some_flag` with its dashed spelling `--some-flag` as an alias."""
+    spellings = [f"--{name}"]
+    if "_" in name:
+        spellings.append(f"--{name.replace('_', '-')}")
+    parser.add_argument(*spellings, dest=name, **kwargs)
+
+
+def add_field_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, default) -> None:
+    """The flag of one config field: its type, its choices, its description and default."""
+    helptext = f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%")
+    kind = field_type(f)
+    if kind is bool:
+        add_flag(group, f.name, action=argparse.BooleanOptionalAction, default=default, help=helptext)
+    elif f.metadata["choices"]:
+        add_flag(group, f.name, choices=f.metadata["choices"], default=default, help=helptext)
+    else:
+        add_flag(group, f.name, type=kind, default=default, metavar=kind.__name__.upper(), help=helptext)
+
+
+def recipes_help() -> str:
+    return "recipes (--recipe NAME; defaults < recipe < --config < flags):\n" + "\n".join(
+        f"  {name:<6} {recipe.summary}" for name, recipe in RECIPES.items()
+    )
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """--config, --recipe and one flag per run config field (default: not given), grouped by section."""
+    parser.add_argument("--config", metavar="YAML", help="YAML config file; flags override it")
+    parser.add_argument("--recipe", default="spec", choices=list(RECIPES), help="starting config (default: spec; listed below)")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for section, f in flat_fields().values():
+        title = HELP_GROUPS.get(section) or f"{f.metadata['group']} options"
+        if title not in groups:
+            groups[title] = parser.add_argument_group(title)
+        add_field_flag(groups[title], f, argparse.SUPPRESS)
+    old = parser.add_argument_group("deprecated model flags (still accepted)")
+    for name, replacement in DEPRECATED_KEYS.items():
+        add_flag(old, name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"use {replacement}")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The run config: the recipe, then the --config YAML, then the flags given."""
+    cfg = recipe_config(getattr(args, "recipe", None) or "spec")
+    if getattr(args, "config", None):
+        apply_overrides(cfg, load_yaml(args.config), source=args.config)
+    names = [*flat_fields(), *DEPRECATED_KEYS]
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    apply_overrides(cfg, given, source="command line")
+    return cfg
+
+
+def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sweep options")
+    for f in dataclasses.fields(SweepConfig):
+        add_field_flag(group, f, f.default)
+
+
+def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
+    return SweepConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)})

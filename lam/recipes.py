@@ -1,0 +1,65 @@
+"""Named starting configs: `lam train --recipe NAME`, then --config YAML and flags on top.
+
+    spec   the specification's model and training defaults
+    demo   what `lam demo` trains: a few minutes on 2 CPU cores, codes that follow the actions
+    tiny   seconds on 2 CPU cores: the tests' and benchmarks' model
+
+Each recipe is a flat mapping of config keys over the defaults, so it reads like a
+YAML config and goes through the same checks. Measured results of the recipes are in
+docs/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lam.config import RunConfig
+from lam.errors import UserError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    summary: str
+    overrides: dict
+
+
+RECIPES = {
+    "spec": Recipe(
+        "the specification's defaults: 27M parameters, 8-frame windows, 3 VQ codes of 12 entries (for GPUs)",
+        {},
+    ),
+    "demo": Recipe(
+        "a small model for 2 CPU cores: difference stem with moments, one FSQ code of 9 entries on whitened vectors",
+        {
+            # A small model on 3-frame windows at stride 1: what 2 CPU cores train in minutes.
+            "sequence_length": 3, "stride": 1,
+            "patch_grid": 8, "patch_dim": 256, "embed_dim": 96, "num_heads": 4, "encoder_depth": 2, "decoder_depth": 2,
+            # The stem sees frame differences, so a static background cancels, and their spatial
+            # moments, which are linear in how far and which way something moved; its features also
+            # feed the codes directly, so codes follow motion from the first step.
+            "stem": "diff", "motion_moments": True, "action_head": "token+motion",
+            # FSQ on whitened vectors cannot collapse to one code; one code of 9 entries, because
+            # every extra id that a true action is split over lowers NMI.
+            "quantizer": "fsq", "whiten": True, "num_codes": 1, "num_embeddings": 9,
+            "batch_size": 16, "num_epochs": 10, "learning_rate": 5e-4, "warmup_steps": 50,
+            "num_workers": 2, "save_every": 2, "log_every": 20, "eval_every": 2,
+        },
+    ),
+    "tiny": Recipe(
+        "a model that trains in seconds on 4-frame windows (tests, benchmarks, smoke runs)",
+        {
+            "sequence_length": 4,
+            "patch_grid": 4, "patch_dim": 32, "embed_dim": 32, "num_heads": 2, "encoder_depth": 1, "decoder_depth": 1,
+            "codebook_dim": 8, "num_embeddings": 4,
+            "batch_size": 4, "num_epochs": 2, "learning_rate": 3e-3, "warmup_steps": 2,
+            "save_every": 1, "log_every": 0, "wandb_mode": "disabled",
+        },
+    ),
+}
+
+
+def recipe_config(name: str = "spec") -> RunConfig:
+    """A fresh config from the named recipe."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe '{name}'; choose one of {', '.join(RECIPES)}")
+    return RunConfig.from_dict(RECIPES[name].overrides, source=f"recipe '{name}'")
