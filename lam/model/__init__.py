@@ -1,27 +1,34 @@
-"""The VQ-VAE latent action model: plain PyTorch modules, unaware of Ray or DDP wrappers.
+"""The latent action model: plain PyTorch modules, unaware of Ray or DDP wrappers.
 
-    from lam.model import ModelConfig, VVAELatentActionVQVAE
-    model = VVAELatentActionVQVAE(ModelConfig())
+    from lam.model import LatentActionModel, ModelConfig
+    model = LatentActionModel()               # the spec's model; or LatentActionModel(ModelConfig(...))
     out = model(x)            # x: [B, T, 16, 64, 64] -> out.predictions [B, T-1, 16, 64, 64]
     out.loss.backward()       # out.indices [B, T-1, 3], out.metrics {"mse_loss": ..., ...}
-    model.quantizer.revive_dead_codes()   # after optimizer.step(), on every rank
+    optimizer.step()
+    model.after_optimizer_step()              # e.g. VQ's dead-code revival, on every rank
 
-Files: config.py (ModelConfig), adapters.py (VVAE <-> patches), transformer.py
-(factorised space-time attention), quantizer.py (multi-code VQ, dead-code revival,
-the only torch.distributed calls), lam.py (encoder, decoder, the full model).
+Files: adapters.py (VVAE frames <-> patches), transformer.py (factorised space-time
+attention), stems.py and heads.py (the encoder's parts, by name), encoder.py,
+decoder.py, quantize/ (one bottleneck a file, one interface), whiten.py,
+distributed.py (the only torch.distributed calls), lam.py (the model), flops.py.
 """
 
+from lam.config import ModelConfig
 from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
-from lam.model.config import ModelConfig
-from lam.model.lam import LAMOutput, VVAELatentActionVQVAE
-from lam.model.quantizer import MultiCodeQuantizer, QuantizerOutput
+from lam.model.heads import HEADS
+from lam.model.lam import LAMOutput, LatentActionModel, VVAELatentActionVQVAE
+from lam.model.quantize import QUANTIZERS, QuantizerOutput
+from lam.model.stems import STEMS
 
 __all__ = [
     "ModelConfig",
+    "LatentActionModel",
     "VVAELatentActionVQVAE",
     "VVAEtoLAMAdapter",
     "LAMtoVVAEAdapter",
     "LAMOutput",
-    "MultiCodeQuantizer",
     "QuantizerOutput",
+    "STEMS",
+    "HEADS",
+    "QUANTIZERS",
 ]

@@ -11,14 +11,14 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from lam.model.config import ModelConfig
-from lam.model.lam import VVAELatentActionVQVAE
+from lam.config import ModelConfig
+from lam.model.lam import LatentActionModel
 
 
 def count_flops(cfg: ModelConfig, frames: int = 8, backward: bool = False) -> dict[str, float]:
     """GFLOPs per sample (batch of 1): total and per top-level submodule; plus parameters (millions)."""
     torch.manual_seed(0)
-    model = VVAELatentActionVQVAE(cfg)
+    model = LatentActionModel(cfg)
     x = torch.randn(1, frames, cfg.in_channels, cfg.latent_size, cfg.latent_size)
     counter = FlopCounterMode(display=False)
     with torch.set_grad_enabled(backward), counter:

@@ -1,0 +1,176 @@
+"""Multi-code vector quantisation (the spec's bottleneck) with dead-code revival.
+
+An action is `num_codes` (K) vectors of `codebook_dim` (D). Code position k has
+its own codebook of `num_embeddings` (M) entries, `codebook[k]` of shape (M, D),
+and each vector is snapped to the nearest entry of its own codebook (Euclidean).
+One codebook per position (rather than one shared) lets each position specialise
+and makes the K codes an ordered tuple, so the mixed-radix action id
+`sum_k code_k * M**(K-1-k)` addresses all M**K actions without symmetry.
+
+Losses (VQ-VAE, van den Oord et al. 2017), means over all elements:
+  codebook_loss   = ||sg[z] - q||^2     moves entries toward encoder outputs
+  commitment_loss = ||z - sg[q]||^2     keeps the encoder near its codes
+  loss            = codebook_loss + commitment_weight * commitment_loss
+and the straight-through estimator `z + sg[q - z]`: the forward value is the
+codebook entry, the gradient goes to the encoder unchanged. The codebook itself
+only learns through codebook_loss (and revival). Distances, losses and the
+quantized output are float32 whatever autocast says, because bf16 rounding makes
+near-ties between entries flip at random.
+
+Codebook collapse is the known failure, so the quantizer measures and fights it:
+  * `usage` and `perplexity` come from code counts summed over *all* ranks;
+  * in training mode, each forward counts, per entry, the steps since it was
+    last used (from the same all-reduced counts, so identical on every rank)
+    and keeps this batch's encoder outputs (up to `recent_size` per code
+    position) in a buffer. Only the latest batch: the encoder moves fast while
+    the codebook is collapsed, and entries revived from outputs a few dozen
+    steps old land where no current output is, and stay dead;
+  * `after_optimizer_step()` re-initialises every entry unused for
+    `dead_code_steps` steps from a random recent encoder output plus a little
+    noise (so it separates from the entry that already serves that output).
+    Rank 0 picks from its own buffer, then broadcasts the codebook, so every
+    rank ends with a bit-identical codebook. Revival changes a parameter in
+    place; it must not happen inside forward (DDP's autograd hooks and the
+    optimizer's step would see a moved tensor).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lam.config import ModelConfig
+from lam.model.distributed import broadcast_from_rank0_, rank
+from lam.model.quantize.base import Quantizer, QuantizerOutput
+
+
+class VectorQuantizer(Quantizer):
+    loss_names = ("codebook_loss", "commitment_loss")
+
+    def __init__(
+        self,
+        num_codes: int = 3,
+        num_embeddings: int = 12,
+        codebook_dim: int = 128,
+        commitment_weight: float = 0.25,
+        dead_code_steps: int = 100,
+        recent_size: int = 256,
+        revive_noise: float = 0.05,
+        seed: int = 0,
+    ):
+        super().__init__(num_codes, num_embeddings, codebook_dim)
+        self.commitment_weight = commitment_weight
+        self.dead_code_steps = dead_code_steps
+        self.revive_noise = revive_noise  # noise std, relative to the per-dim std of recent encoder outputs
+        self.seed = seed
+        # N(0, 1) entries; the encoder's output head is initialised to give ~unit-variance vectors too.
+        self.codebook = nn.Parameter(torch.randn(num_codes, num_embeddings, codebook_dim))  # (K, M, D)
+        # Revival state: buffers, so checkpoints carry it.
+        self.register_buffer("steps_since_used", torch.zeros(num_codes, num_embeddings, dtype=torch.long))
+        self.register_buffer("recent", torch.zeros(num_codes, recent_size, codebook_dim))  # (K, R, D)
+        self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))  # valid rows of `recent`
+        self.register_buffer("revive_calls", torch.zeros((), dtype=torch.long))  # seeds revival's RNG
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig) -> "VectorQuantizer":
+        return cls(cfg.num_codes, cfg.num_embeddings, cfg.codebook_dim, cfg.commitment_weight, cfg.dead_code_steps)
+
+    # ----------------------------------------------------------------- lookups
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Indices (..., K) long of the nearest entry for z (..., K, D). Pure: no state changes."""
+        with torch.autocast(z.device.type, enabled=False):
+            flat = z.detach().float().reshape(-1, self.num_codes, self.code_dim)  # (n, K, D)
+            cb = self.codebook.detach().float()  # (K, M, D)
+            # ||z - c||^2 = ||z||^2 - 2 z.c + ||c||^2, in float32
+            dist2 = (
+                flat.pow(2).sum(-1, keepdim=True)  # (n, K, 1)
+                - 2 * torch.einsum("nkd,kmd->nkm", flat, cb)  # (n, K, M)
+                + cb.pow(2).sum(-1)[None]  # (1, K, M)
+            )
+            return dist2.argmin(-1).reshape(z.shape[:-1])
+
+    def lookup(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors (..., K, D) float32 for indices (..., K)."""
+        k = torch.arange(self.num_codes, device=indices.device)  # broadcasts against the last dim of indices
+        return self.codebook[k, indices]
+
+    # ----------------------------------------------------------------- forward
+    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+        """z: (..., K, D) encoder outputs."""
+        with torch.autocast(z.device.type, enabled=False):
+            z = z.float()
+            indices = self.nearest(z)  # (..., K)
+            q = self.lookup(indices)  # (..., K, D), carries gradient to the codebook
+            codebook_loss = F.mse_loss(q, z.detach())
+            commitment_loss = F.mse_loss(z, q.detach())
+            quantized = z + (q - z).detach()  # straight-through
+            counts, usage, perplexity = self.code_statistics(indices)
+            if self.training:
+                self._track(counts, z)
+        return QuantizerOutput(
+            quantized=quantized, indices=indices, usage=usage, perplexity=perplexity,
+            losses={"codebook_loss": codebook_loss, "commitment_loss": commitment_loss},
+            loss=codebook_loss + self.commitment_weight * commitment_loss,
+        )
+
+    @torch.no_grad()
+    def _track(self, counts: torch.Tensor, z: torch.Tensor) -> None:
+        """Training-step bookkeeping for revival: staleness per entry, and this batch's encoder outputs."""
+        self.steps_since_used += 1
+        self.steps_since_used.masked_fill_(counts > 0, 0)  # masked_fill: no host sync on GPU
+        if self.dead_code_steps <= 0:
+            return
+        vecs = z.detach().reshape(-1, self.num_codes, self.code_dim).transpose(0, 1)  # (K, n, D)
+        n, size = vecs.shape[1], self.recent.shape[1]
+        if n > size:  # keep `size` vectors spread evenly over the batch
+            vecs = vecs[:, torch.linspace(0, n - 1, size, device=vecs.device).long()]
+        self.recent[:, : vecs.shape[1]] = vecs
+        self.recent_count.fill_(vecs.shape[1])
+
+    # ----------------------------------------------------------------- revival
+    def after_optimizer_step(self) -> None:
+        self.revive_dead_codes()
+
+    @torch.no_grad()
+    def revive_dead_codes(self) -> int:
+        """Re-initialise entries unused for `dead_code_steps` training steps; return how many.
+
+        Call on every rank after `optimizer.step()`, on the unwrapped module. Rank 0's
+        staleness counters decide and rank 0's recent encoder outputs supply the new
+        entries; the codebook is then broadcast, so all ranks stay bit-identical.
+        """
+        if self.dead_code_steps <= 0:
+            return 0
+        broadcast_from_rank0_(self.steps_since_used)  # so every rank takes the same branch below
+        dead = self.steps_since_used >= self.dead_code_steps  # (K, M)
+        if not bool(dead.any()):
+            return 0
+        revived = torch.zeros((), dtype=torch.long, device=self.codebook.device)
+        if rank() == 0:
+            revived.fill_(self._replace_entries(dead))
+        broadcast_from_rank0_(self.codebook.data)
+        broadcast_from_rank0_(revived)
+        if revived.item() > 0:
+            self.steps_since_used.masked_fill_(dead, 0)
+        self.revive_calls += 1
+        return int(revived.item())
+
+    def _replace_entries(self, dead: torch.Tensor) -> int:
+        """Overwrite the dead entries with recent encoder outputs + noise (this rank's buffer). Returns the count."""
+        filled = int(self.recent_count.item())
+        if filled == 0:
+            return 0  # no encoder outputs seen yet: nothing to revive from
+        gen = torch.Generator().manual_seed(self.seed + int(self.revive_calls.item()))
+        for k in range(self.num_codes):
+            entries = dead[k].nonzero().flatten()
+            if entries.numel() == 0:
+                continue
+            pool = self.recent[k, :filled].float()  # (filled, D)
+            # Distinct sources where possible, so two revived entries do not start on the same vector.
+            picks = torch.randperm(filled, generator=gen).repeat(-(-entries.numel() // filled))[: entries.numel()]
+            noise = torch.randn(entries.numel(), self.code_dim, generator=gen)
+            spread = pool.std(0, unbiased=False)  # (D,)
+            new = pool[picks.to(pool.device)] + self.revive_noise * spread * noise.to(pool.device)
+            self.codebook.data[k, entries] = new.to(self.codebook.dtype)
+        return int(dead.sum().item())
