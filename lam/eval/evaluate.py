@@ -30,22 +30,12 @@ import h5py
 import numpy as np
 import torch
 
-from lam.config import RunConfig
 from lam.data.manifest import load_manifest
 from lam.data.windows import WindowReader, build_window_index
+from lam.eval import figures as F
 from lam.eval import metrics as M
-from lam.model import VVAELatentActionVQVAE
-from lam.train.checkpoint import load_checkpoint
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[VVAELatentActionVQVAE, RunConfig]:
-    """The model and run config stored in a `lam train` checkpoint folder."""
-    state = load_checkpoint(checkpoint, map_location=device)
-    cfg = RunConfig.from_dict(state["config"])
-    model = VVAELatentActionVQVAE(cfg.model).to(device)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, cfg
+from lam.model import LatentActionModel
+from lam.runtime.checkpoint import load_model
 
 
 def true_actions(path: str | Path) -> np.ndarray | None:
@@ -54,6 +44,13 @@ def true_actions(path: str | Path) -> np.ndarray | None:
         if "actions" not in f:
             return None
         return np.asarray(f["actions"][()]).reshape(-1).astype(np.int64)
+
+
+def action_names(path: str | Path) -> list[str] | None:
+    """The names of a file's true actions (its `action_names` attribute, e.g. stay/up/down/...), or None."""
+    with h5py.File(path, "r") as f:
+        names = f.attrs.get("action_names")
+    return None if names is None else [n.decode() if isinstance(n, bytes) else str(n) for n in names]
 
 
 @dataclass
@@ -82,7 +79,7 @@ class Accumulator:
 
 
 @torch.no_grad()
-def evaluate_windows(model: VVAELatentActionVQVAE, batches, seed: int = 0, keep_features: bool = True) -> Accumulator:
+def evaluate_windows(model: LatentActionModel, batches, seed: int = 0, keep_features: bool = True) -> Accumulator:
     """Run the model over `batches` of (x [B,T,C,H,W] float32, labels [B,T-1] or None, group ids [B]).
 
     Random actions for controllability come from a generator seeded with `seed`.
@@ -211,8 +208,11 @@ def evaluate_checkpoint(checkpoint, data_dir, manifest_path, split="test", batch
     manifest = load_manifest(manifest_path, data_dir)
     T = cfg.data.sequence_length
     acc = evaluate_windows(model, split_batches(T, manifest, split, batch_size, max_windows, device), seed=seed)
-    report = summarize(acc, cfg.model.num_embeddings ** cfg.model.num_codes, seed=seed)
+    report = summarize(acc, cfg.model.num_actions, seed=seed)
     report.update({"checkpoint": str(checkpoint), "split": split, "sequence_length": T})
+    names = action_names(Path(manifest.data_dir) / manifest.split_files(split)[0])
+    if names and "ground_truth" in report:
+        report["ground_truth"]["action_names"] = names
     out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     if figures:
@@ -223,8 +223,6 @@ def evaluate_checkpoint(checkpoint, data_dir, manifest_path, split="test", batch
 
 
 def write_figures(model, manifest, split, T, report, out_dir: Path, device) -> list[str]:
-    from lam.eval import figures as F
-
     x, _, _ = next(split_batches(T, manifest, split, batch_size=4, device=device))
     with torch.no_grad():
         indices, _ = model.encode_actions(x)
@@ -238,7 +236,11 @@ def write_figures(model, manifest, split, T, report, out_dir: Path, device) -> l
     paths.append(F.plot_code_histogram(out_dir / "code_usage.png", counts, title=f"{split}: action-id usage"))
     gt = report.get("ground_truth")
     if gt:
-        paths.append(F.plot_confusion(out_dir / "confusion.png", np.asarray(gt["confusion"]), title=f"{split}: action id x true action"))
+        confusion = np.asarray(gt["confusion"])  # (ids, true actions)
+        names = gt.get("action_names")
+        true_labels = names[: confusion.shape[1]] if names and len(names) >= confusion.shape[1] else None
+        paths.append(F.plot_confusion(out_dir / "confusion.png", confusion, true_labels=true_labels,
+                                      title=f"{split}: action id x true action"))
     return [str(p) for p in paths]
 
 

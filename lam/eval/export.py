@@ -32,6 +32,9 @@ from tqdm import tqdm
 from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest, load_manifest
 from lam.data.windows import WindowReader, frame_count
+from lam.runtime.checkpoint import load_model
+from lam.runtime.cluster import init_ray
+from lam.runtime.console import route_console
 
 SCHEMA = pa.schema([("file", pa.string()), ("t", pa.int64()), ("codes", pa.list_(pa.int64())), ("action_id", pa.int64())])
 
@@ -56,8 +59,6 @@ class ActionLabeler:
     """Ray Data actor: holds the model and one H5 reader per window length."""
 
     def __init__(self, checkpoint: str, data_dir: str, dataset_key: str, shape: tuple, use_gpu: bool = False):
-        from lam.eval.evaluate import load_model
-
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model, _ = load_model(checkpoint, self.device)
         self.data_dir, self.dataset_key, self.shape = data_dir, dataset_key, LatentShape(*shape)
@@ -95,20 +96,18 @@ def plan(manifest: Manifest, files: list[str], T: int) -> tuple[list[dict], int]
 def export_actions(checkpoint: str, data_dir: str, out: str, manifest_path: str | None = None, split: str | None = None,
                    batch_size: int = 16, num_actors: int = 1, use_gpu: bool = False, progress: bool = True) -> dict:
     """Write the actions of every transition of the selected files to `out` (a Parquet file)."""
-    from lam.eval.evaluate import load_model
-    from lam.train.launch import init_ray
-
     _, cfg = load_model(checkpoint)
     manifest = load_manifest(manifest_path or Path(data_dir) / "manifest.json", data_dir)
     files = manifest.split_files(split) if split else sorted({f for fs in manifest.splits.values() for f in fs})
     rows, transitions = plan(manifest, files, cfg.data.sequence_length)
 
+    route_console()  # progress is the bar below; Ray's lines stay in its session logs
     init_ray(min_cpus=num_actors + 1)
     shape = manifest.latent_shape
     ds = ray.data.from_items(rows).map_batches(
         ActionLabeler,
         fn_constructor_kwargs={"checkpoint": str(checkpoint), "data_dir": str(manifest.data_dir), "dataset_key": manifest.dataset_key,
-                               "shape": (shape.channels, shape.t_latent, shape.height, shape.width), "use_gpu": use_gpu},
+                               "shape": shape.as_tuple(), "use_gpu": use_gpu},
         batch_size=batch_size, batch_format="pandas", concurrency=num_actors, num_gpus=1 if use_gpu else 0,
     )
     out_path = Path(out)

@@ -8,9 +8,7 @@
 Rendering is headless: figures are built with matplotlib's object-oriented API
 (`matplotlib.figure.Figure` drawn by the Agg canvas), never through `pyplot`, so no
 window opens, no global pyplot state is touched (safe in Ray workers and threads),
-and a figure is freed as soon as it is saved. matplotlib is an optional dependency
-(`pip install lam[plots]`); it is imported when a function is called, so importing
-this module never needs it.
+and a figure is freed as soon as it is saved.
 
 Every function creates the parent directories, writes the PNG, closes the figure and
 returns the `Path` written. Inputs may be numpy arrays or torch tensors.
@@ -22,6 +20,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 from lam.eval.metrics import to_numpy
 
@@ -32,11 +32,6 @@ DPI = 100
 
 def _new_figure(width_in: float, height_in: float) -> Any:
     """A Figure attached to the Agg (PNG, no window) canvas, with constrained layout."""
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("lam.eval.figures needs matplotlib: pip install 'lam[plots]'") from e
     fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")  # fits colorbars and titles
     FigureCanvasAgg(fig)
     return fig

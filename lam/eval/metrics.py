@@ -2,8 +2,7 @@
 
 Two questions are asked of a trained latent action model:
 
-1. *Does it predict well?*  `psnr` / `psnr_per_sample` on predicted vs. target latent
-   frames, or `psnr_from_mse` on an MSE accumulated over a whole evaluation.
+1. *Does it predict well?*  `psnr_from_mse` on an MSE accumulated over a whole evaluation.
 2. *Do its action ids mean anything?*  Compare the id assigned to each transition
    `z[t-1] -> z[t]` with the ground-truth action held during latent frame `t`:
    `normalized_mutual_information`, `mapping_probe_accuracy` (majority-vote code ->
@@ -16,11 +15,9 @@ Probes are fitted on one part of the data and scored on another. Split by *file*
 transition of an evaluated video was seen by the probe; `split_fit_eval` is the
 plain per-sample split for when there is no grouping.
 
-PSNR peak. Latents are not images with a fixed range, so the peak is a choice. We use
-the data range of the evaluated *targets*, `max - min` over all of them
-(`PSNR_PEAK = "target_range"`, computed by `data_range(targets)`), fixed once per
-evaluation and passed in by the caller, so that every sample and every model of the
-same evaluation is measured against the same peak.
+PSNR peak. Latents are not images with a fixed range, so the peak is a choice: the
+evaluation uses the range (max - min) of the evaluated targets, one number for the whole
+evaluation, so every sample and every model of it is measured against the same peak.
 
 Every function accepts numpy arrays or torch tensors (any device, any float dtype)
 and returns plain Python floats / numpy arrays.
@@ -33,9 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-# How the PSNR peak is chosen across this project (see the module docstring).
-PSNR_PEAK = "target_range"
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | sequence
 
@@ -59,44 +53,6 @@ def _labels(x: ArrayLike, name: str) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- prediction quality
-
-
-def data_range(targets: ArrayLike) -> float:
-    """The PSNR peak used in this project: `max - min` over all evaluated target values."""
-    t = to_numpy(targets).astype(np.float64, copy=False)
-    if t.size == 0:
-        raise ValueError("data_range of an empty array")
-    return float(t.max() - t.min())
-
-
-def psnr(pred: ArrayLike, target: ArrayLike, peak: float) -> float:
-    """Peak signal-to-noise ratio in dB over all elements: `10 * log10(peak**2 / MSE)`.
-
-    `peak` is chosen by the caller (here: `data_range` of the evaluated targets).
-    Identical inputs (MSE == 0) give `math.inf`; average PSNRs with that in mind
-    (or average MSEs and convert once, which is what this function does for a batch).
-    """
-    p = to_numpy(pred).astype(np.float64, copy=False)
-    t = to_numpy(target).astype(np.float64, copy=False)
-    if p.shape != t.shape:
-        raise ValueError(f"pred shape {p.shape} != target shape {t.shape}")
-    mse = float(np.mean((p - t) ** 2))
-    return psnr_from_mse(mse, peak)
-
-
-def psnr_per_sample(pred: ArrayLike, target: ArrayLike, peak: float) -> np.ndarray:
-    """PSNR in dB of each sample along the first axis: `[S, ...]` x2 -> `[S]` (float64).
-
-    Same definition and peak convention as `psnr`; a sample with MSE == 0 gets `inf`.
-    """
-    p = to_numpy(pred).astype(np.float64, copy=False)
-    t = to_numpy(target).astype(np.float64, copy=False)
-    if p.shape != t.shape:
-        raise ValueError(f"pred shape {p.shape} != target shape {t.shape}")
-    if p.ndim < 1:
-        raise ValueError("psnr_per_sample needs a leading sample axis")
-    mse = ((p - t) ** 2).reshape(p.shape[0], -1).mean(axis=1)  # (S,)
-    return np.array([psnr_from_mse(float(m), peak) for m in mse], dtype=np.float64)
 
 
 def psnr_from_mse(mse: float, peak: float) -> float:

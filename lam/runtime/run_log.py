@@ -1,13 +1,7 @@
-"""Metric bookkeeping for the training loop: averaging over steps and ranks, and logging (rank 0).
+"""A run's metric records: `metrics.jsonl` in the run directory (readable without wandb) and wandb.
 
-Names follow the spec exactly: `train/loss`, `train/mse_loss`, `train/mae_loss`,
-`train/vq_loss`, `train/codebook_loss`, `train/commitment_loss`,
-`train/codebook_usage`, the same under `val/`, `train/lr`, `train/grad_norm`,
-`train/rollout_loss` (when rollout is on); plus `*/perplexity`,
-`train/samples_per_s`, `epoch` and `step`.
-
-Every logged record goes to `metrics.jsonl` in the run directory (readable
-without wandb) and, when wandb is on, to wandb.
+Only rank 0 of a training run logs (`RunLogger`); `lam eval --wandb_run` adds its
+report to the same wandb run (`wandb_run_id`).
 """
 
 from __future__ import annotations
@@ -17,41 +11,7 @@ import os
 import time
 from pathlib import Path
 
-import torch
-import torch.distributed as dist
-
-from lam.train import storage
-
-
-class MeanTracker:
-    """Weighted means of scalar metrics over steps, all-reduced across ranks on `compute`.
-
-    Tensor metrics are summed where they live (on the GPU in GPU runs): `add` never waits
-    for the device, so the host can queue the next step while this one runs. `compute` reads
-    everything back at once.
-    """
-
-    def __init__(self):
-        self.sums: dict[str, torch.Tensor | float] = {}
-        self.weight = 0.0
-
-    def add(self, metrics: dict[str, torch.Tensor | float], weight: float) -> None:
-        for k, v in metrics.items():
-            v = v.detach().double() * weight if torch.is_tensor(v) else float(v) * weight
-            self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.weight += weight
-
-    def compute(self, prefix: str, keys: list[str], device) -> dict[str, float]:
-        """Means over all ranks. `keys` must be the same list on every rank (a rank may have seen no batch)."""
-        parts = [torch.as_tensor(self.sums.get(k, 0.0), dtype=torch.float64, device=device).reshape(()) for k in keys]
-        values = torch.stack(parts + [torch.tensor(self.weight, dtype=torch.float64, device=device)])
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(values)
-        values = values.tolist()
-        total = values[-1]
-        if total == 0:
-            return {}
-        return {f"{prefix}/{k}": values[i] / total for i, k in enumerate(keys)}
+from lam.runtime import storage
 
 
 def resolve_wandb_mode(mode: str) -> str:

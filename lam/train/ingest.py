@@ -30,21 +30,16 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
 import ray
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from lam.config import RunConfig
 from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest
 from lam.data.windows import WindowIndex, WindowReader, build_window_index
-
-if TYPE_CHECKING:
-    # Only for annotations: lam.config imports torch (through the model config), and the
-    # read tasks import this module; without torch a read worker starts ~1 s sooner.
-    from lam.config import RunConfig
 
 # Windows per read task (at least): enough that per-task scheduling costs little next
 # to the reads (a 1 MB window takes ~0.5 ms), few enough that several tasks run at once.
@@ -101,7 +96,7 @@ class WindowDatasource(Datasource):
             "data_dir": str(manifest.data_dir),
             "sequence_length": index.sequence_length,
             "dataset_key": manifest.dataset_key,
-            "shape": (shape.channels, shape.t_latent, shape.height, shape.width),
+            "shape": shape.as_tuple(),
         }
         # Only a size estimate for Ray's planning; numpy has no bfloat16 dtype to ask, so a table.
         stored = next(iter(manifest.files.values()), {}).get("dtype", "float16")

@@ -11,85 +11,30 @@ same code runs on that cluster.
 
 from __future__ import annotations
 
-import math
 import os
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import ray.train
-from ray._private import ray_constants
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.config import LoggingConfig
 
 from lam.config import RunConfig, dump_yaml
 from lam.data.manifest import load_manifest
 from lam.errors import UserError
-from lam.train import storage
+from lam.runtime import storage
+from lam.runtime.cluster import cpus_needed, init_ray
+from lam.runtime.console import route_console
+from lam.runtime.run_log import resolve_wandb_mode
 from lam.train.ingest import build_datasets
 from lam.train.loop import train_loop_per_worker
-from lam.train.metrics import resolve_wandb_mode
 
 OVERFIT_MSE, OVERFIT_MAE = 0.01, 0.05  # the spec's overfit success criterion
 # ...and the model must have learned something: MSE at most 0.9x copying the last frame
 # (on smooth data copy-last alone can be under 0.01, and an untrained model equals it).
 OVERFIT_BASELINE_RATIO = 0.9
-
-
-def init_ray(min_cpus: int = 0) -> None:
-    """Join the cluster in RAY_ADDRESS, or start a private local one on 127.0.0.1.
-
-    A bare `ray.init()` would join any cluster recorded under /tmp/ray; address="local"
-    always starts our own. Logical CPUs are at least `min_cpus` so Ray Data read tasks
-    have room beside the training workers on small machines.
-    """
-    if ray.is_initialized():
-        return
-    quiet = {"log_to_driver": True, "logging_level": "WARNING"}
-    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")  # worker prints once, not twice
-    os.environ.setdefault("WANDB_SILENT", "true")  # we print where the wandb run is ourselves
-    # Train gives up on starting a worker group after 60 s by default; a busy small machine
-    # (several trials starting at once) can take longer. Inherited by every Ray process.
-    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "300")
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(**quiet)
-        return
-    # Ray turns 127.0.0.1 into the machine's routable address unless cluster mode is
-    # off; off, every process of the local cluster (and DDP's rendezvous) uses loopback.
-    # The env var reaches the processes Ray starts; this process read it at import.
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in ("0", "false", "False")
-    # Ray Train's placement-group cleaner finds the dashboard (state API) by looking for "the"
-    # local cluster, and gives up when it sees several on one machine: name ours explicitly.
-    dashboard_port = free_local_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{dashboard_port}"
-    ray.init(
-        address="local",
-        num_cpus=max(os.cpu_count() or 1, min_cpus),
-        include_dashboard=True,  # Ray Train's state API (placement-group cleanup) needs it
-        dashboard_host="127.0.0.1",
-        dashboard_port=dashboard_port,
-        **quiet,
-    )
-    ray.data.DataContext.get_current().enable_progress_bars = False
-
-
-def free_local_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# Logical CPUs left for Ray Data read tasks beside a run's training workers. A sweep packs
-# several trials on a cluster and gives each one (lam.tune.sweep.DATA_CPUS_PER_TRIAL).
-DATA_CPUS_PER_RUN = 2
-
-
-def cpus_needed(cfg: RunConfig, data_cpus: int = DATA_CPUS_PER_RUN) -> int:
-    """Logical CPUs a run needs: its training workers' plus `data_cpus` for read tasks."""
-    return math.ceil(cfg.train.num_workers * cfg.train.cpus_per_worker) + data_cpus
 
 
 @dataclass
@@ -117,6 +62,15 @@ def prepare(cfg: RunConfig):
     return manifest
 
 
+def run_dirs(cfg: RunConfig) -> tuple[str, str, str]:
+    """(storage path, run directory, local directory) of a run: the run directory may be a URI;
+    the local one holds what must be a local file (the wandb run, ray.log)."""
+    storage_path = storage.resolve_storage_path(cfg.train.storage_path)
+    run_dir = storage.join(storage_path, cfg.train.run_name)
+    local_dir = run_dir if not storage.is_uri(run_dir) else os.path.abspath(os.path.join("runs", cfg.train.run_name))
+    return storage_path, run_dir, local_dir
+
+
 def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) -> tuple[TorchTrainer, str, str]:
     """The TorchTrainer for one run, and its run directory (local path or URI) and local directory.
 
@@ -124,9 +78,7 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     passes the one that forwards each report to Tune).
     """
     t = cfg.train
-    storage_path = storage.resolve_storage_path(t.storage_path)
-    run_dir = storage.join(storage_path, t.run_name)
-    local_dir = run_dir if not storage.is_uri(run_dir) else os.path.abspath(os.path.join("runs", t.run_name))
+    storage_path, run_dir, local_dir = run_dirs(cfg)
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
 
     init_ray(min_cpus=cpus_needed(cfg))
@@ -156,14 +108,17 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     return trainer, run_dir, local_dir
 
 
-def train(cfg: RunConfig, verbose: bool = True) -> TrainOutcome:
+def train(cfg: RunConfig, verbose: bool = True, ray_logs: bool = False) -> TrainOutcome:
+    """Run one training job. `ray_logs`: Ray's own log lines on the console too (they always go
+    to the run's ray.log)."""
     manifest = prepare(cfg)
     t = cfg.train
+    route_console(Path(run_dirs(cfg)[2]) / "ray.log", verbose=ray_logs)
     trainer, run_dir, local_dir = build_trainer(cfg, manifest, verbose=verbose)
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise TrainingFailed(f"training run {t.run_name} failed: {e}") from None
+        raise TrainingFailed(f"training run {t.run_name} failed: {e} (Ray's log: {Path(local_dir) / 'ray.log'})") from None
 
     metrics = dict(result.metrics or {})
     outcome = TrainOutcome(

@@ -8,6 +8,7 @@ has side effects (metrics file, wandb, console lines, checkpoint files).
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import tempfile
 import time
@@ -19,18 +20,16 @@ import torch
 
 import ray.train
 import ray.train.torch
+from ray.train.v2._internal.execution import context as train_context
 
 from lam.config import RunConfig
-from lam.model import VVAELatentActionVQVAE
-from lam.train.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
-from lam.train.metrics import MeanTracker, RunLogger, format_eta
+from lam.data.manifest import load_manifest
+from lam.eval.evaluate import evaluate_windows, split_batches, summarize
+from lam.model import LatentActionModel
+from lam.runtime.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from lam.runtime.run_log import RunLogger, format_eta
+from lam.train.metrics import MeanTracker
 from lam.train.schedule import lr_multiplier
-
-LOSS_KEYS = ["loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity"]
-
-
-def metric_keys(cfg: RunConfig) -> list[str]:
-    return LOSS_KEYS + (["rollout_loss"] if cfg.model.use_rollout else [])
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -47,7 +46,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     np.random.seed(t.seed + rank)
 
-    model = VVAELatentActionVQVAE(cfg.model).to(device)
+    model = LatentActionModel(cfg.model).to(device)
     raw_model = model
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, betas=(0.9, 0.95),
@@ -96,11 +95,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     train_shard = ray.train.get_dataset_shard("train")  # ray: this worker's share of the epoch
     val_shard = ray.train.get_dataset_shard("val") if sizes.get("val") else None
-    keys = metric_keys(cfg)
+    keys = raw_model.metric_names
     eval_manifest = None  # rank 0's action-quality checks read val windows directly; load the manifest once
     if rank == 0 and val_shard is not None and t.eval_every and not t.test_mode:
-        from lam.data.manifest import load_manifest
-
         eval_manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
 
     def to_device(batch) -> torch.Tensor:
@@ -118,7 +115,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)  # pre-clip norm
         optimizer.step()
         scheduler.step()
-        raw_model.quantizer.revive_dead_codes()  # identical on every rank
+        raw_model.after_optimizer_step()  # e.g. VQ's dead-code revival, identical on every rank
         return out.metrics, grad_norm.detach()
 
     def wait_for_device() -> None:
@@ -268,12 +265,10 @@ def params_in_sync(model: torch.nn.Module, device) -> bool:
 def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 64) -> dict:
     """Rank 0: controllability (delta-t PSNR at horizon 1) and, with ground-truth actions, NMI on
     up to `max_windows` val windows. Inference only, no collectives: the other ranks wait at report."""
-    from lam.eval.evaluate import evaluate_windows, split_batches, summarize
-
     model.eval()
     with torch.no_grad():
         acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, "val", 16, max_windows, device), keep_features=False)
-    report = summarize(acc, cfg.model.num_embeddings ** cfg.model.num_codes)
+    report = summarize(acc, cfg.model.num_actions)
     out = {"val/delta_psnr": report["delta_psnr"], "val/action_perplexity": report["codebook"]["action_perplexity"]}
     if "ground_truth" in report:
         out["val/nmi"] = report["ground_truth"]["nmi"]
@@ -290,10 +285,6 @@ def resolve_precision(precision: str, device: torch.device):
 def quiet_per_report_logs() -> None:
     """Ray Train logs every report's full metrics at INFO under a file-named logger that
     LoggingConfig does not reach; our own per-epoch line says the same, once."""
-    import logging
-
-    from ray.train.v2._internal.execution import context as train_context
-
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ray import tune
 
-from lam.config import RunConfig, apply_overrides, flat_fields, load_yaml
+from lam.config import DEPRECATED_KEYS, RunConfig, apply_overrides, flat_fields, load_yaml
 from lam.errors import UserError
 
 DEFAULT_SPACE_PATH = Path(__file__).with_name("default_space.yaml")
@@ -43,7 +43,7 @@ def load_search_space(path: str | Path | None) -> dict:
         raise UserError(f"{path}: search space is empty")
     fields = flat_fields()
     for key, spec in raw.items():
-        if key not in fields:
+        if key not in fields and key not in DEPRECATED_KEYS:
             raise UserError(f"{path}: unknown config key '{key}' (use the flat names of `lam train --help`)")
         if not isinstance(spec, dict):
             continue  # a fixed value
@@ -81,7 +81,7 @@ def check_against(base: RunConfig, raw: dict, source: str) -> None:
         else:
             values = [spec]
         for value in values:
-            cfg = RunConfig.from_dict(base.to_dict())
+            cfg = base.copy()
             try:
                 apply_overrides(cfg, {key: value}, source)
                 cfg.validate()

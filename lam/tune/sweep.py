@@ -1,8 +1,8 @@
 """`lam tune`: a Ray Tune sweep in which every trial is a full distributed training run.
 
-    from lam.config import RunConfig
-    from lam.tune.sweep import SweepSettings, run_sweep
-    outcome = run_sweep(base_cfg, SweepSettings(search_space="space.yaml", num_samples=8, max_epochs=20))
+    from lam.config import RunConfig, SweepConfig
+    from lam.tune.sweep import run_sweep
+    outcome = run_sweep(base_cfg, SweepConfig(search_space="space.yaml", num_samples=8, max_epochs=20))
 
 The Train V2 way: Tune runs `run_trial` once per sampled config; `run_trial` builds the
 same TorchTrainer as `lam train` (its own workers, placement group and Ray Data
@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,45 +29,17 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from lam.config import RunConfig, apply_overrides, dump_yaml
+from lam.config import RunConfig, SweepConfig, apply_overrides, dump_yaml
 from lam.data.manifest import load_manifest
 from lam.errors import UserError
-from lam.train import storage
-from lam.train.launch import build_trainer, cpus_needed, init_ray, prepare
+from lam.runtime import storage
+from lam.runtime.cluster import cpus_needed, init_ray
+from lam.runtime.console import route_console
+from lam.train.launch import build_trainer, prepare
 from lam.tune.space import check_against, count_grid, describe, load_search_space, to_param_space
 
 DATA_CPUS_PER_TRIAL = 1  # room for each trial's Ray Data read tasks beside its training workers
 TRIAL_DRIVER_MEMORY = 256 * 1024**2  # bytes; the trial function's own process
-
-
-@dataclass
-class SweepSettings:
-    search_space: str = ""  # YAML file; empty: lam/tune/default_space.yaml
-    name: str = ""  # sweep name (a folder under storage_path); empty: tune-<date>-<time>
-    num_samples: int = 1  # samples of the space (grid keys: repeats of the grid)
-    max_epochs: int = 10  # each trial's num_epochs, ASHA's max_t
-    grace_period: int = 1  # epochs before ASHA may stop a trial
-    reduction_factor: int = 2  # ASHA keeps the best 1/reduction_factor at each rung
-    metric: str = "val/mse_loss"  # reported every epoch by the training loop
-    mode: str = "min"
-    max_concurrent_trials: int = 0  # 0: as many as the cluster's CPUs (GPUs) hold
-    seed: int = 0  # for the random draws of the space
-    resume: bool = False  # continue the sweep called `name`
-
-    def validate(self) -> "SweepSettings":
-        checks = [
-            (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
-            (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
-            (1 <= self.grace_period <= self.max_epochs, f"grace_period must be in 1..max_epochs ({self.max_epochs}), got {self.grace_period}"),
-            (self.reduction_factor >= 2, f"reduction_factor must be >= 2, got {self.reduction_factor}"),
-            (self.mode in ("min", "max"), f"mode must be min or max, got {self.mode!r}"),
-            (self.max_concurrent_trials >= 0, f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}"),
-            (not self.resume or self.name, "--resume needs --name (the sweep to continue)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-        return self
 
 
 @dataclass
@@ -125,7 +98,9 @@ def run_trial(params: dict, base: dict, sweep_dir: str, sweep_name: str) -> None
     trainer.fit()
 
 
-def run_sweep(base: RunConfig, s: SweepSettings, verbose: bool = True) -> SweepOutcome:
+def run_sweep(base: RunConfig, s: SweepConfig, verbose: bool = True, ray_logs: bool = False) -> SweepOutcome:
+    """Run the sweep `s` over `base`. `ray_logs`: Ray's own log lines on the console too (they
+    always go to the sweep's ray.log)."""
     s.validate()
     say = print if verbose else (lambda *a, **k: None)
     space_source = s.search_space or "default search space"
@@ -145,6 +120,8 @@ def run_sweep(base: RunConfig, s: SweepSettings, verbose: bool = True) -> SweepO
     sweep_dir = storage.join(storage_root, name)
     # A local Ray gets logical CPUs for the trials asked to run at once (on a cluster the
     # autoscaler adds nodes instead); without enough, Ray Data's reads would wait forever.
+    local_dir = sweep_dir if not storage.is_uri(sweep_dir) else os.path.abspath(os.path.join("runs", name))
+    route_console(Path(local_dir) / "ray.log", verbose=ray_logs)
     init_ray(min_cpus=cpus_needed(base, DATA_CPUS_PER_TRIAL) * max(1, s.max_concurrent_trials))
 
     trainable = tune.with_resources(
@@ -182,7 +159,7 @@ def run_sweep(base: RunConfig, s: SweepSettings, verbose: bool = True) -> SweepO
                     time_attr="epoch",  # the loop's own epoch count, which survives a resumed trial
                     max_t=s.max_epochs, grace_period=s.grace_period, reduction_factor=s.reduction_factor,
                 ),
-                search_alg=BasicVariantGenerator(max_concurrent=max_concurrent, random_state=s.seed),
+                search_alg=BasicVariantGenerator(max_concurrent=max_concurrent, random_state=s.search_seed),
                 num_samples=s.num_samples,
             ),
             run_config=tune.RunConfig(name=name, storage_path=storage_root, verbose=1),
@@ -201,7 +178,7 @@ def run_sweep(base: RunConfig, s: SweepSettings, verbose: bool = True) -> SweepO
         sign = 1 if s.mode == "min" else -1
         outcome.best = min(scored, key=lambda r: sign * r.best)
         outcome.best_checkpoint = best_checkpoint(outcome.best, s.mode)
-        best_cfg = RunConfig.from_dict(base.to_dict())
+        best_cfg = base.copy()
         apply_overrides(best_cfg, outcome.best.params, source="best trial")
         outcome.best_config_path = storage.join(sweep_dir, "best_config.yaml")
         storage.write_text(outcome.best_config_path, dump_yaml(best_cfg))
@@ -209,7 +186,7 @@ def run_sweep(base: RunConfig, s: SweepSettings, verbose: bool = True) -> SweepO
     return outcome
 
 
-def collect_rows(grid, sweep_dir: str, s: SweepSettings) -> list[TrialRow]:
+def collect_rows(grid, sweep_dir: str, s: SweepConfig) -> list[TrialRow]:
     # Tune's per-trial status (finished, stopped, pending) is only on its Trial objects.
     status_by_id = {t.trial_id: t.status for t in grid._experiment_analysis.trials}
     rows = []
@@ -246,7 +223,7 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
 
 
-def results_json(outcome: SweepOutcome, s: SweepSettings) -> dict:
+def results_json(outcome: SweepOutcome, s: SweepConfig) -> dict:
     return {
         "metric": s.metric,
         "mode": s.mode,
