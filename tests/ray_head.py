@@ -47,15 +47,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from helpers import ROOT, free_port  # ROOT: the checkout `ray job submit --working-dir .` uploads
+
 RAY = str(Path(sys.executable).with_name("ray"))  # the venv's `ray`, whatever PATH says
-ROOT = Path(__file__).resolve().parent.parent  # the checkout `ray job submit --working-dir .` uploads
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class RayHead:

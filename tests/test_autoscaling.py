@@ -11,8 +11,8 @@ import time
 
 import pytest
 import yaml
-from conftest import tiny_config
-from ray_head import ROOT, RayHead, free_port, listen_addresses
+from helpers import ROOT, free_port, tiny_config
+from ray_head import RayHead, listen_addresses
 
 from lam.config import dump_yaml
 

@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import write_h5
+from helpers import write_h5
 
 
 def lam(*args, cwd=None):

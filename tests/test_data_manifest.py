@@ -6,7 +6,7 @@ import pytest
 from lam.data.h5 import find_h5_files
 from lam.data.manifest import check_ratios, create_manifest, load_manifest, split_counts, split_files, write_manifest
 from lam.errors import DataError, UserError
-from tests.conftest import write_h5
+from helpers import write_h5
 
 
 @pytest.mark.parametrize("order_seed", range(5))

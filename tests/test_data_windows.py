@@ -9,7 +9,7 @@ from lam.data.h5 import inspect_file
 from lam.data.manifest import create_manifest, write_manifest
 from lam.data.windows import WindowReader, all_finite, build_window_index, stores_whole_chunks, window_starts
 from lam.errors import DataError, UserError
-from tests.conftest import LAYOUTS, write_h5
+from helpers import LAYOUTS, write_h5
 
 
 def naive_window(path, start, T, key="latents"):

@@ -11,9 +11,9 @@ import torch
 
 from lam.eval.evaluate import evaluate_checkpoint, evaluate_windows, summarize
 from lam.eval.export import export_actions, export_windows
-from lam.model import VVAELatentActionVQVAE
-from lam.train.checkpoint import save_checkpoint
-from tests.conftest import tiny_config
+from lam.model import LatentActionModel
+from lam.runtime.checkpoint import save_checkpoint
+from helpers import tiny_config
 
 
 @pytest.mark.parametrize("T", [2, 3, 4, 8])
@@ -30,7 +30,7 @@ def test_export_windows_tile_every_transition_once(n, T):
 def write_tiny_checkpoint(data_dir, tmp_path, seed=0):
     cfg = tiny_config(data_dir, tmp_path)
     torch.manual_seed(seed)
-    model = VVAELatentActionVQVAE(cfg.model)
+    model = LatentActionModel(cfg.model)
     ckpt = tmp_path / "ckpt"
     save_checkpoint(ckpt, model=model.state_dict(), optimizer={}, scheduler={}, epoch=0, step=0, config=cfg.to_dict())
     return ckpt, cfg, model

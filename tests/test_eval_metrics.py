@@ -11,26 +11,16 @@ import torch
 from lam.eval.metrics import (
     code_usage,
     confusion_matrix,
-    data_range,
     linear_probe_accuracy,
     majority_chance,
     mapping_probe_accuracy,
     normalized_mutual_information,
-    psnr,
     psnr_from_mse,
-    psnr_per_sample,
     split_by_group,
     split_fit_eval,
 )
 
 # ----------------------------------------------------------------------------- PSNR
-
-
-def test_psnr_known_values():
-    target = np.zeros((2, 4, 4))
-    assert psnr(target + 0.1, target, peak=1.0) == pytest.approx(20.0)  # MSE 0.01
-    assert psnr(target + 0.1, target, peak=10.0) == pytest.approx(40.0)
-    assert psnr(torch.full((3, 5), 1.0), torch.zeros(3, 5), peak=1.0) == pytest.approx(0.0)  # MSE 1
 
 
 def test_psnr_from_mse():
@@ -40,27 +30,6 @@ def test_psnr_from_mse():
     for mse, peak in [(0.1, 0.0), (-1.0, 1.0)]:
         with pytest.raises(ValueError):
             psnr_from_mse(mse, peak)
-
-
-def test_psnr_identical_is_inf_and_per_sample():
-    x = np.random.default_rng(0).standard_normal((3, 2, 4, 4))
-    assert psnr(x, x, peak=1.0) == math.inf
-    pred = x.copy()
-    pred[1] += 0.1  # sample 1: MSE 0.01; sample 2: MSE 1
-    pred[2] += 1.0
-    out = psnr_per_sample(pred, x, peak=1.0)
-    assert out.shape == (3,)
-    assert out[0] == math.inf
-    assert out[1:] == pytest.approx([20.0, 0.0])
-
-
-def test_psnr_bf16_tensor_and_data_range():
-    t = torch.tensor([[-1.0, 3.0], [0.0, 1.0]], dtype=torch.bfloat16)
-    assert data_range(t) == pytest.approx(4.0)
-    assert psnr(t + 0.5, t, peak=data_range(t)) == pytest.approx(10 * math.log10(16 / 0.25))
-
-
-# ----------------------------------------------------------------------------- NMI and probes
 
 
 def test_perfect_and_permuted_mapping():

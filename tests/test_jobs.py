@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import tiny_config
+from helpers import tiny_config
 from ray_head import RayHead, listen_addresses
 
 from lam.config import dump_yaml

@@ -1,37 +1,44 @@
-"""The latent action model: config, adapters, shapes/dtypes, causality (no leakage), rollout, ids."""
+"""The latent action model: config, parts by name, adapters, shapes/dtypes, causality (no leakage) over every
+combination of parts, rollout, ids."""
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import small_model_config
 
-from lam.model import LAMOutput, LAMtoVVAEAdapter, ModelConfig, VVAELatentActionVQVAE, VVAEtoLAMAdapter
+import lam.config
+from lam.model import (
+    HEADS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
+    VVAEtoLAMAdapter,
+)
 
-METRIC_KEYS = {
+SPEC_METRICS = {
     "loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity",
 }
+# Every combination of the model's parts: stem x action head x quantizer, each bare and with
+# the whitening and the motion moments on.
+PARTS = [
+    dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras, motion_moments=extras)
+    for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
+]
+PART_IDS = [f"{p['stem']}-{p['action_head']}-{p['quantizer']}{'-whiten-moments' if p['whiten'] else ''}" for p in PARTS]
+every_combination = pytest.mark.parametrize("parts", PARTS, ids=PART_IDS)
 
 
-def tiny_config(**overrides) -> ModelConfig:
-    """A few-thousand-parameter model on 4-channel 16x16 latents: fast enough for every causality check."""
-    base = dict(
-        in_channels=4, latent_size=16, patch_dim=16, patch_grid=4, embed_dim=32, num_heads=2,
-        encoder_depth=2, decoder_depth=2, codebook_dim=8, num_embeddings=5, num_codes=3, max_frames=8,
-    )
-    return ModelConfig(**{**base, **overrides})
-
-
-def make_model(cfg: ModelConfig, seed: int = 0) -> VVAELatentActionVQVAE:
+def make_model(cfg: ModelConfig, seed: int = 0) -> LatentActionModel:
     """A model in eval mode whose decoder output is not zero.
 
     The decoder's output projection starts at zero (an untrained model copies the previous
     frame), which would make every "does not depend on" check pass trivially.
     """
     torch.manual_seed(seed)
-    model = VVAELatentActionVQVAE(cfg)
+    model = LatentActionModel(cfg)
     torch.nn.init.normal_(model.decoder.proj_out.weight, std=0.5)
     return model.eval()
 
@@ -53,15 +60,36 @@ def test_config_defaults_are_the_spec():
     c = ModelConfig()
     assert (c.patch_dim, c.num_patches, c.embed_dim, c.encoder_depth, c.decoder_depth) == (256, 256, 512, 3, 3)
     assert (c.codebook_dim, c.num_embeddings, c.num_codes, c.commitment_weight) == (128, 12, 3, 0.25)
+    assert (c.stem, c.action_head, c.quantizer, c.whiten, c.motion_moments) == ("pair", "token", "vq", False, False)
     assert c.num_actions == 1728 and c.rollout_horizon == 2 and c.patch_size == 4
     c.validate()
 
 
+def test_built_with_no_arguments_it_is_the_spec_model_under_both_names():
+    assert VVAELatentActionVQVAE is LatentActionModel
+    model = LatentActionModel()
+    assert model.config == ModelConfig()
+    assert sum(p.numel() for p in model.parameters()) == 27_004_304
+    assert set(model.metric_names) == SPEC_METRICS
+
+
+def test_every_name_the_config_accepts_names_a_class_in_the_registries():
+    assert tuple(STEMS) == lam.config.STEMS
+    assert tuple(HEADS) == lam.config.ACTION_HEADS
+    assert tuple(QUANTIZERS) == lam.config.QUANTIZERS
+
+
+@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq")])
+def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, valid):
+    with pytest.raises(ValueError, match=re.escape(f"model.{field} must be one of {valid}; got 'nope'")):
+        LatentActionModel(ModelConfig(**{field: "nope"}))
+
+
 def test_config_round_trips_through_asdict_and_yaml():
     yaml = pytest.importorskip("yaml")
-    c = ModelConfig(embed_dim=256, use_rollout=True, rollout_weight=0.5)
+    c = ModelConfig(embed_dim=256, use_rollout=True, rollout_weight=0.5, stem="diff", quantizer="fsq")
     d = dataclasses.asdict(c)
-    assert all(type(v) in (int, float, bool) for v in d.values())
+    assert all(type(v) in (int, float, bool, str) for v in d.values())
     assert ModelConfig(**yaml.safe_load(yaml.safe_dump(d))) == c
 
 
@@ -81,7 +109,7 @@ def test_config_validate_rejects_impossible_settings(overrides, message):
     with pytest.raises(ValueError, match=message):
         ModelConfig(**overrides).validate()
     with pytest.raises(ValueError, match=message):
-        VVAELatentActionVQVAE(ModelConfig(**overrides))
+        LatentActionModel(ModelConfig(**overrides))
 
 
 # ----------------------------------------------------------------------------- adapters
@@ -116,17 +144,17 @@ def test_default_config_forward_backward(bf16):
     assert isinstance(out, LAMOutput)
     assert out.predictions.shape == (1, 2, 16, 64, 64)
     assert out.indices.shape == (1, 2, 3) and out.indices.dtype == torch.long
-    assert set(out.metrics) == METRIC_KEYS
+    assert set(out.metrics) == SPEC_METRICS
     assert out.loss.ndim == 0 and out.loss.requires_grad and torch.isfinite(out.loss)
     out.loss.backward()
-    assert model.encoder.proj_in.weight.grad is not None
+    assert model.encoder.head.proj_in.weight.grad is not None
     assert model.quantizer.codebook.grad is not None
 
 
 @pytest.mark.parametrize("rollout", [False, True], ids=["no-rollout", "rollout"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 def test_tiny_config_outputs(rollout, bf16):
-    cfg = tiny_config(use_rollout=rollout, rollout_horizon=2)
+    cfg = small_model_config(use_rollout=rollout, rollout_horizon=2)
     model = make_model(cfg).train()
     x = frames(cfg, b=2, t=5)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -134,7 +162,8 @@ def test_tiny_config_outputs(rollout, bf16):
     assert out.predictions.shape == (2, 4, 4, 16, 16)
     assert out.indices.shape == (2, 4, 3) and out.indices.dtype == torch.long
     assert int(out.indices.min()) >= 0 and int(out.indices.max()) < cfg.num_embeddings
-    assert set(out.metrics) == METRIC_KEYS | ({"rollout_loss"} if rollout else set())
+    assert set(out.metrics) == SPEC_METRICS | ({"rollout_loss"} if rollout else set())
+    assert list(out.metrics) != [] and set(out.metrics) == set(model.metric_names)
     for name, value in out.metrics.items():
         assert value.ndim == 0 and not value.requires_grad and value.dtype == torch.float32, name
         assert torch.isfinite(value), name
@@ -148,16 +177,16 @@ def test_tiny_config_outputs(rollout, bf16):
 
 
 def test_untrained_model_copies_the_previous_frame():
-    cfg = tiny_config()
+    cfg = small_model_config()
     torch.manual_seed(0)
-    model = VVAELatentActionVQVAE(cfg).eval()
+    model = LatentActionModel(cfg).eval()
     x = frames(cfg, b=1, t=4)
     bias = model.out_adapter.deconv.bias.view(1, 1, -1, 1, 1)
     torch.testing.assert_close(model(x).predictions, x[:, :-1] + bias)
 
 
 def test_rejects_bad_inputs():
-    cfg = tiny_config()
+    cfg = small_model_config()
     model = make_model(cfg)
     with pytest.raises(ValueError, match="shape"):
         model(torch.randn(1, 3, 4, 8, 8))
@@ -170,15 +199,16 @@ def test_rejects_bad_inputs():
     with pytest.raises(ValueError, match="0..4"):
         model.decode_with_actions(frames(cfg, b=1, t=3), torch.full((1, 2, 3), cfg.num_embeddings))
     with pytest.raises(ValueError, match="at least 4 frames"):
-        make_model(tiny_config(use_rollout=True, rollout_horizon=3))(frames(cfg, b=1, t=3))
+        make_model(small_model_config(use_rollout=True, rollout_horizon=3))(frames(cfg, b=1, t=3))
 
 
 # ----------------------------------------------------------------------------- causality
 
 
-def test_decoder_never_sees_the_target_frame():
+@every_combination
+def test_decoder_never_sees_the_target_frame(parts):
     """With actions given from outside, the prediction of frame t ignores frames >= t."""
-    cfg = tiny_config()
+    cfg = small_model_config(**parts)
     model = make_model(cfg)
     t_len = 6
     x = frames(cfg, b=2, t=t_len)
@@ -194,8 +224,9 @@ def test_decoder_never_sees_the_target_frame():
                 assert (pred[:, t] - base[:, t]).abs().max() > 1e-2
 
 
-def test_decoder_prediction_depends_on_its_action_only_from_then_on():
-    cfg = tiny_config()
+@every_combination
+def test_decoder_prediction_depends_on_its_action_only_from_then_on(parts):
+    cfg = small_model_config(**parts)
     model = make_model(cfg)
     x = frames(cfg, b=1, t=5)
     idx = random_indices(cfg, b=1, steps=4)
@@ -208,8 +239,9 @@ def test_decoder_prediction_depends_on_its_action_only_from_then_on():
     assert (pred[:, 2] - base[:, 2]).abs().max() > 1e-2  # frame 3 uses it
 
 
-def test_frame_t_minus_1_of_decode_input_is_never_read():
-    cfg = tiny_config()
+@every_combination
+def test_frame_t_minus_1_of_decode_input_is_never_read(parts):
+    cfg = small_model_config(**parts)
     model = make_model(cfg)
     x = frames(cfg, b=1, t=4)
     idx = random_indices(cfg, b=1, steps=3)
@@ -219,9 +251,10 @@ def test_frame_t_minus_1_of_decode_input_is_never_read():
         torch.testing.assert_close(model.decode_with_actions(x2, idx), model.decode_with_actions(x, idx))
 
 
-def test_inferred_action_sees_frames_up_to_t_only():
+@every_combination
+def test_inferred_action_sees_frames_up_to_t_only(parts):
     """z_pre of t-1 -> t changes with frame t (and t-1), never with frames > t."""
-    cfg = tiny_config()
+    cfg = small_model_config(**parts)
     model = make_model(cfg)
     t_len = 6
     x = frames(cfg, b=2, t=t_len)
@@ -237,11 +270,24 @@ def test_inferred_action_sees_frames_up_to_t_only():
                 assert (z2[:, t] - z[:, t]).abs().max() > 1e-3
 
 
+@every_combination
+def test_every_parameter_learns_and_the_metrics_are_the_ones_named(parts):
+    """DDP (without find_unused_parameters) needs a gradient for every parameter."""
+    cfg = small_model_config(**parts)
+    model = make_model(cfg).train()
+    out = model(frames(cfg, b=4, t=4))
+    out.loss.backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert list(out.metrics) and set(out.metrics) == set(model.metric_names)
+    assert ("codebook_loss" in out.metrics) == (parts["quantizer"] == "vq")
+
+
 # ----------------------------------------------------------------------------- consistency of the entry points
 
 
-def test_forward_agrees_with_encode_and_decode():
-    cfg = tiny_config()
+@every_combination
+def test_forward_agrees_with_encode_and_decode(parts):
+    cfg = small_model_config(**parts)
     model = make_model(cfg)
     x = frames(cfg, b=2, t=5)
     with torch.no_grad():
@@ -249,13 +295,13 @@ def test_forward_agrees_with_encode_and_decode():
         idx, z = model.encode_actions(x)
         pred = model.decode_with_actions(x, idx)
     assert torch.equal(out.indices, idx)
-    assert z.shape == (2, 4, cfg.num_codes, cfg.codebook_dim) and z.dtype == torch.float32
+    assert z.shape == (2, 4, cfg.num_codes, model.quantizer.code_dim) and z.dtype == torch.float32
     # forward's decoder gets z + (q - z), equal to q up to float rounding
     torch.testing.assert_close(out.predictions, pred, rtol=1e-4, atol=1e-5)
 
 
 def test_rollout_one_step_is_teacher_forcing_and_feeds_predictions_back():
-    cfg = tiny_config()
+    cfg = small_model_config()
     model = make_model(cfg)
     x = frames(cfg, b=2, t=6)
     idx = random_indices(cfg, b=2, steps=5)
@@ -284,7 +330,7 @@ def test_rollout_one_step_is_teacher_forcing_and_feeds_predictions_back():
 
 def test_rollout_loss_is_the_mse_of_a_rollout_with_the_inferred_actions():
     h = 2
-    cfg = tiny_config(use_rollout=True, rollout_horizon=h, rollout_weight=0.5)
+    cfg = small_model_config(use_rollout=True, rollout_horizon=h, rollout_weight=0.5)
     model = make_model(cfg)
     x = frames(cfg, b=2, t=5)
     with torch.no_grad():
@@ -295,7 +341,7 @@ def test_rollout_loss_is_the_mse_of_a_rollout_with_the_inferred_actions():
 
 
 def test_action_ids_are_mixed_radix_and_invertible():
-    cfg = tiny_config(num_embeddings=12, num_codes=3)
+    cfg = small_model_config(num_embeddings=12, num_codes=3)
     model = make_model(cfg)
     idx = torch.tensor([[[0, 0, 0], [0, 0, 1], [0, 1, 0], [1, 0, 0], [11, 11, 11], [3, 7, 5]]])
     ids = model.action_ids(idx)
@@ -305,13 +351,13 @@ def test_action_ids_are_mixed_radix_and_invertible():
 
 
 def test_state_dict_round_trip_carries_quantizer_state():
-    cfg = tiny_config(dead_code_steps=3)
+    cfg = small_model_config(dead_code_steps=3)
     model = make_model(cfg).train()
     model(frames(cfg, b=2, t=4))  # updates the revival buffers
     state = model.state_dict()
     for name in ("steps_since_used", "recent", "recent_count", "revive_calls"):
         assert f"quantizer.{name}" in state
-    clone = VVAELatentActionVQVAE(cfg)
+    clone = LatentActionModel(cfg)
     clone.load_state_dict(state)
     for name, value in clone.state_dict().items():
         assert torch.equal(value, state[name]), name
@@ -320,8 +366,8 @@ def test_state_dict_round_trip_carries_quantizer_state():
 def test_flop_count_covers_the_model():
     from lam.model.flops import count_flops
 
-    flops = count_flops(tiny_config(), frames=4)
+    flops = count_flops(small_model_config(), frames=4)
     parts = sum(flops[k] for k in ("encoder", "decoder", "in_adapter", "out_adapter", "quantizer"))
     assert flops["total"] > 0 and parts == pytest.approx(flops["total"], rel=1e-6)
-    with_backward = count_flops(tiny_config(), frames=4, backward=True)["total"]
+    with_backward = count_flops(small_model_config(), frames=4, backward=True)["total"]
     assert 2 * flops["total"] < with_backward < 4 * flops["total"]

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from lam.model import ModelConfig, VVAELatentActionVQVAE
+from lam.model import ModelConfig, LatentActionModel
 
 MAX_STEPS = 400
 MSE_TARGET, MAE_TARGET = 0.01, 0.05  # the spec's success criteria
@@ -43,7 +43,7 @@ def test_small_model_overfits_one_batch():
         embed_dim=128, num_heads=4, encoder_depth=2, decoder_depth=2,
         codebook_dim=32, dead_code_steps=10, max_frames=8,
     )  # spec data shape, patch_dim/num_patches, 3 codes x 12 entries
-    model = VVAELatentActionVQVAE(cfg).train()
+    model = LatentActionModel(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
 
     start = time.perf_counter()
@@ -53,7 +53,7 @@ def test_small_model_overfits_one_batch():
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        model.quantizer.revive_dead_codes()
+        model.after_optimizer_step()
         # stop with some margin: the check below is on a fresh forward after the last update
         if out.metrics["mse_loss"] < 0.007 and out.metrics["mae_loss"] < 0.04:
             break

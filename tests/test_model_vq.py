@@ -1,20 +1,20 @@
-"""The multi-code quantizer: invariants, gradients, usage/perplexity, dead-code revival, 2-process gloo group."""
+"""The VQ bottleneck: invariants, gradients, usage/perplexity, dead-code revival, 2-process gloo group."""
 
 from __future__ import annotations
 
 import math
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from helpers import run_two_ranks, small_model_config
 
-from lam.model import ModelConfig, MultiCodeQuantizer, VVAELatentActionVQVAE
+from lam.model import LatentActionModel
+from lam.model.quantize import VectorQuantizer
 
 
-def make_quantizer(num_codes=3, num_embeddings=12, codebook_dim=16, dead_code_steps=5, seed=0, **kw) -> MultiCodeQuantizer:
+def make_quantizer(num_codes=3, num_embeddings=12, codebook_dim=16, dead_code_steps=5, seed=0, **kw) -> VectorQuantizer:
     torch.manual_seed(seed)
-    return MultiCodeQuantizer(
+    return VectorQuantizer(
         num_codes=num_codes, num_embeddings=num_embeddings, codebook_dim=codebook_dim,
         dead_code_steps=dead_code_steps, **kw,
     )
@@ -45,10 +45,12 @@ def test_quantize_invariants(num_codes, num_embeddings, bf16, training):
     assert torch.equal(out.indices, d.argmin(-1))
     assert torch.equal(vq.nearest(z.bfloat16() if bf16 else z), out.indices)
     # Losses: finite, non-negative, the documented combination; the two MSEs have equal values.
-    for value in (out.loss, out.codebook_loss, out.commitment_loss):
+    assert set(out.losses) == set(vq.loss_names) == {"codebook_loss", "commitment_loss"}
+    codebook_loss, commitment_loss = out.losses["codebook_loss"], out.losses["commitment_loss"]
+    for value in (out.loss, codebook_loss, commitment_loss):
         assert torch.isfinite(value) and value >= 0 and value.dtype == torch.float32
-    torch.testing.assert_close(out.codebook_loss, out.commitment_loss)
-    torch.testing.assert_close(out.loss, out.codebook_loss + vq.commitment_weight * out.commitment_loss)
+    torch.testing.assert_close(codebook_loss, commitment_loss)
+    torch.testing.assert_close(out.loss, codebook_loss + vq.commitment_weight * commitment_loss)
     assert 0 < out.usage <= 1 and 1 <= out.perplexity <= num_embeddings + 1e-4
 
 
@@ -62,11 +64,11 @@ def test_gradients_straight_through_to_encoder_and_codebook_loss_to_codebook():
     assert vq.codebook.grad is None  # the quantized output alone never moves the codebook
 
     z.grad = None
-    out.commitment_loss.backward(retain_graph=True)
+    out.losses["commitment_loss"].backward(retain_graph=True)
     assert vq.codebook.grad is None and z.grad.abs().sum() > 0  # commitment only moves the encoder
 
     z.grad = None
-    out.codebook_loss.backward()
+    out.losses["codebook_loss"].backward()
     assert z.grad is None or z.grad.abs().sum() == 0  # codebook loss only moves the codebook
     used = torch.zeros(vq.num_codes, vq.num_embeddings, dtype=torch.bool)
     used.scatter_(1, out.indices.reshape(-1, vq.num_codes).t(), True)
@@ -76,19 +78,16 @@ def test_gradients_straight_through_to_encoder_and_codebook_loss_to_codebook():
 
 def test_gradients_in_the_full_model():
     """Reconstruction reaches the encoder only through the straight-through path; the codebook only through vq."""
-    cfg = ModelConfig(
-        in_channels=4, latent_size=8, patch_dim=16, patch_grid=2, embed_dim=16, num_heads=2,
-        encoder_depth=1, decoder_depth=1, codebook_dim=4, num_embeddings=3, max_frames=4,
-    )
+    cfg = small_model_config(codebook_dim=4, num_embeddings=3)
     torch.manual_seed(0)
-    model = VVAELatentActionVQVAE(cfg).train()
+    model = LatentActionModel(cfg).train()
     torch.nn.init.normal_(model.decoder.proj_out.weight, std=0.5)  # let the decoder output depend on the action
-    x = torch.randn(2, 3, 4, 8, 8)
+    x = torch.randn(2, 3, 4, 16, 16)
     out = model(x)
     mse = (out.predictions - x[:, 1:]).pow(2).mean()
     mse.backward(retain_graph=True)
-    assert model.encoder.to_action.weight.grad.abs().sum() > 0
-    assert model.encoder.proj_in.weight.grad.abs().sum() > 0
+    assert model.encoder.head.to_action.weight.grad.abs().sum() > 0
+    assert model.encoder.head.proj_in.weight.grad.abs().sum() > 0
     assert model.quantizer.codebook.grad is None
     model.zero_grad(set_to_none=True)
     (out.loss - mse).backward()  # the vq loss (the mse terms cancel exactly)
@@ -180,12 +179,6 @@ WORLD = 2
 BATCH_PER_RANK = 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _all_batches(steps: int) -> torch.Tensor:
     """(steps, WORLD * BATCH_PER_RANK, 2, K=3, D=8): per step, all ranks' batches concatenated."""
     g = torch.Generator().manual_seed(123)
@@ -194,61 +187,48 @@ def _all_batches(steps: int) -> torch.Tensor:
     return z
 
 
-def _ddp_tiny_config() -> ModelConfig:
-    return ModelConfig(
-        in_channels=4, latent_size=8, patch_dim=16, patch_grid=2, embed_dim=16, num_heads=2,
-        encoder_depth=1, decoder_depth=1, codebook_dim=4, num_embeddings=4, dead_code_steps=2, max_frames=4,
-    )
-
-
-def _gloo_worker(rank: int, port: int, out_dir: str) -> None:
-    import torch.distributed as dist
+def _rank(rank: int) -> dict:
+    """One rank's quantizer statistics and revived codebooks, alone and inside a DDP-wrapped model."""
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
-    try:
-        result = {}
-        # --- the quantizer alone: same init on every rank, different data per rank ---
-        steps = 3
-        batches = _all_batches(steps)[:, rank * BATCH_PER_RANK : (rank + 1) * BATCH_PER_RANK]
-        vq = make_quantizer(num_codes=3, num_embeddings=6, codebook_dim=8, dead_code_steps=2).train()
-        with torch.no_grad():
-            vq.codebook[0, 5] = 1e3  # a deliberately dead entry
-        result["usage"], result["perplexity"] = [], []
-        for step in range(steps):
-            out = vq(batches[step])
-            result["usage"].append(out.usage)
-            result["perplexity"].append(out.perplexity)
-        result["revived"] = vq.revive_dead_codes()
-        result["codebook"] = vq.codebook.detach().clone()
-        result["recent"] = vq.recent.clone()
-        result["steps_since_used"] = vq.steps_since_used.clone()
+    result = {}
+    # --- the quantizer alone: same init on every rank, different data per rank ---
+    steps = 3
+    batches = _all_batches(steps)[:, rank * BATCH_PER_RANK : (rank + 1) * BATCH_PER_RANK]
+    vq = make_quantizer(num_codes=3, num_embeddings=6, codebook_dim=8, dead_code_steps=2).train()
+    with torch.no_grad():
+        vq.codebook[0, 5] = 1e3  # a deliberately dead entry
+    result["usage"], result["perplexity"] = [], []
+    for step in range(steps):
+        out = vq(batches[step])
+        result["usage"].append(out.usage)
+        result["perplexity"].append(out.perplexity)
+    result["revived"] = vq.revive_dead_codes()
+    result["codebook"] = vq.codebook.detach().clone()
+    result["recent"] = vq.recent.clone()
+    result["steps_since_used"] = vq.steps_since_used.clone()
 
-        # --- a DDP-wrapped tiny model: train steps with revival stay in sync ---
-        torch.manual_seed(0)
-        model = VVAELatentActionVQVAE(_ddp_tiny_config())
-        ddp = DDP(model, broadcast_buffers=False)
-        opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-        g = torch.Generator().manual_seed(1000 + rank)
-        revived = 0
-        for _ in range(3):
-            out = ddp(torch.randn(2, 3, 4, 8, 8, generator=g))
-            opt.zero_grad()
-            out.loss.backward()
-            opt.step()
-            revived += model.quantizer.revive_dead_codes()
-        result["model_revived"] = revived
-        result["model_state"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k != "quantizer.recent"}
-        result["model_recent"] = model.quantizer.recent.clone()
-        torch.save(result, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    # --- a DDP-wrapped small model: train steps with revival stay in sync ---
+    torch.manual_seed(0)
+    model = LatentActionModel(small_model_config(encoder_depth=1, decoder_depth=1, codebook_dim=4, num_embeddings=4,
+                                                 dead_code_steps=2))
+    ddp = DDP(model, broadcast_buffers=False)
+    opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1000 + rank)
+    for _ in range(3):
+        out = ddp(torch.randn(2, 3, 4, 16, 16, generator=g))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        model.after_optimizer_step()  # the training loop's hook: revival, in step on every rank
+    result["model_revived"] = int(model.quantizer.revive_calls)  # revival rounds
+    result["model_state"] = {k: v.detach().clone() for k, v in model.state_dict().items() if k != "quantizer.recent"}
+    result["model_recent"] = model.quantizer.recent.clone()
+    return result
 
 
 def test_two_process_gloo_group_shares_statistics_and_codebooks(tmp_path):
-    mp.spawn(_gloo_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    r0, r1 = run_two_ranks(_rank, tmp_path)
 
     # Usage and perplexity are those of all ranks' batches together, computed in one process.
     reference = make_quantizer(num_codes=3, num_embeddings=6, codebook_dim=8, dead_code_steps=2).train()

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from lam.data import synth
+from lam.data import synth, world
 
 STEP = 4
 SIZE = 8
@@ -93,7 +93,7 @@ def test_deterministic_for_a_seed_and_seeds_differ():
 @pytest.mark.parametrize("num_actions", [5, 9])
 def test_generator_state_follows_the_actions_and_walls(num_actions):
     traj = synth.simulate(2000, seed=2, num_actions=num_actions)
-    deltas = synth.ACTION_DELTAS[traj.actions] * traj.agent_step
+    deltas = world.ACTION_DELTAS[traj.actions] * traj.agent_step
     # every recorded action, t = 0 included (from the unseen frame t = -1), is the move
     assert np.array_equal(traj.displacements(), deltas)
     # walls: the agent is always fully inside the frame, and every action is used
@@ -116,8 +116,8 @@ def test_agent_motion_in_the_latents_matches_the_actions():
     # ...and every move between consecutive latent frames points the way the action says
     a = actions.reshape(-1)[1:]  # actions[t] for t >= 1: z[t-1] -> z[t]
     move = np.diff(pos, axis=0)
-    assert np.mean(np.all(np.sign(move) == synth.ACTION_DELTAS[a], axis=1)) >= 0.98
-    assert np.mean(np.all(move == STEP * synth.ACTION_DELTAS[a], axis=1)) >= 0.98
+    assert np.mean(np.all(np.sign(move) == world.ACTION_DELTAS[a], axis=1)) >= 0.98
+    assert np.mean(np.all(move == STEP * world.ACTION_DELTAS[a], axis=1)) >= 0.98
     # the motion is not trivial: all five actions occur, including real moves
     assert set(np.unique(a)) == set(range(5))
 

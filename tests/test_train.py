@@ -2,14 +2,15 @@
 
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
+from helpers import tiny_config
+from wandb_files import history_keys
 
 from lam.train.launch import TrainingFailed, train
 from lam.train.schedule import lr_multiplier
-from tests.conftest import tiny_config
-from tests.wandb_files import history_keys
 
 SPEC_TRAIN = ["loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage"]
 SPEC_METRICS = [f"train/{k}" for k in SPEC_TRAIN] + [f"val/{k}" for k in SPEC_TRAIN] + ["train/lr", "train/grad_norm"]
@@ -24,7 +25,7 @@ def epoch_records(run_dir) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, tmp_path):
+def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, tmp_path, capfd):
     cfg = tiny_config(tiny_data, tmp_path, num_workers=2, num_epochs=4, wandb_mode="offline")
     cfg.model.use_rollout, cfg.model.rollout_horizon = True, 2
     cfg.train.run_name = "ddp"
@@ -45,6 +46,18 @@ def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, 
     # the wandb offline run holds the spec's metric names, read back from wandb's own file
     wandb_file = next(Path(out.wandb_dir).glob("run-*.wandb"))
     assert set(SPEC_METRICS + ["train/rollout_loss"]) <= history_keys(wandb_file)
+    # the console: the workers' progress lines without Ray's "(RayTrainWorker pid=...)" prefix or
+    # colours; Ray's own lines (Ray Data's execution plans, Train's notices) in the run's ray.log
+    console = ""
+    for _ in range(50):  # Ray forwards worker output asynchronously
+        console += capfd.readouterr().out
+        if "[lam] epoch 4/4 done" in console:
+            break
+        time.sleep(0.2)
+    assert "\n[lam] epoch 4/4 done" in "\n" + console
+    assert "pid=" not in console and "\x1b[" not in console
+    ray_log = (Path(out.run_dir) / "ray.log").read_text()
+    assert "pid=" in ray_log and "[lam]" not in ray_log
 
 
 @pytest.mark.slow

@@ -1,7 +1,6 @@
 """`lam train` as a user runs it (in-process, on the session's Ray): test mode, exit codes, config files."""
 
 import pytest
-import yaml
 
 from lam.cli import main
 
@@ -39,25 +38,6 @@ def test_test_mode_reports_fail_with_exit_code_1(ray_session, overfit_data, tmp_
                  "--learning_rate", "1e-7", "--storage_path", str(tmp_path), *TINY_FLAGS])
     assert code == 1
     assert "-> FAIL" in capsys.readouterr().out
-
-
-def test_yaml_config_with_cli_overrides_and_saved_resolved_config(tmp_path):
-    from argparse import ArgumentParser
-
-    from lam.config import RunConfig, add_config_flags, config_from_args, load_yaml
-
-    cfg_file = tmp_path / "run.yaml"
-    cfg_file.write_text(yaml.safe_dump({"data": {"data_dir": "D", "sequence_length": 4}, "model": {"embed_dim": 64}, "batch_size": 8}))
-    parser = ArgumentParser()
-    add_config_flags(parser)
-    cfg = config_from_args(parser.parse_args(["--config", str(cfg_file), "--embed-dim", "32", "--use_rollout", "--learning_rate", "3e-4"]))
-    assert (cfg.data.data_dir, cfg.data.sequence_length, cfg.model.embed_dim, cfg.train.batch_size) == ("D", 4, 32, 8)
-    assert cfg.model.use_rollout is True and cfg.train.learning_rate == 3e-4
-    assert cfg.train.num_epochs == 100 and cfg.model.num_embeddings == 12  # spec defaults elsewhere
-    # the saved resolved config loads back to the same config
-    saved = tmp_path / "saved.yaml"
-    saved.write_text(yaml.safe_dump(cfg.to_dict()))
-    assert RunConfig.from_dict(load_yaml(saved)) == cfg
 
 
 @pytest.mark.parametrize(

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import tiny_config
+from helpers import tiny_config
 from lam.cli import main as lam_main
-from lam.config import RunConfig, dump_yaml, load_yaml
+from lam.config import RunConfig, SweepConfig, dump_yaml, load_yaml
 from lam.errors import UserError
 from lam.tune.space import DEFAULT_SPACE_PATH, check_against, count_grid, load_search_space, to_param_space
-from lam.tune.sweep import SweepSettings, derive_max_concurrent, run_sweep, trial_config
+from lam.tune.sweep import derive_max_concurrent, run_sweep, trial_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,7 +146,7 @@ def test_sweep_with_asha_stops_bad_trials_writes_best_config_and_cleans_up(ray_s
     # Two sensible learning rates first, then four that wreck the model: once the good ones
     # have reported at a rung, ASHA stops the bad ones there.
     space = write_space(tmp_path, {"learning_rate": {"grid": [3e-3, 1e-3, 0.5, 0.7, 0.9, 1.0]}, "commitment_weight": {"uniform": [0.1, 0.3]}})
-    settings = SweepSettings(search_space=space, name="asha", max_epochs=4, grace_period=1, reduction_factor=2, max_concurrent_trials=2)
+    settings = SweepConfig(search_space=space, name="asha", max_epochs=4, grace_period=1, reduction_factor=2, max_concurrent_trials=2)
     outcome = run_sweep(base_config(tiny_data, tmp_path / "runs"), settings, verbose=False)
 
     assert outcome.finished and len(outcome.rows) == 6
@@ -220,7 +220,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     finished = set(completed_trials(sweep_dir, 2))
     lines_before = trial_metric_lines(sweep_dir)
     cfg = RunConfig.from_dict(load_yaml(base))
-    outcome = run_sweep(cfg, SweepSettings(search_space=space, name="resumable", max_epochs=2, grace_period=2, resume=True), verbose=False)
+    outcome = run_sweep(cfg, SweepConfig(search_space=space, name="resumable", max_epochs=2, grace_period=2, resume=True), verbose=False)
 
     assert outcome.finished
     assert sorted(r.status for r in outcome.rows) == ["completed"] * 3

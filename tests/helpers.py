@@ -1,0 +1,99 @@
+"""What the tests share: tiny configs from the recipes, an H5 writer, a 2-process gloo harness, a free port."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from lam.config import ModelConfig, RunConfig, apply_overrides
+from lam.recipes import recipe_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -----------------------------------------------------------------------------
+# Configs
+
+
+def tiny_config(data_dir, storage, **overrides) -> RunConfig:
+    """The tiny recipe on `data_dir`, writing runs under `storage`; `overrides` are flat config keys."""
+    cfg = recipe_config("tiny")
+    cfg.data.data_dir, cfg.train.storage_path = str(data_dir), str(storage)
+    return apply_overrides(cfg, overrides, source="test")
+
+
+def small_model_config(**overrides) -> ModelConfig:
+    """The tiny recipe's model on 4-channel 16x16 latents (4x4 patches of dim 16): a few thousand
+    parameters, fast enough to run every causality check over every combination of parts."""
+    cfg = recipe_config("tiny").model
+    base = dict(in_channels=4, latent_size=16, patch_dim=16, embed_dim=32, encoder_depth=2, decoder_depth=2,
+                num_embeddings=5, num_codes=3, max_frames=8)
+    for key, value in {**base, **overrides}.items():
+        setattr(cfg, key, value)
+    return cfg.validate()
+
+
+# -----------------------------------------------------------------------------
+# H5 files
+
+# HDF5 storage layouts a latent file may have; WindowReader has a fast path for "whole_chunks".
+LAYOUTS = {
+    "contiguous": {},
+    "whole_chunks": {"chunks": True},  # one HDF5 chunk per latent chunk (what lam.data.synth writes)
+    "gzip": {"chunks": True, "compression": "gzip"},
+    "split_chunks": {"chunks": "half"},  # HDF5 chunks of half a latent chunk
+}
+
+
+def write_h5(path: Path, n_chunks: int = 4, shape_tail=(16, 2, 64, 64), dtype="float16", key="latents", seed: int = 0, values=None,
+             layout: str = "contiguous") -> Path:
+    """Write a latent file of random values (or `values`) in one of the `LAYOUTS`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if values is None:
+        rng = np.random.default_rng(seed)
+        values = rng.standard_normal((n_chunks, *shape_tail)).astype(dtype)
+    options = dict(LAYOUTS[layout])
+    if options.get("chunks") is True:
+        options["chunks"] = (1, *values.shape[1:])
+    elif options.get("chunks") == "half":
+        options["chunks"] = (1, values.shape[1] // 2, *values.shape[2:])
+    with h5py.File(path, "w") as f:
+        f.create_dataset(key, data=values, **options)
+    return path
+
+
+# -----------------------------------------------------------------------------
+# Two ranks of a gloo process group
+
+
+def run_two_ranks(fn, out_dir: Path, *args) -> list:
+    """Run `fn(rank, *args)` in 2 processes joined in a gloo group on 127.0.0.1 and return
+    what each returned (saved with torch.save, loaded here). `fn` must be a module-level
+    function of an importable module (the processes are spawned)."""
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank_main, args=(free_port(), str(out_dir), fn, args), nprocs=2, join=True)
+    return [torch.load(Path(out_dir) / f"rank{rank}.pt") for rank in range(2)]
+
+
+def _rank_main(rank: int, port: int, out_dir: str, fn, args) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.save(fn(rank, *args), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()

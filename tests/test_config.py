@@ -1,0 +1,113 @@
+"""Config, recipes and flags: precedence, the old boolean keys, help text from the fields' own docs."""
+
+from __future__ import annotations
+
+import dataclasses
+from argparse import ArgumentParser
+
+import pytest
+import yaml
+
+from lam.cli import main
+from lam.config import DEPRECATED_KEYS, ModelConfig, RunConfig, SweepConfig, apply_overrides, flat_fields, load_yaml
+from lam.errors import UserError
+from lam.flags import add_config_flags, config_from_args
+from lam.recipes import RECIPES, recipe_config
+
+
+def parse(*argv: str) -> RunConfig:
+    parser = ArgumentParser()
+    add_config_flags(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_yaml_config_with_cli_overrides_and_saved_resolved_config(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"data": {"data_dir": "D", "sequence_length": 4}, "model": {"embed_dim": 64}, "batch_size": 8}))
+    cfg = parse("--config", str(cfg_file), "--embed-dim", "32", "--use_rollout", "--learning_rate", "3e-4", "--quantizer", "fsq")
+    assert (cfg.data.data_dir, cfg.data.sequence_length, cfg.model.embed_dim, cfg.train.batch_size) == ("D", 4, 32, 8)
+    assert cfg.model.use_rollout is True and cfg.train.learning_rate == 3e-4 and cfg.model.quantizer == "fsq"
+    assert cfg.train.num_epochs == 100 and cfg.model.num_embeddings == 12  # spec defaults elsewhere
+    # the saved resolved config loads back to the same config
+    saved = tmp_path / "saved.yaml"
+    saved.write_text(yaml.safe_dump(cfg.to_dict()))
+    assert RunConfig.from_dict(load_yaml(saved)) == cfg
+
+
+def test_recipes_are_valid_configs_and_the_spec_recipe_is_the_defaults():
+    assert recipe_config("spec") == RunConfig()
+    for name in RECIPES:
+        cfg = recipe_config(name)
+        cfg.data.data_dir = "D"
+        cfg.validate()
+    demo = recipe_config("demo").model
+    assert (demo.stem, demo.action_head, demo.quantizer, demo.whiten, demo.motion_moments) == ("diff", "token+motion", "fsq", True, True)
+    with pytest.raises(UserError, match="unknown recipe 'nope'; choose one of spec, demo, tiny"):
+        recipe_config("nope")
+
+
+def test_precedence_is_recipe_then_yaml_then_flags(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("embed_dim: 64\nnum_epochs: 3\n")
+    cfg = parse("--recipe", "demo", "--config", str(cfg_file), "--num_epochs", "7")
+    assert cfg.model.quantizer == "fsq" and cfg.data.sequence_length == 3  # from the recipe
+    assert cfg.model.embed_dim == 64  # the YAML over the recipe
+    assert cfg.train.num_epochs == 7  # the flag over both
+
+
+@pytest.mark.parametrize("start, old, expected", [
+    ("spec", {"fsq": True}, dict(quantizer="fsq")),
+    ("demo", {"fsq": False}, dict(quantizer="vq")),
+    ("spec", {"standardize_z": True}, dict(whiten=True)),
+    ("spec", {"diff_motion_stem": True}, dict(stem="diff")),
+    ("spec", {"motion_to_code": True}, dict(action_head="token+motion")),
+    ("spec", {"motion_code_only": True}, dict(action_head="motion")),  # implied motion_to_code
+    ("spec", {"motion_code_only": True, "motion_to_code": False}, dict(action_head="motion")),
+    ("demo", {"motion_to_code": False}, dict(action_head="token")),
+    ("demo", {"motion_code_only": True}, dict(action_head="motion")),
+    ("spec", {"fsq": True, "quantizer": "vq"}, dict(quantizer="vq")),  # a current key given beside an old one wins
+])
+def test_old_boolean_keys_map_onto_the_named_parts(start, old, expected):
+    cfg = apply_overrides(recipe_config(start), old, source="test", warn_deprecated=False)
+    assert {k: getattr(cfg.model, k) for k in expected} == expected
+
+
+def test_old_boolean_flags_still_work_with_a_one_line_warning(capsys):
+    cfg = parse("--fsq", "--standardize_z", "--diff-motion-stem", "--motion_to_code")
+    assert (cfg.model.quantizer, cfg.model.whiten, cfg.model.stem, cfg.model.action_head) == ("fsq", True, "diff", "token+motion")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any(line == "lam: warning: command line: 'fsq' is deprecated; use quantizer: fsq (false: vq)" for line in err)
+    assert all(line.startswith("lam: warning:") for line in err)
+
+
+def test_an_old_yaml_config_still_loads(tmp_path):
+    cfg_file = tmp_path / "old.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": {"fsq": True, "motion_code_only": True, "num_codes": 1}}))
+    cfg = parse("--config", str(cfg_file))
+    assert (cfg.model.quantizer, cfg.model.action_head, cfg.model.num_codes) == ("fsq", "motion", 1)
+
+
+def test_an_unknown_part_name_is_refused_by_the_command_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse("--stem", "rgb")
+    assert e.value.code == 2 and "invalid choice: 'rgb'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="model.stem must be one of pair, diff; got 'rgb'"):
+        ModelConfig(stem="rgb").validate()
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_help_describes_every_flag_with_its_default_in_sections(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = capsys.readouterr().out
+    out = "".join(text.split())  # argparse wraps lines, also at hyphens
+    for title in ("data options", "model options", "training options", "scaling options", "outputs and logging options"):
+        assert f"\n{title}:\n" in text
+    fields = [f for _, f in flat_fields().values()] + (list(dataclasses.fields(SweepConfig)) if command == "tune" else [])
+    for f in fields:
+        help_text = "".join(f"{f.metadata['help']} (default: {f.default!r})".split())
+        assert f"--{f.name}" in out and help_text in out, f.name
+    for name, recipe in RECIPES.items():
+        assert f"  {name:<6} {recipe.summary}\n" in text
+    for name in DEPRECATED_KEYS:
+        assert f"--{name}" in out

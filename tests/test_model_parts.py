@@ -1,0 +1,66 @@
+"""The encoder's parts: what each stem sees, the head's output-layer view, the motion moments."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import small_model_config
+
+from lam.model import LatentActionModel
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq"])
+def test_codes_from_differences_alone_are_blind_to_a_static_background(quantizer):
+    cfg = small_model_config(stem="diff", action_head="motion", quantizer=quantizer, whiten=True)
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).eval()
+    x = torch.randn(4, 4, 4, 16, 16)
+    _, z = model.encode_actions(x)
+    background = torch.randn(1, 1, 4, 16, 16)  # the same in every frame
+    torch.testing.assert_close(model.encode_actions(x + background)[1], z, atol=1e-4, rtol=1e-4)
+    # ...and the pair stem, which sees the frames themselves, is not
+    pair = LatentActionModel(small_model_config(stem="pair", action_head="motion", quantizer=quantizer)).eval()
+    assert (pair.encode_actions(x + background)[1] - pair.encode_actions(x)[1]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("head", ["token", "token+motion", "motion"])
+def test_head_view_has_the_same_value_and_no_gradient_into_the_body(head):
+    cfg = small_model_config(stem="diff", action_head=head, quantizer="fsq", whiten=True)
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).train()
+    patches = model.in_adapter(torch.randn(2, 3, 4, 16, 16))
+    z, z_head = model.encoder(patches, head_view=True)
+    torch.testing.assert_close(z, z_head)
+    torch.testing.assert_close(model.encoder(patches), z)
+    z_head.sum().backward()
+    output_layers = {name for name, _ in model.encoder.head.named_parameters() if name.split(".")[0] in ("to_action", "motion_to_code")}
+    with_grad = {name for name, p in model.encoder.head.named_parameters() if p.grad is not None}
+    assert with_grad == output_layers and output_layers
+    assert all(p.grad is None for p in model.encoder.stem.parameters())
+
+
+def test_motion_moments_are_linear_in_displacement_and_blind_to_background():
+    cfg = small_model_config(stem="diff", motion_moments=True, action_head="token+motion", patch_dim=8)
+    torch.manual_seed(0)
+    encoder = LatentActionModel(cfg).encoder.eval()
+    coords = encoder.moments.patch_coords  # (N, 2), patch grid 4x4 in [-1, 1]
+    assert coords.shape == (16, 2) and float(coords.min()) == -1.0 and float(coords.max()) == 1.0
+    seen = []
+    encoder.moments.proj.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+
+    blob = torch.zeros(16, 8)
+    blob[5, 0] = 1.0  # one object (channel 0) in patch (row 1, col 1)
+    moved_right, moved_down = torch.zeros(16, 8), torch.zeros(16, 8)
+    moved_right[6, 0] = 1.0  # one patch to the right
+    moved_down[9, 0] = 1.0  # one patch down
+    background = torch.randn(16, 8)
+    step = 2.0 / 3  # grid spacing in [-1, 1] for 4 patches
+    for after, axis in ((moved_right, 1), (moved_down, 0)):
+        seen.clear()
+        encoder(torch.stack([blob + background, after + background])[None])
+        feats = seen[0][0, 0]  # (3P,): y-moments (P), x-moments (P), mean change (P)
+        moments = feats[: 2 * 8].view(2, 8)
+        torch.testing.assert_close(moments[axis, 0], torch.tensor(step / 16))  # the object's shift / N
+        torch.testing.assert_close(moments[1 - axis, 0], torch.tensor(0.0))
+        torch.testing.assert_close(moments[:, 1:], torch.zeros(2, 7))  # other channels: the background cancels
+        torch.testing.assert_close(feats[2 * 8 :], torch.zeros(8))  # total mass unchanged
