@@ -3,7 +3,7 @@
     python -m bench                         # full suite (a few minutes on 2 CPU cores), writes bench/results.json
     python -m bench --quick                 # tiny sizes, no torch.compile: checks the suite itself (~1 min)
     python -m bench --no-compile            # skip the torch.compile rows (on CPU they compile C++ for minutes)
-    python -m bench --model default         # the spec's model (for GPUs; ~15 s a step on 2 CPU cores)
+    python -m bench --model spec            # the spec's model (for GPUs; many seconds a step on 2 CPU cores)
     python -m bench --sections ingest,train # a subset: ingest, train (includes MFU), scaling
 
 Every number is a rate measured in this run on the same files, and is reported with its
@@ -30,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lam.recipes import RECIPES
+
 REPO = Path(__file__).resolve().parent.parent
 
-# Targets from the issue (ratios within one run, never absolute numbers).
+# Targets: ratios within one run, never absolute numbers.
 TARGET_INGEST_VS_DATALOADER = 1.0
 TARGET_INGEST_VS_H5PY = 0.5
 TARGET_RAY_TRAIN_OVERHEAD = 0.10  # Ray Train samples/s >= 90% of the bare loop's
@@ -376,8 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes and model, no torch.compile: checks the suite, numbers mean little")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"), help="JSON report (default: bench/results.json)")
     parser.add_argument("--sections", default="ingest,train,scaling", help="comma-separated subset of ingest,train,scaling (train includes MFU)")
-    parser.add_argument("--model", default=None, choices=["demo", "default", "tiny"],
-                        help="model preset for the training rows (default: demo on CPU, default on GPU, tiny with --quick)")
+    parser.add_argument("--model", default=None, choices=list(RECIPES),
+                        help="recipe of the training rows' model (default: demo on CPU, spec on GPU, tiny with --quick)")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=None, help="training batch (default 16; 4 with --quick)")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                         help="include torch.compile rows (default: yes, no with --quick)")
@@ -395,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    args.model = args.model or ("tiny" if args.quick else "default" if args.device.type == "cuda" else "demo")
+    args.model = args.model or ("tiny" if args.quick else "spec" if args.device.type == "cuda" else "demo")
     args.compile = (not args.quick) if args.compile is None else args.compile
     args.threads = args.threads or (os.cpu_count() or 1)
     torch.set_num_threads(args.threads)
@@ -405,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         print("[bench] ignoring RAY_ADDRESS: the benchmark runs on a private local Ray", flush=True)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     quiet_warnings()
-    from lam.train.launch import init_ray
+    from lam.runtime.cluster import init_ray
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -28,32 +28,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lam.config import RunConfig
-from lam.model import ModelConfig, VVAELatentActionVQVAE
+from lam.config import ModelConfig, RunConfig
+from lam.model import LatentActionModel
+from lam.recipes import recipe_config
 from lam.train.schedule import lr_multiplier
 
 
 def model_preset(name: str) -> tuple[ModelConfig, int]:
-    """(model config, sequence_length) of a named size.
+    """(model config, sequence_length) of a named recipe (`lam.recipes`).
 
-    default  the spec's model (27M parameters, ~300 GFLOPs per 8-frame sample per step):
-             for GPUs; on 2 CPU cores one step of batch 2 takes ~15 s.
-    demo     the `lam demo` recipe (about 1.3M parameters, 3-frame windows): what 2 CPU cores train.
-    tiny     the tests' model: seconds, for checking the suite itself.
+    spec  the spec's model: for GPUs; on 2 CPU cores one step of batch 2 takes many seconds.
+    demo  the `lam demo` recipe: what 2 CPU cores train.
+    tiny  the tests' model: seconds, for checking the suite itself.
     """
-    m = ModelConfig()
-    if name == "default":
-        return m, 8
-    if name == "demo":
-        from lam.train.cli import demo_config
-
-        demo = demo_config(Path("."))  # the recipe itself, so the benchmark follows it
-        return demo.model, demo.data.sequence_length
-    if name == "tiny":
-        m.patch_grid, m.patch_dim, m.embed_dim, m.num_heads = 4, 32, 32, 2
-        m.encoder_depth, m.decoder_depth, m.codebook_dim, m.num_embeddings = 1, 1, 8, 4
-        return m, 3
-    raise ValueError(f"unknown model preset {name!r} (default, demo, tiny)")
+    cfg = recipe_config(name)
+    return cfg.model, cfg.data.sequence_length
 
 
 def sync(device: torch.device) -> None:
@@ -68,7 +57,7 @@ def bare_loop(cfg: RunConfig, batches: list[torch.Tensor], warmup: int, steps: i
     """samples/s of a plain single-process loop; `batches` are stored-dtype CPU tensors, cycled."""
     t = cfg.train
     torch.manual_seed(t.seed)
-    model = VVAELatentActionVQVAE(cfg.model).to(device)
+    model = LatentActionModel(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
                                   betas=(0.9, 0.95), fused=device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -85,7 +74,7 @@ def bare_loop(cfg: RunConfig, batches: list[torch.Tensor], warmup: int, steps: i
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         optimizer.step()
         scheduler.step()
-        model.quantizer.revive_dead_codes()
+        model.after_optimizer_step()
         return float(grad_norm)  # waits for the device, as the real loop does
 
     warm_start = time.perf_counter()
@@ -156,7 +145,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds
 
 
 def param_count(model_cfg: ModelConfig) -> int:
-    return sum(p.numel() for p in VVAELatentActionVQVAE(model_cfg).parameters())
+    return sum(p.numel() for p in LatentActionModel(model_cfg).parameters())
 
 
 def comm_bytes(params: int, workers: int, bytes_per_grad: int = 4) -> float:
