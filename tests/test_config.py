@@ -111,3 +111,11 @@ def test_help_describes_every_flag_with_its_default_in_sections(command, capsys)
         assert f"  {name:<6} {recipe.summary}\n" in text
     for name in DEPRECATED_KEYS:
         assert f"--{name}" in out
+
+
+def test_the_configuration_reference_names_every_field():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
+    fields = [name for name in flat_fields()] + [f.name for f in dataclasses.fields(SweepConfig)]
+    assert [name for name in fields if f"`{name}`" not in text] == []
