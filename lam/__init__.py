@@ -1,3 +1,3 @@
-"""lam: train, evaluate and export VQ-VAE latent action models on VVAE latents, on Ray."""
+"""lam: train, evaluate and export latent action models on VVAE latents, on Ray."""
 
 __version__ = "0.1.0"

@@ -100,7 +100,7 @@ def all_finite(a: np.ndarray) -> bool:
     """`np.isfinite(a).all()`, fast for float16 too.
 
     numpy has no vectorised float16 math: `np.isfinite` on a float16 window costs
-    ~15x a copy of it (the benchmark's read path was 85% this check). A float16 is
+    many times a copy of it (bench/README.md). A float16 is
     NaN or Inf exactly when its 5 exponent bits are all ones: as int16 that is
     0x7C00..0x7FFF (sign bit clear), as uint16 0xFC00..0xFFFF (sign bit set), the
     top of each range. So two integer maxima decide it, at memory speed and
@@ -119,7 +119,7 @@ def stores_whole_chunks(ds: h5py.Dataset) -> bool:
     """True when each HDF5 chunk of `ds` is one latent chunk `[1, C, t, H, W]`, stored
     unfiltered in native byte order: then a chunk's raw bytes are its array, and
     `WindowReader` reads them with `read_direct_chunk`, skipping HDF5's selection
-    and conversion machinery (1.4x the windows/s of `ds[a:b]` on 2 cores, `python -m bench`).
+    and conversion machinery (faster than `ds[a:b]`: bench/README.md).
     Any other layout (contiguous, compressed, ...) takes the general path.
     """
     return (

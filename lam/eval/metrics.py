@@ -192,7 +192,7 @@ def linear_probe_accuracy(
     `num_threads` (default 1) is torch's intra-op thread count while fitting,
     restored afterwards; None leaves it alone. One thread is the default because
     the matrices are small, so thread start-up dominates (on a busy 2-core machine
-    two threads made a 200x5 probe ~250x slower), and because a fixed thread count
+    two threads made a small probe far slower), and because a fixed thread count
     keeps the float reductions, hence the result, the same on every machine.
     """
     xf = torch.as_tensor(to_numpy(features_fit), dtype=torch.float64)

@@ -12,9 +12,8 @@ is one per-worker training batch, which the worker's iterator then hands over
 without a copy (see `WindowDatasource`).
 
 Why not `from_items(rows).random_shuffle().map_batches(read)`: that was the
-first version, and it delivered about a third of this one's windows/s on 2
-cores (`python -m bench`, bench/README.md). The all-to-all shuffle is a barrier (no read starts
-before it ends) and it runs tens of tiny tasks per epoch, for rows that a
+first version, and it delivered far fewer windows/s (bench/README.md, "What the
+benchmarks changed"). The all-to-all shuffle is a barrier (no read starts before it ends) and it runs tens of tiny tasks per epoch, for rows that a
 permutation in one process orders in microseconds.
 
 Ray Train's DataConfig hands each worker its shard with
@@ -80,8 +79,8 @@ class WindowDatasource(Datasource):
     fewer), and every read task a whole number of blocks, so when `rows_per_block`
     is the training batch each batch is exactly one block: Ray Data's batcher then
     hands the block over as it is, where a batch spanning two blocks would be
-    concatenated (a copy of the whole batch; 44% of a Train worker's ingest time
-    before this, `python -m bench --sections ingest`).
+    concatenated (a copy of the whole batch, the largest cost of a Train worker's
+    ingest before blocks were batches; bench/README.md).
 
     Ray Data may call `get_read_tasks` more than once per execution (planning, then
     running); every call covers every window exactly once, so whichever set runs is
@@ -142,8 +141,8 @@ def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_p
     ds.context.target_max_block_size = max(1, int(0.9 * source.block_bytes))
     # Per-operator reservation splits the cluster between the operators of a pipeline;
     # ours has one (the read), and the reservation held it to about one task at a time
-    # (1.0k -> 1.45k windows/s without it on 2 cores). Memory stays bounded: Ray Data
-    # then caps its object-store use at a quarter of the store.
+    # (bench/README.md). Memory stays bounded: Ray Data then caps its object-store use
+    # at a quarter of the store.
     ds.context.op_resource_reservation_enabled = False
     return ds
 
