@@ -24,6 +24,14 @@ import sys
 import warnings
 from pathlib import Path
 
+import ray
+
+try:  # not public API: see the module docstring
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as _dispatcher
+    from ray._private.worker import filter_autoscaler_events
+except ImportError:
+    _dispatcher = None
+
 OUR_PREFIXES = ("[lam]", "lam:", "[tune]")
 RAY_LOGGERS = ("ray", "ray.data")  # ray.data does not propagate to ray
 
@@ -56,8 +64,6 @@ class RayConsole:
         because they say why a run waits; its periodic status reports are left out."""
         if self.verbose:
             return  # Ray has printed them
-        from ray._private.worker import filter_autoscaler_events
-
         events = [f"(autoscaler) {line}" for line in filter_autoscaler_events(data.get("lines", []))]
         if events:
             print("\n".join(events), file=sys.stderr if data.get("is_err") else sys.stdout, flush=True)
@@ -82,8 +88,6 @@ _state = {"verbose": True, "log_path": None, "console": None, "file_handler": No
 def route_console(log_path: str | os.PathLike | None = None, verbose: bool = False) -> None:
     """Send Ray's lines to `log_path` (None: only Ray's session logs) and, unless `verbose`,
     keep them off the console. Call again for the next run of the same process."""
-    import ray
-
     _state["verbose"] = verbose
     _state["log_path"] = str(log_path) if log_path else None
     if log_path is not None:
@@ -96,18 +100,16 @@ def route_console(log_path: str | os.PathLike | None = None, verbose: bool = Fal
 
 def attach_forwarded_lines() -> None:
     """Route the lines Ray forwards from workers (`init_ray` calls this after starting Ray)."""
-    if _state["log_path"] is None and _state["verbose"]:
+    if _dispatcher is None or (_state["log_path"] is None and _state["verbose"]):
         return  # route_console was never called (or asked for nothing): Ray's console as it is
-    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-
     console = _state["console"]
     if console is None:
-        printers = dict(dispatcher.handlers)
+        printers = dict(_dispatcher.handlers)
         if "ray_print_logs" not in printers:
             return
         console = _state["console"] = RayConsole(printers["ray_print_logs"])
-        dispatcher.remove_handler("ray_print_logs")
-        dispatcher.add_handler("lam_console", console)
+        _dispatcher.remove_handler("ray_print_logs")
+        _dispatcher.add_handler("lam_console", console)
     console.log_path, console.verbose = _state["log_path"], _state["verbose"]
 
 
