@@ -121,6 +121,48 @@ def test_delta_psnr_is_zero_when_actions_are_ignored_and_positive_when_used(uses
         assert report["next_frame"]["mse"] == pytest.approx(report["copy_last_baseline"]["mse"])
 
 
+@pytest.mark.parametrize("uses_actions", [True, False])
+def test_summary_warns_when_the_decoder_ignores_the_actions(uses_actions):
+    report = summarize(evaluate_windows(ShiftWorld(uses_actions), shift_batches(), seed=0), num_actions=3, bootstrap=10)
+    assert report["action_ids_used"] == 3
+    ignored = [w for w in report["warnings"] if w.startswith("the decoder ignores the actions")]
+    assert len(ignored) == (0 if uses_actions else 1) and len(report["warnings"]) == len(ignored)
+
+
+def test_summary_without_features_is_what_the_training_loop_reads():
+    acc = evaluate_windows(ShiftWorld(True), shift_batches(), keep_features=False)
+    report = summarize(acc, num_actions=3, file_groups=["even", "odd"])
+    gt = report["ground_truth"]
+    assert report["action_ids_used"] == 3 and gt["nmi"] == pytest.approx(1.0)
+    assert "linear_probe_accuracy" not in gt and "frame_t_probe_accuracy" not in gt and "kmeans" not in gt
+    assert set(report["groups"]) == {"even", "odd"}  # file ids 0 and 1 of shift_batches
+    assert all(g["nmi"] == pytest.approx(1.0) for g in report["groups"].values())
+
+
+def test_masked_transitions_are_not_scored():
+    batches = [(x, labels, files, np.tile([False, True, True, True], (len(x), 1))) for x, labels, files in shift_batches()]
+    report = summarize(evaluate_windows(ShiftWorld(True), batches), num_actions=3, bootstrap=0)
+    assert report["transitions"] == 2 * 8 * 3 and report["windows"] == 2 * 8
+    assert report["ground_truth"]["transitions"] == 2 * 8 * 3
+
+
+def test_split_batches_score_every_transition_of_every_file_once(tiny_data):
+    from lam.data.manifest import load_manifest
+    from lam.eval.evaluate import split_batches
+
+    manifest = load_manifest(tiny_data / "manifest.json")
+    batches = split_batches(5, manifest, "train", batch_size=3)  # 16 frames: windows at 0, 4, 8 and one moved back to 11
+    scored, row = Counter(), 0
+    for x, labels, file_ids, counted in batches:
+        assert x.shape[1] == 5 and labels.shape == counted.shape == (len(x), 4)
+        for f, mask in zip(file_ids, counted.numpy()):
+            start = int(batches.windows[row][1])  # the batches keep the windows' order
+            scored.update((batches.files[f], start + 1 + j) for j in np.flatnonzero(mask))
+            row += 1
+    assert sorted(scored) == sorted((rel, t) for rel in manifest.split_files("train") for t in range(1, 16))
+    assert set(scored.values()) == {1}
+
+
 def test_real_model_with_a_collapsed_codebook_has_zero_controllability(tiny_data, tmp_path):
     _, cfg, model = write_tiny_checkpoint(tiny_data, tmp_path)
     with torch.no_grad():
@@ -135,14 +177,49 @@ def test_real_model_with_a_collapsed_codebook_has_zero_controllability(tiny_data
 
 def test_eval_writes_report_and_figures(tiny_data, tmp_path):
     ckpt, _, _ = write_tiny_checkpoint(tiny_data, tmp_path)
-    report = evaluate_checkpoint(ckpt, tiny_data, tiny_data / "manifest.json", split="test", out_dir=tmp_path / "eval")
+    report = evaluate_checkpoint(ckpt, tiny_data, tiny_data / "manifest.json", split="test", out_dir=tmp_path / "eval",
+                                 bootstrap=20)
     saved = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert saved["split"] == "test" and saved["windows"] == 4  # 1 test file, 16 frames, T=4
+    # 1 test file of 16 frames, T=4: windows at 0, 3, 6, 9, 12 share one frame and score all 15 transitions
+    assert saved["split"] == "test" and saved["windows"] == 5 and saved["transitions"] == 15
     assert [r["horizon"] for r in saved["rollout"]] == [1, 2, 3]
+    assert saved["action_ids_used"] == saved["codebook"]["distinct_actions"] and isinstance(saved["warnings"], list)
     gt = saved["ground_truth"]
-    assert 0 <= gt["nmi"] <= 1 and 0 <= gt["chance_accuracy"] <= 1 and "linear_probe_accuracy" in gt
-    assert {Path(p).name for p in report["figures"]} == {"predictions.png", "code_usage.png", "confusion.png"}
+    assert gt["transitions"] == 15 and gt["probe_split"] == "by transition (one file)"
+    for key in ("nmi", "chance_accuracy", "code_map_accuracy", "linear_probe_accuracy", "frame_t_minus_1_probe_accuracy",
+                "frame_t_probe_accuracy", "best_frame_probe_accuracy"):
+        assert 0 <= gt[key] <= 1 and gt[key + ("_std" if key != "best_frame_probe_accuracy" else "")] >= 0, key
+    assert gt["code_map_margin"] == pytest.approx(gt["code_map_accuracy"] - gt["best_frame_probe_accuracy"])
+    assert gt["kmeans"]["k"] == 2 and 0 <= gt["kmeans"]["nmi"] <= 1  # min(64 ids, max(2, 8 fit transitions // 10))
+    assert gt["action_names"][:2] == ["stay", "up"]
+    assert {Path(p).name for p in report["figures"]} == {"changes.png", "action_atlas.png", "code_usage.png", "confusion.png"}
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report["figures"])
+
+
+def test_lam_eval_end_to_end_with_groups(tiny_data, tmp_path, capsys):
+    from lam.cli import main
+
+    ckpt, _, _ = write_tiny_checkpoint(tiny_data, tmp_path)
+    code = main(["eval", "--checkpoint", str(ckpt), "--data_dir", str(tiny_data), "--split", "train", "--out", str(tmp_path / "eval"),
+                 "--group_by", r"video_(\d+)", "--bootstrap", "10", "--seed", "1"])
+    assert code == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["group_source"].startswith("--group_by")
+    assert set(report["groups"]) == {"0000", "0002"}  # the capture group names the group
+    assert sum(g["transitions"] for g in report["groups"].values()) == report["transitions"] == 30  # 2 files x 15
+    for g in report["groups"].values():
+        assert {"nmi", "code_map_accuracy", "chance_accuracy", "action_ids_used", "confusion"} <= set(g)
+    assert len([p for p in report["figures"] if Path(p).name.startswith("confusion_")]) == 2
+    out = capsys.readouterr()
+    assert "30 transitions scored" in out.out and "ground truth" in out.out and "per group" in out.out
+    assert all(line.startswith("lam eval: warning: ") for line in out.err.splitlines() if "warning" in line)
+
+
+def test_lam_eval_refuses_a_bad_group_pattern(tiny_data, tmp_path):
+    from lam.cli import main
+
+    ckpt, _, _ = write_tiny_checkpoint(tiny_data, tmp_path)
+    assert main(["eval", "--checkpoint", str(ckpt), "--data_dir", str(tiny_data), "--group_by", "(unclosed"]) == 2
 
 
 def test_eval_cli_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):

@@ -10,7 +10,16 @@ import torch
 
 pytest.importorskip("matplotlib")
 
-from lam.eval.figures import DPI, plot_code_histogram, plot_confusion, plot_predictions  # noqa: E402
+from lam.eval.figures import (  # noqa: E402
+    ATLAS_MAX_IDS,
+    DPI,
+    atlas_figure_size,
+    change_figure_size,
+    plot_action_atlas,
+    plot_changes,
+    plot_code_histogram,
+    plot_confusion,
+)
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -24,24 +33,58 @@ def read_png(path: Path) -> np.ndarray:
     return matplotlib.image.imread(path)
 
 
-def test_plot_predictions(tmp_path):
+def pixels(size_in: tuple[float, float]) -> tuple[int, int]:
+    """(height, width) in pixels of a figure of (width, height) inches saved at DPI."""
+    return round(size_in[1] * DPI), round(size_in[0] * DPI)
+
+
+def test_plot_changes(tmp_path):
     rng = np.random.default_rng(0)
     s, c, h, w = 3, 4, 8, 8
     target = rng.standard_normal((s, c, h, w)).astype(np.float32)
     pred = target + 0.1 * rng.standard_normal((s, c, h, w)).astype(np.float32)
     context = torch.from_numpy(target).roll(1, dims=0).to(torch.bfloat16)  # tensors accepted too
-    out = plot_predictions(tmp_path / "sub" / "pred.png", context, pred, target,
-                           channels=(0, 2, 9), max_samples=2, title="tiny")
-    assert out == tmp_path / "sub" / "pred.png"
+    out = plot_changes(tmp_path / "sub" / "changes.png", context, pred, target,
+                       channels=(0, 2, 9), max_samples=2, title="tiny")
+    assert out == tmp_path / "sub" / "changes.png"
     img = read_png(out)
-    # 2 samples x 2 valid channels = 4 rows of ~1.9 in, 3 columns of ~2 in
-    assert img.shape[0] >= 4 * 1.5 * DPI and img.shape[1] >= 3 * 1.5 * DPI
+    # 2 samples (rows) x 2 valid channels, each a pair of columns (target change, predicted change)
+    assert img.shape[:2] == pixels(change_figure_size(2, 2))
 
 
-def test_plot_predictions_rejects_shape_mismatch(tmp_path):
+def test_plot_changes_draws_no_change_as_the_middle_of_the_scale(tmp_path):
+    """Frames that do not change at all: both panels are the colour map's centre (white), not an extreme."""
+    frame = np.ones((1, 1, 6, 6), dtype=np.float32)
+    img = read_png(plot_changes(tmp_path / "none.png", frame, frame, frame, channels=(0,)))
+    assert img.shape[:2] == pixels(change_figure_size(1, 1))
+    assert (img[..., :3] > 0.95).all(axis=-1).mean() > 0.5  # mostly white
+
+
+def test_plot_changes_rejects_shape_mismatch(tmp_path):
     a = np.zeros((2, 3, 4, 4))
     with pytest.raises(ValueError):
-        plot_predictions(tmp_path / "x.png", a, a, np.zeros((2, 3, 4, 5)))
+        plot_changes(tmp_path / "x.png", a, a, np.zeros((2, 3, 4, 5)))
+
+
+@pytest.mark.parametrize("n_ids", [3, ATLAS_MAX_IDS + 4], ids=["few-ids", "capped"])
+def test_plot_action_atlas(tmp_path, n_ids):
+    rng = np.random.default_rng(0)
+    changes = rng.standard_normal((2, n_ids, 8, 8))
+    target = torch.from_numpy(rng.standard_normal((2, 8, 8)))
+    labels = [f"id {i}\n(n={100 - i})" for i in range(n_ids)]
+    img = read_png(plot_action_atlas(tmp_path / "atlas.png", changes, target, action_labels=labels,
+                                     context_labels=["a", "b"]))
+    shown = min(n_ids, ATLAS_MAX_IDS)
+    assert img.shape[:2] == pixels(atlas_figure_size(2, shown + 1))  # + the target-change column
+    img = read_png(plot_action_atlas(tmp_path / "atlas_no_target.png", changes[:1]))
+    assert img.shape[:2] == pixels(atlas_figure_size(1, shown))
+
+
+def test_plot_action_atlas_rejects_bad_shapes(tmp_path):
+    with pytest.raises(ValueError):
+        plot_action_atlas(tmp_path / "x.png", np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError):
+        plot_action_atlas(tmp_path / "x.png", np.zeros((2, 3, 4, 4)), target_change=np.zeros((2, 4, 5)))
 
 
 @pytest.mark.parametrize("num_ids,used", [(12, 7), (1728, 150)], ids=["few-ids", "many-ids"])

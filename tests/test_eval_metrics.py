@@ -11,14 +11,13 @@ import torch
 from lam.eval.metrics import (
     code_usage,
     confusion_matrix,
-    linear_probe_accuracy,
     majority_chance,
-    mapping_probe_accuracy,
     normalized_mutual_information,
     psnr_from_mse,
     split_by_group,
     split_fit_eval,
 )
+from lam.eval.probes import linear_probe_accuracy, mapping_probe_accuracy
 
 # ----------------------------------------------------------------------------- PSNR
 
@@ -64,7 +63,7 @@ def test_many_to_one_mapping():
 def test_nmi_matches_hand_computation():
     a = np.array([0, 0, 1, 1])
     b = np.array([0, 0, 0, 1])
-    # I = H(b) - H(b|a) = H(1/4) - 1/2 * H(1/2); NMI = 2I / (H(a) + H(b))
+    # I = H(b) - H(b|a) = H(1/4) - 1/2 * H(1/2); NMI = 2I / (H(a) + H(b)), scikit-learn's arithmetic normalisation
     h = lambda *p: -sum(x * math.log(x) for x in p)  # noqa: E731
     mi = h(0.25, 0.75) - 0.5 * h(0.5, 0.5)
     expected = 2 * mi / (h(0.5, 0.5) + h(0.25, 0.75))
@@ -99,11 +98,11 @@ def test_linear_probe_separable_and_random():
     labels = rng.integers(0, k, n)
     feats = centers[labels] + rng.standard_normal((n, d))  # well separated blobs
     fit, ev = split_fit_eval(n, 0.5, seed=0)
-    acc = linear_probe_accuracy(feats[fit], labels[fit], feats[ev], labels[ev], num_classes=k, steps=100)
+    acc = linear_probe_accuracy(feats[fit], labels[fit], feats[ev], labels[ev], num_classes=k)
     assert acc > 0.97
 
     noise = rng.standard_normal((n, d))
-    acc_rand = linear_probe_accuracy(noise[fit], labels[fit], noise[ev], labels[ev], num_classes=k, steps=100)
+    acc_rand = linear_probe_accuracy(noise[fit], labels[fit], noise[ev], labels[ev], num_classes=k)
     assert abs(acc_rand - 1 / k) < 0.12
 
 
@@ -111,11 +110,16 @@ def test_linear_probe_deterministic_and_tensor_input():
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(60, 2, 3, generator=g)  # extra dims are flattened
     labels = torch.randint(0, 4, (60,), generator=g)
-    a = linear_probe_accuracy(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=4, steps=20, seed=1)
-    b = linear_probe_accuracy(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=4, steps=20, seed=1)
+    a = linear_probe_accuracy(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=4)
+    b = linear_probe_accuracy(feats[:30], labels[:30], feats[30:], labels[30:], num_classes=4)
     assert a == b
     with pytest.raises(ValueError):
-        linear_probe_accuracy(feats[:30], labels[:30] + 4, feats[30:], labels[30:], num_classes=4, steps=1)
+        linear_probe_accuracy(feats[:30], labels[:30] + 4, feats[30:], labels[30:], num_classes=4)
+
+
+def test_linear_probe_with_one_action_in_the_fit_part_predicts_it():
+    feats = np.arange(12.0).reshape(6, 2)
+    assert linear_probe_accuracy(feats[:3], [2, 2, 2], feats[3:], [2, 2, 0]) == pytest.approx(2 / 3)
 
 
 # ----------------------------------------------------------------------------- usage, confusion

@@ -1,18 +1,22 @@
 """Do the latent actions mean anything? Evaluate a checkpoint on a split.
 
-Measured on non-overlapping windows of the run's `sequence_length` (T) frames:
+Every transition z[t-1] -> z[t] of the split is scored exactly once: each file is tiled
+with windows of the run's `sequence_length` (T) frames that share one frame
+(`lam.eval.tiling`, as `lam export-actions` does). Measured:
 - next-frame MSE, MAE, PSNR of the model (teacher-forced, inferred actions) and of
   a copy-last-frame baseline, so the numbers have a reference;
-- rollout error for horizons h = 1..T-1: from ground-truth frame 0 of a window,
+- rollout error for horizons h = 1..T-1: from ground-truth frame 0 of each window,
   the model feeds its own predictions back, using the inferred actions;
 - controllability (Genie's delta-t PSNR): PSNR of the rollout at horizon h with the
   inferred actions minus PSNR with random actions (each code uniform over the
   codebook). ~0 means the decoder ignores the actions; > 0 means they steer it;
-- codebook usage, perplexity and the distribution of action ids;
-- with ground-truth `actions` in the files: NMI between action ids and true
-  actions, a code -> true-action map fitted on half of the files (by file) and
-  scored on the rest, a linear probe on the pre-quantization vectors, and the
-  majority-class chance level.
+- codebook usage, perplexity, the number of action ids used and their distribution;
+- with ground-truth `actions` in the files (`lam.eval.scores`): NMI, probes against chance
+  and against frame-only probes (the leakage control), k-means ids of the pre-quantisation
+  vectors, and the bootstrap std of each score;
+- per group of files (`--group_by REGEX` on file paths, or the manifest's per-file
+  `group`): files, transitions, ids used and the same ground-truth scores;
+- `warnings`: collapse in plain words (`lam.eval.report.collapse_warnings`).
 
 PSNR peak: the range (max - min) of the evaluated target latents, one number for
 the whole split (the report states it); PSNR = 10 log10(peak^2 / MSE) from the
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,12 +36,19 @@ import h5py
 import numpy as np
 import torch
 
-from lam.data.manifest import load_manifest
-from lam.data.windows import WindowReader, build_window_index
-from lam.eval import figures as F
+from lam.data.manifest import Manifest, load_manifest
+from lam.data.windows import WindowReader, frame_count
+from lam.errors import UserError
 from lam.eval import metrics as M
+from lam.eval.figure_set import write_figures
+from lam.eval.probes import pool_frames
+from lam.eval.report import collapse_warnings, print_report  # noqa: F401  (callers print through here)
+from lam.eval.scores import group_scores, label_scores
+from lam.eval.tiling import transition_windows
 from lam.model import LatentActionModel
 from lam.runtime.checkpoint import load_model
+
+TILING = "every transition once: windows of T frames that share one frame"
 
 
 def true_actions(path: str | Path) -> np.ndarray | None:
@@ -55,10 +68,11 @@ def action_names(path: str | Path) -> list[str] | None:
 
 @dataclass
 class Accumulator:
-    """Sums over all evaluated windows; turned into the report at the end."""
+    """Sums over all evaluated windows, and one entry per scored transition; turned into the report at the end."""
 
     horizons: int
-    n_frames: int = 0  # predicted frames (transitions)
+    n_frames: int = 0  # scored transitions
+    n_windows: int = 0
     sq_err: float = 0.0
     abs_err: float = 0.0
     base_sq_err: float = 0.0
@@ -67,11 +81,12 @@ class Accumulator:
     vmax: float = -math.inf
     roll_sq: np.ndarray = None  # (H,) summed per-frame MSE with inferred actions
     rand_sq: np.ndarray = None  # (H,) with random actions
-    roll_n: int = 0
-    ids: list = field(default_factory=list)
-    z_pre: list = field(default_factory=list)
+    ids: list = field(default_factory=list)  # per scored transition, in batch order
+    files: list = field(default_factory=list)
     labels: list = field(default_factory=list)
-    groups: list = field(default_factory=list)
+    z_pre: list = field(default_factory=list)
+    frames_prev: list = field(default_factory=list)  # pooled frame t-1 (leakage control)
+    frames_next: list = field(default_factory=list)  # pooled frame t
 
     def __post_init__(self):
         self.roll_sq = np.zeros(self.horizons)
@@ -80,26 +95,36 @@ class Accumulator:
 
 @torch.no_grad()
 def evaluate_windows(model: LatentActionModel, batches, seed: int = 0, keep_features: bool = True) -> Accumulator:
-    """Run the model over `batches` of (x [B,T,C,H,W] float32, labels [B,T-1] or None, group ids [B]).
+    """Run the model over `batches` of (x [B,T,C,H,W] float32, labels [B,T-1] or None, file ids [B][, counted [B,T-1] bool]).
 
+    `counted` marks the transitions to score (a window moved back to the end of its file
+    repeats some); without it every transition counts. Rollouts use every window.
     Random actions for controllability come from a generator seeded with `seed`.
+    `keep_features` keeps the pre-quantisation vectors and pooled frames for the probes.
     """
     gen = torch.Generator().manual_seed(seed)
     cfg = model.config
     acc = None
-    for x, labels, groups in batches:
+    for batch in batches:
+        x, labels, file_ids = batch[:3]
         b, t = x.shape[:2]
+        counted = torch.ones(b, t - 1, dtype=torch.bool) if len(batch) < 4 else torch.as_tensor(batch[3], dtype=torch.bool)
         if acc is None:
             acc = Accumulator(horizons=t - 1)
+        mask = counted.to(x.device)  # (B, T-1)
+        flat = counted.reshape(-1).numpy()  # (B*(T-1),)
         target = x[:, 1:]
         indices, z_pre = model.encode_actions(x)  # (B, T-1, K), (B, T-1, K, D)
         pred = model.decode_with_actions(x, indices)
-        acc.n_frames += b * (t - 1)
-        acc.sq_err += float((pred - target).pow(2).mean(dim=(2, 3, 4)).sum())
-        acc.abs_err += float((pred - target).abs().mean(dim=(2, 3, 4)).sum())
-        acc.base_sq_err += float((x[:, :-1] - target).pow(2).mean(dim=(2, 3, 4)).sum())
-        acc.base_abs_err += float((x[:, :-1] - target).abs().mean(dim=(2, 3, 4)).sum())
-        acc.vmin, acc.vmax = min(acc.vmin, float(target.min())), max(acc.vmax, float(target.max()))
+        acc.n_frames += int(flat.sum())
+        acc.n_windows += b
+        acc.sq_err += float((pred - target).pow(2).mean(dim=(2, 3, 4))[mask].sum())
+        acc.abs_err += float((pred - target).abs().mean(dim=(2, 3, 4))[mask].sum())
+        acc.base_sq_err += float((x[:, :-1] - target).pow(2).mean(dim=(2, 3, 4))[mask].sum())
+        acc.base_abs_err += float((x[:, :-1] - target).abs().mean(dim=(2, 3, 4))[mask].sum())
+        scored = target[mask]  # (n, C, H, W)
+        if scored.numel():
+            acc.vmin, acc.vmax = min(acc.vmin, float(scored.min())), max(acc.vmax, float(scored.max()))
 
         h = acc.horizons
         random_idx = torch.randint(0, cfg.num_embeddings, indices[:, :h].shape, generator=gen).to(indices.device)
@@ -107,31 +132,37 @@ def evaluate_windows(model: LatentActionModel, batches, seed: int = 0, keep_feat
         rolled_rand = model.rollout(x[:, :1], random_idx, h)
         acc.roll_sq += (rolled - target[:, :h]).pow(2).mean(dim=(2, 3, 4)).sum(0).cpu().numpy()
         acc.rand_sq += (rolled_rand - target[:, :h]).pow(2).mean(dim=(2, 3, 4)).sum(0).cpu().numpy()
-        acc.roll_n += b
 
-        acc.ids.append(model.action_ids(indices).reshape(-1).cpu().numpy())
+        acc.ids.append(model.action_ids(indices).reshape(-1).cpu().numpy()[flat])
+        acc.files.append(np.repeat(np.asarray(file_ids), t - 1)[flat])
         if keep_features:
-            acc.z_pre.append(z_pre.reshape(b * (t - 1), -1).cpu().numpy())
+            acc.z_pre.append(z_pre.reshape(b * (t - 1), -1).cpu().numpy()[flat])
+            acc.frames_prev.append(pool_frames(x[:, :-1].flatten(0, 1))[flat])
+            acc.frames_next.append(pool_frames(target.flatten(0, 1))[flat])
         if labels is not None:
-            acc.labels.append(np.asarray(labels).reshape(-1))
-            acc.groups.append(np.repeat(np.asarray(groups), t - 1))
+            acc.labels.append(np.asarray(labels).reshape(-1)[flat])
     if acc is None:
         raise ValueError("no windows to evaluate")
     return acc
 
 
-def summarize(acc: Accumulator, num_actions: int, seed: int = 0) -> dict:
-    """The report: plain floats and lists, ready for JSON."""
+def summarize(acc: Accumulator, num_actions: int, seed: int = 0, file_groups=None, bootstrap: int = 200) -> dict:
+    """The report: plain floats and lists, ready for JSON.
+
+    `file_groups[i]` names the group of file id i (None: no groups). `bootstrap`: resamples
+    for the std of the ground-truth scores (0: none). The top level holds `action_ids_used`
+    and `warnings` (`collapse_warnings`), which the training loop reads.
+    """
     peak = acc.vmax - acc.vmin
     mse, mae = acc.sq_err / acc.n_frames, acc.abs_err / acc.n_frames
     base_mse, base_mae = acc.base_sq_err / acc.n_frames, acc.base_abs_err / acc.n_frames
-    roll_mse = acc.roll_sq / acc.roll_n
-    rand_mse = acc.rand_sq / acc.roll_n
+    roll_mse = acc.roll_sq / acc.n_windows
+    rand_mse = acc.rand_sq / acc.n_windows
     psnr = lambda m: M.psnr_from_mse(m, peak)  # noqa: E731
     ids = np.concatenate(acc.ids)
     usage = M.code_usage(ids, num_actions)
     report = {
-        "windows": acc.roll_n,
+        "windows": acc.n_windows,
         "transitions": acc.n_frames,
         "psnr_peak": peak,
         "psnr_peak_definition": "max - min of the evaluated target latents",
@@ -149,119 +180,138 @@ def summarize(acc: Accumulator, num_actions: int, seed: int = 0) -> dict:
             for h in range(len(roll_mse))
         ],
         "codebook": {
+            "num_action_ids": int(num_actions),
             "action_usage": usage["usage"],
             "action_perplexity": usage["perplexity"],
-            "distinct_actions": int((np.asarray(usage["histogram"]) > 0).sum()),
+            "distinct_actions": usage["num_used"],
             "action_histogram": {int(i): int(c) for i, c in enumerate(usage["histogram"]) if c},
         },
+        "action_ids_used": usage["num_used"],
     }
     report["delta_psnr"] = report["rollout"][0]["delta_psnr"]
-    if acc.labels:
-        report["ground_truth"] = label_scores(ids, np.concatenate(acc.z_pre) if acc.z_pre else None,
-                                              np.concatenate(acc.labels), np.concatenate(acc.groups), seed)
+
+    files = np.concatenate(acc.files)
+    labels = np.concatenate(acc.labels) if acc.labels else None
+    if labels is not None and labels.size != ids.size:
+        labels = None  # some batches had no labels: no ground truth rather than misaligned scores
+    feats = {name: np.concatenate(parts) if parts else None
+             for name, parts in (("z_pre", acc.z_pre), ("frames_prev", acc.frames_prev), ("frames_next", acc.frames_next))}
+    shape = {"num_ids": num_actions, "num_rows": int(ids.max()) + 1, "seed": seed, "bootstrap": bootstrap}
+    if labels is not None:
+        report["ground_truth"] = label_scores(ids, labels, files, **feats, **shape)
+        shape["num_labels"] = report["ground_truth"]["num_true_actions"]
+    if file_groups is not None:
+        groups = np.asarray([str(g) for g in file_groups], dtype=object)[files]
+        report["groups"] = group_scores(groups, ids, labels, files, **feats, **shape)
+    report["warnings"] = collapse_warnings(report)
     return report
 
 
-def label_scores(ids: np.ndarray, z_pre: np.ndarray | None, labels: np.ndarray, groups: np.ndarray, seed: int = 0) -> dict:
-    """NMI over all transitions; probes fitted on half of the files and scored on the other half."""
-    scores = {"nmi": M.normalized_mutual_information(ids, labels), "num_true_actions": int(labels.max()) + 1}
-    fit, held = M.split_by_group(groups, fit_fraction=0.5, seed=seed)
-    if len(fit) == 0 or len(held) == 0:  # one file: split transitions instead
-        fit, held = M.split_fit_eval(len(labels), fit_fraction=0.5, seed=seed)
-    scores["probe_split"] = "by file" if len(np.unique(groups)) > 1 else "by transition (one file)"
-    scores["code_map_accuracy"] = M.mapping_probe_accuracy(ids[fit], labels[fit], ids[held], labels[held])
-    if z_pre is not None:
-        scores["linear_probe_accuracy"] = M.linear_probe_accuracy(
-            z_pre[fit], labels[fit], z_pre[held], labels[held], num_classes=scores["num_true_actions"], seed=seed
-        )
-    scores["chance_accuracy"] = M.majority_chance(labels[fit], labels[held])
-    scores["confusion"] = M.confusion_matrix(ids, labels, int(ids.max()) + 1, scores["num_true_actions"]).tolist()
-    return scores
+class SplitBatches:
+    """(x, labels, file ids, counted) batches that score every transition of a split once.
+
+    Each file is tiled with `transition_windows`; `counted` [B, T-1] marks the transitions
+    a window adds (a window moved back to the end of its file repeats some). `files` lists
+    the split's files (file id i is `files[i]`). Files shorter than T are skipped with a warning.
+    `max_windows` evaluates a random (seeded) subset of the windows.
+    """
+
+    def __init__(self, sequence_length: int, manifest: Manifest, split: str, batch_size: int,
+                 max_windows: int | None = None, device="cpu"):
+        self.T, self.manifest, self.batch_size, self.device = sequence_length, manifest, batch_size, device
+        self.files, rows, too_short = [], [], []
+        for rel in manifest.split_files(split):
+            n = frame_count(manifest, rel)
+            if n < sequence_length:
+                too_short.append(f"{rel} ({n} latent frames)")
+                continue
+            rows += [(len(self.files), start, first) for start, _, first in transition_windows(n, sequence_length)]
+            self.files.append(rel)
+        if too_short:
+            warnings.warn(f"skipping {len(too_short)} file(s) of split '{split}' shorter than one window of {sequence_length} "
+                          "latent frames: " + ", ".join(too_short[:5]) + (" ..." if len(too_short) > 5 else ""), stacklevel=2)
+        if not rows:
+            raise UserError(f"split '{split}' of {manifest.path or 'the manifest'} has no window of {sequence_length} latent "
+                            f"frames ({len(manifest.split_files(split))} files); use more files or a shorter --sequence_length")
+        self.windows = np.asarray(rows, dtype=np.int64)  # (W, 3): file id, start, first counted t
+        if max_windows is not None and max_windows < len(self.windows):
+            self.windows = self.windows[np.random.default_rng(0).permutation(len(self.windows))[:max_windows]]
+
+    def __iter__(self):
+        T, m = self.T, self.manifest
+        reader = WindowReader(m.data_dir, T, m.dataset_key, m.latent_shape)
+        labels_by_file = {rel: true_actions(Path(m.data_dir) / rel) for rel in self.files}
+        has_labels = all(v is not None for v in labels_by_file.values())
+        try:
+            for lo in range(0, len(self.windows), self.batch_size):
+                file_ids, starts, first = self.windows[lo : lo + self.batch_size].T
+                files = [self.files[i] for i in file_ids]
+                x = torch.from_numpy(reader.read_batch(files, starts)).to(self.device)
+                t = starts[:, None] + np.arange(1, T)  # (B, T-1): transition j of a window is t = start + 1 + j
+                labels = np.stack([labels_by_file[f][s + 1 : s + T] for f, s in zip(files, starts)]) if has_labels else None
+                yield x, labels, file_ids, torch.from_numpy(t >= first[:, None])
+        finally:
+            reader.close()
 
 
-def split_batches(sequence_length: int, manifest, split: str, batch_size: int, max_windows: int | None = None, device="cpu"):
-    """(x, labels, groups) batches over the split's non-overlapping windows."""
-    index = build_window_index(manifest, split, sequence_length)
-    reader = WindowReader(manifest.data_dir, sequence_length, manifest.dataset_key, manifest.latent_shape)
-    labels_by_file = {rel: true_actions(Path(manifest.data_dir) / rel) for rel in index.files}
-    has_labels = all(v is not None for v in labels_by_file.values())
-    n = len(index) if max_windows is None else min(len(index), max_windows)
-    order = np.arange(len(index)) if max_windows is None else np.random.default_rng(0).permutation(len(index))[:n]
+def split_batches(sequence_length: int, manifest: Manifest, split: str, batch_size: int, max_windows: int | None = None,
+                  device="cpu") -> SplitBatches:
+    """The split's evaluation batches; see `SplitBatches`."""
+    return SplitBatches(sequence_length, manifest, split, batch_size, max_windows, device)
+
+
+def group_pattern(group_by: str) -> re.Pattern:
+    """`--group_by` compiled; a bad pattern is a user error."""
     try:
-        for lo in range(0, n, batch_size):
-            sel = order[lo : lo + batch_size]
-            files = [index.files[i] for i in index.file_ids[sel]]
-            starts = index.starts[sel]
-            x = torch.from_numpy(reader.read_batch(files, starts)).to(device)
-            labels = None
-            if has_labels:
-                # transition t-1 -> t of a window starting at s is timeline frame s + t
-                labels = np.stack([labels_by_file[f][s + 1 : s + sequence_length] for f, s in zip(files, starts)])
-            yield x, labels, index.file_ids[sel]
-    finally:
-        reader.close()
+        return re.compile(group_by)
+    except re.error as e:
+        raise UserError(f"--group_by {group_by!r} is not a regular expression: {e}") from None
 
 
-def evaluate_checkpoint(checkpoint, data_dir, manifest_path, split="test", batch_size=16, max_windows=None,
-                        out_dir=None, device="cpu", seed=0, figures=True) -> dict:
+def file_groups(manifest: Manifest, files: list[str], group_by: str | None = None) -> tuple[list[str] | None, str | None]:
+    """(group name per file, where the names come from), or (None, None) without groups.
+
+    With `group_by`, a regular expression searched in each file's relative path: the first
+    capture group names the group (the whole match when the pattern has none); files that
+    do not match are "other". Otherwise the manifest's per-file `group` field when any file
+    has one (files without it: "other").
+    """
+    if group_by:
+        pattern = group_pattern(group_by)
+        names = []
+        for rel in files:
+            match = pattern.search(rel)
+            name = (match.group(1) if pattern.groups and match.group(1) is not None else match.group(0)) if match else ""
+            names.append(name or "other")
+        return names, f"--group_by {group_by}"
+    meta = [manifest.files.get(rel, {}).get("group") for rel in files]
+    if any(g is not None for g in meta):
+        return [str(g) if g is not None else "other" for g in meta], "the manifest's per-file 'group'"
+    return None, None
+
+
+def evaluate_checkpoint(checkpoint, data_dir, manifest_path, split="test", batch_size=16, max_windows=None, out_dir=None,
+                        device="cpu", seed=0, figures=True, group_by=None, bootstrap=200) -> dict:
+    if group_by:
+        group_pattern(group_by)  # a bad pattern fails before the model loads
     model, cfg = load_model(checkpoint, device)
     manifest = load_manifest(manifest_path, data_dir)
     T = cfg.data.sequence_length
-    acc = evaluate_windows(model, split_batches(T, manifest, split, batch_size, max_windows, device), seed=seed)
-    report = summarize(acc, cfg.model.num_actions, seed=seed)
-    report.update({"checkpoint": str(checkpoint), "split": split, "sequence_length": T})
-    names = action_names(Path(manifest.data_dir) / manifest.split_files(split)[0])
+    batches = split_batches(T, manifest, split, batch_size, max_windows, device)
+    groups, group_source = file_groups(manifest, batches.files, group_by)
+    acc = evaluate_windows(model, batches, seed=seed)
+    report = summarize(acc, cfg.model.num_actions, seed=seed, file_groups=groups, bootstrap=bootstrap)
+    report.update({"checkpoint": str(checkpoint), "split": split, "sequence_length": T, "tiling": TILING})
+    if group_source:
+        report["group_source"] = group_source
+    names = action_names(Path(manifest.data_dir) / batches.files[0])
     if names and "ground_truth" in report:
         report["ground_truth"]["action_names"] = names
     out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     if figures:
-        report["figures"] = write_figures(model, manifest, split, T, report, out_dir, device)
+        x = next(iter(split_batches(T, manifest, split, batch_size=16, device=device)))[0]
+        report["figures"] = write_figures(model, x, report, out_dir, split)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(out_dir / "report.json")
     return report
-
-
-def write_figures(model, manifest, split, T, report, out_dir: Path, device) -> list[str]:
-    x, _, _ = next(split_batches(T, manifest, split, batch_size=4, device=device))
-    with torch.no_grad():
-        indices, _ = model.encode_actions(x)
-        pred = model.decode_with_actions(x, indices)
-    paths = [F.plot_predictions(out_dir / "predictions.png", x[:, 0].cpu().numpy(), pred[:, 0].cpu().numpy(),
-                                x[:, 1].cpu().numpy(), title=f"{split}: frame 1 predicted from frame 0 + inferred action")]
-    hist = report["codebook"]["action_histogram"]
-    counts = np.zeros(max(hist) + 1 if hist else 1, dtype=np.int64)
-    for i, c in hist.items():
-        counts[int(i)] = c
-    paths.append(F.plot_code_histogram(out_dir / "code_usage.png", counts, title=f"{split}: action-id usage"))
-    gt = report.get("ground_truth")
-    if gt:
-        confusion = np.asarray(gt["confusion"])  # (ids, true actions)
-        names = gt.get("action_names")
-        true_labels = names[: confusion.shape[1]] if names and len(names) >= confusion.shape[1] else None
-        paths.append(F.plot_confusion(out_dir / "confusion.png", confusion, true_labels=true_labels,
-                                      title=f"{split}: action id x true action"))
-    return [str(p) for p in paths]
-
-
-def print_report(report: dict) -> None:
-    nf, base = report["next_frame"], report["copy_last_baseline"]
-    print(f"\nEvaluation of {report.get('checkpoint', 'model')} on split '{report.get('split', '?')}': "
-          f"{report['windows']} windows, {report['transitions']} transitions")
-    print(f"PSNR peak {report['psnr_peak']:.3f} ({report['psnr_peak_definition']})")
-    print(f"{'':24}{'MSE':>10}{'MAE':>10}{'PSNR':>10}")
-    print(f"{'model (next frame)':24}{nf['mse']:>10.5f}{nf['mae']:>10.5f}{nf['psnr']:>10.2f}")
-    print(f"{'copy-last baseline':24}{base['mse']:>10.5f}{base['mae']:>10.5f}{base['psnr']:>10.2f}")
-    print(f"\n{'horizon':>8}{'rollout MSE':>14}{'PSNR':>9}{'random-action PSNR':>20}{'delta PSNR':>12}")
-    for r in report["rollout"]:
-        print(f"{r['horizon']:>8}{r['mse']:>14.5f}{r['psnr']:>9.2f}{r['psnr_random_actions']:>20.2f}{r['delta_psnr']:>12.3f}")
-    cb = report["codebook"]
-    print(f"\nactions used: {cb['distinct_actions']} distinct, perplexity {cb['action_perplexity']:.2f}")
-    gt = report.get("ground_truth")
-    if gt:
-        print(f"ground truth ({gt['num_true_actions']} true actions): NMI {gt['nmi']:.3f}, code-map probe {gt['code_map_accuracy']:.3f}, "
-              f"linear probe {gt.get('linear_probe_accuracy', float('nan')):.3f}, chance {gt['chance_accuracy']:.3f} ({gt['probe_split']})")
-    if report.get("report_path"):
-        print(f"\nreport: {report['report_path']}")
-    for p in report.get("figures", []):
-        print(f"figure: {p}")

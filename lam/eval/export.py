@@ -4,13 +4,14 @@ Schema (one row per transition z[t-1] -> z[t], t >= 1):
     file (string, relative to the data dir), t (int64), codes (list<int64>, num_codes),
     action_id (int64, mixed radix of the codes: sum_k code_k * M**(K-1-k))
 
-Tiling. The encoder is causal: the action of t-1 -> t is computed from the
-window's frames up to t. A file of n frames is cut into windows of T frames
-(the run's sequence_length) starting at 0, T-1, 2(T-1), ...: consecutive windows
-share one frame, so each transition falls in exactly one window. When n - 1 is
-not a multiple of T - 1 the last window is moved back to end at frame n - 1 and
-keeps only the transitions not covered yet. A file shorter than T is one window
-of its own length. So every t >= 1 of every file gets exactly one row.
+Tiling (`lam.eval.tiling`, the same one `lam eval` scores with). The encoder is
+causal: the action of t-1 -> t is computed from the window's frames up to t. A
+file of n frames is cut into windows of T frames (the run's sequence_length)
+starting at 0, T-1, 2(T-1), ...: consecutive windows share one frame, so each
+transition falls in exactly one window. When n - 1 is not a multiple of T - 1 the
+last window is moved back to end at frame n - 1 and keeps only the transitions
+not covered yet. A file shorter than T is one window of its own length. So every
+t >= 1 of every file gets exactly one row.
 
 Inference runs as Ray Data batch inference over a pool of actors, each holding
 the model once (CPU, or one GPU each with --use_gpu); locally on the local Ray.
@@ -32,27 +33,12 @@ from tqdm import tqdm
 from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest, load_manifest
 from lam.data.windows import WindowReader, frame_count
+from lam.eval.tiling import transition_windows as export_windows
 from lam.runtime.checkpoint import load_model
 from lam.runtime.cluster import init_ray
 from lam.runtime.console import route_console
 
 SCHEMA = pa.schema([("file", pa.string()), ("t", pa.int64()), ("codes", pa.list_(pa.int64())), ("action_id", pa.int64())])
-
-
-def export_windows(n_frames: int, T: int) -> list[tuple[int, int, int]]:
-    """(start, length, first_t) windows whose transitions `first_t .. start+length-1` tile 1..n_frames-1."""
-    if n_frames < 2:
-        return []
-    if n_frames <= T:
-        return [(0, n_frames, 1)]
-    windows, start = [], 0
-    while start + T <= n_frames:
-        windows.append((start, T, start + 1))
-        start += T - 1
-    covered = windows[-1][0] + T - 1  # last transition covered so far
-    if covered < n_frames - 1:
-        windows.append((n_frames - T, T, covered + 1))
-    return windows
 
 
 class ActionLabeler:

@@ -1,14 +1,20 @@
-"""PNG figures for evaluating a latent action model: predictions, action-id usage, code x action confusion.
+"""PNG figures for evaluating a latent action model: what changed, the action atlas, id usage, id x action.
 
-    from lam.eval.figures import plot_predictions, plot_code_histogram, plot_confusion
-    plot_predictions("out/pred.png", context, predicted, target)   # each [S, C, H, W]
-    plot_code_histogram("out/codes.png", counts)                    # [num_ids]
-    plot_confusion("out/confusion.png", matrix)                     # [num_codes, num_actions]
+    from lam.eval.figures import plot_changes, plot_action_atlas, plot_code_histogram, plot_confusion
+    plot_changes("out/changes.png", context, predicted, target)        # each [S, C, H, W]
+    plot_action_atlas("out/atlas.png", changes, target_change, labels) # [S, A, H, W], [S, H, W]
+    plot_code_histogram("out/codes.png", counts)                       # [num_ids]
+    plot_confusion("out/confusion.png", matrix, true_labels=names)     # [num_codes, num_actions]
+
+Changes are what a latent action should explain: frame t minus frame t-1, drawn on a
+symmetric, diverging colour scale centred at 0 (blue: decrease, white: none, red: increase),
+so "nothing changed" looks the same in every panel.
 
 Rendering is headless: figures are built with matplotlib's object-oriented API
 (`matplotlib.figure.Figure` drawn by the Agg canvas), never through `pyplot`, so no
 window opens, no global pyplot state is touched (safe in Ray workers and threads),
-and a figure is freed as soon as it is saved.
+and a figure is freed as soon as it is saved. The saved PNG is exactly the figure
+size times `DPI` (no tight bounding box), so its pixel size is known in advance.
 
 Every function creates the parent directories, writes the PNG, closes the figure and
 returns the `Path` written. Inputs may be numpy arrays or torch tensors.
@@ -16,11 +22,14 @@ returns the `Path` written. Inputs may be numpy arrays or torch tensors.
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from lam.eval.metrics import to_numpy
@@ -48,10 +57,33 @@ def _save(fig: Any, path: str | Path) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- predictions
+# ----------------------------------------------------------------------------- what changed
+
+CHANGE_CMAP = "RdBu_r"  # diverging: 0 is white, the sign is the hue
 
 
-def plot_predictions(
+def _symmetric_limit(*arrays: np.ndarray) -> float:
+    """The largest |value| over the arrays (at least a tiny number, so an all-zero panel still draws)."""
+    return max(max(float(np.abs(a).max()) for a in arrays), 1e-12)
+
+
+def _suptitle(fig: Any, text: str) -> None:
+    """A figure title wrapped to the figure's width (constrained layout gives up on a title wider than the figure)."""
+    chars = max(20, int(fig.get_figwidth() * 12))  # about 12 characters per inch at 10 pt
+    fig.suptitle(textwrap.fill(text, chars), fontsize=10)
+
+
+def _bare(ax: Any) -> None:
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def change_figure_size(n_samples: int, n_channels: int) -> tuple[float, float]:
+    """(width, height) in inches of `plot_changes` (its title and colour bar included)."""
+    return 2 * n_channels * 1.6 + 1.4, n_samples * 1.75 + 0.9
+
+
+def plot_changes(
     path: str | Path,
     context: Any,
     predicted: Any,
@@ -59,15 +91,16 @@ def plot_predictions(
     channels: Sequence[int] = (0, 1, 2),
     max_samples: int = 4,
     title: str = "",
+    sample_labels: Sequence[str] | None = None,
 ) -> Path:
-    """Side by side: last context frame, predicted frame, target frame, for a few samples and channels.
+    """What changed from frame t-1 to frame t, and what the model predicted would: side by side.
 
-    `context`, `predicted`, `target`: `[S, C, H, W]` latent frames (context is the
-    frame `t-1` the prediction of frame `t` starts from). One row per (sample,
-    channel), columns context | predicted | target. Each channel has one color scale
-    shared by all its panels (min/max over the shown samples of the three arrays), so
-    brightness is comparable along a row and across samples. Channels beyond `C` are
-    skipped.
+    `context` (frame t-1), `predicted` and `target` (frame t): `[S, C, H, W]` latent
+    frames. One row per sample; per channel two columns, "target change" (target -
+    context) and "predicted change" (predicted - context). Each pair has one symmetric
+    colour scale centred at 0, written under it ("±0.31"), so a pair compares directly
+    and a small change is still visible; the colour bar reads in units of that scale.
+    Channels beyond `C` are skipped. `sample_labels` name the samples (default: "sample i").
     """
     ctx, pred, tgt = (to_numpy(a).astype(np.float32, copy=False) for a in (context, predicted, target))
     if not (ctx.shape == pred.shape == tgt.shape) or ctx.ndim != 4:
@@ -76,32 +109,85 @@ def plot_predictions(
     chans = [c for c in channels if 0 <= c < ctx.shape[1]]
     if n_samples == 0 or not chans:
         raise ValueError("nothing to plot: no samples or no valid channels")
-    ctx, pred, tgt = ctx[:n_samples], pred[:n_samples], tgt[:n_samples]  # (S', C, H, W)
+    true_change = tgt[:n_samples] - ctx[:n_samples]  # (S', C, H, W)
+    pred_change = pred[:n_samples] - ctx[:n_samples]
 
-    # one color scale per channel, over everything shown
-    stacked = np.stack([ctx, pred, tgt])  # (3, S', C, H, W)
-    vmin = {c: float(stacked[:, :, c].min()) for c in chans}
-    vmax = {c: float(stacked[:, :, c].max()) for c in chans}
-
-    columns = [("context (t-1)", ctx), ("predicted (t)", pred), ("target (t)", tgt)]
-    n_rows = n_samples * len(chans)
-    fig = _new_figure(3 * 2.0 + 0.6, n_rows * 1.9 + (0.5 if title else 0.2))
-    axes = fig.subplots(n_rows, 3, squeeze=False)  # (rows, 3)
+    fig = _new_figure(*change_figure_size(n_samples, len(chans)))
+    axes = fig.subplots(n_samples, 2 * len(chans), squeeze=False)  # (samples, 2 * channels)
     for s in range(n_samples):
         for ci, c in enumerate(chans):
-            row = s * len(chans) + ci
-            for col, (name, arr) in enumerate(columns):
-                ax = axes[row, col]
-                im = ax.imshow(arr[s, c], cmap="viridis", vmin=vmin[c], vmax=vmax[c], interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if row == 0:
-                    ax.set_title(name, fontsize=9)
-                if col == 0:
-                    ax.set_ylabel(f"sample {s}\nchannel {c}", fontsize=8)
-            fig.colorbar(im, ax=axes[row, :].tolist(), fraction=0.04, pad=0.02)
-    if title:
-        fig.suptitle(title)
+            lim = _symmetric_limit(true_change[s, c], pred_change[s, c])
+            for k, (heading, arr) in enumerate(((f"channel {c}: target change", true_change), ("predicted change", pred_change))):
+                ax = axes[s, 2 * ci + k]
+                ax.imshow(arr[s, c] / lim, cmap=CHANGE_CMAP, vmin=-1, vmax=1, interpolation="nearest")
+                _bare(ax)
+                if s == 0:
+                    ax.set_title(heading, fontsize=8)
+                if k == 0:
+                    ax.set_xlabel(f"scale ±{lim:.3g}", fontsize=7)
+        axes[s, 0].set_ylabel(sample_labels[s] if sample_labels is not None else f"sample {s}", fontsize=8)
+    bar = fig.colorbar(ScalarMappable(Normalize(-1, 1), CHANGE_CMAP), ax=axes.ravel().tolist(), fraction=0.02, pad=0.01)
+    bar.set_ticks([-1, 0, 1], labels=["-scale", "0", "+scale"])
+    _suptitle(fig, title or "target change (t - (t-1)) and predicted change")
+    return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- action atlas
+
+ATLAS_MAX_IDS = 16  # more columns than this are unreadable; the most used ids are shown
+
+
+def atlas_figure_size(n_contexts: int, n_columns: int) -> tuple[float, float]:
+    """(width, height) in inches of `plot_action_atlas` with `n_columns` panels per row (its title included)."""
+    return 1.5 * n_columns + 0.8, 1.6 * n_contexts + 0.6
+
+
+def plot_action_atlas(
+    path: str | Path,
+    changes: Any,
+    target_change: Any | None = None,
+    action_labels: Sequence[str] | None = None,
+    context_labels: Sequence[str] | None = None,
+    title: str = "",
+) -> Path:
+    """For a few contexts, the change the model predicts under each action id: what each id does.
+
+    `changes`: `[S, A, H, W]`, the predicted change (prediction - frame t-1, one channel)
+    from context s under action a. `target_change`: `[S, H, W]`, what really happened,
+    drawn in a first column (optional). `action_labels` name the A columns (e.g.
+    "id 17 (n=230)"), `context_labels` the rows. One symmetric colour scale centred at 0
+    per row, so the ids of one context compare directly. At most `ATLAS_MAX_IDS` columns
+    of actions are drawn (the first ones: pass the most used first).
+    """
+    ch = to_numpy(changes).astype(np.float32, copy=False)
+    if ch.ndim != 4 or ch.shape[0] == 0 or ch.shape[1] == 0:
+        raise ValueError(f"changes must be a non-empty [S, A, H, W] array, got shape {ch.shape}")
+    n_ids = min(ch.shape[1], ATLAS_MAX_IDS)
+    ch = ch[:, :n_ids]
+    tc = None if target_change is None else to_numpy(target_change).astype(np.float32, copy=False)
+    if tc is not None and tc.shape != (ch.shape[0], *ch.shape[2:]):
+        raise ValueError(f"target_change must be [S, H, W] = {[ch.shape[0], *ch.shape[2:]]}, got {list(tc.shape)}")
+    labels = list(action_labels)[:n_ids] if action_labels is not None else [f"id {i}" for i in range(n_ids)]
+    if len(labels) != n_ids:
+        raise ValueError("action_labels must name every action column")
+
+    n_ctx = ch.shape[0]
+    n_cols = n_ids + (tc is not None)
+    fig = _new_figure(*atlas_figure_size(n_ctx, n_cols))
+    axes = fig.subplots(n_ctx, n_cols, squeeze=False)  # (contexts, columns)
+    for s in range(n_ctx):
+        panels = ([("target change", tc[s])] if tc is not None else []) + [(labels[a], ch[s, a]) for a in range(n_ids)]
+        lim = _symmetric_limit(*(p for _, p in panels))
+        for col, (heading, arr) in enumerate(panels):
+            ax = axes[s, col]
+            im = ax.imshow(arr, cmap=CHANGE_CMAP, vmin=-lim, vmax=lim, interpolation="nearest")
+            _bare(ax)
+            if s == 0:
+                ax.set_title(heading, fontsize=8)
+            if col == 0:
+                ax.set_ylabel(context_labels[s] if context_labels is not None else f"context {s}", fontsize=8)
+        fig.colorbar(im, ax=axes[s, :].tolist(), fraction=0.02, pad=0.01)
+    _suptitle(fig, title or "predicted change under each action id")
     return _save(fig, path)
 
 

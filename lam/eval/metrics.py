@@ -5,15 +5,15 @@ Two questions are asked of a trained latent action model:
 1. *Does it predict well?*  `psnr_from_mse` on an MSE accumulated over a whole evaluation.
 2. *Do its action ids mean anything?*  Compare the id assigned to each transition
    `z[t-1] -> z[t]` with the ground-truth action held during latent frame `t`:
-   `normalized_mutual_information`, `mapping_probe_accuracy` (majority-vote code ->
-   action map), `linear_probe_accuracy` (logistic regression on continuous
-   features), each against `majority_chance`. `code_usage` and `confusion_matrix`
+   `normalized_mutual_information` (scikit-learn's), against `majority_chance`;
+   the probes are in `lam.eval.probes`. `code_usage` and `confusion_matrix`
    show how the codebook is used.
 
 Probes are fitted on one part of the data and scored on another. Split by *file*
 (`split_by_group` with the file of each transition as its group) so that no
 transition of an evaluated video was seen by the probe; `split_fit_eval` is the
-plain per-sample split for when there is no grouping.
+plain per-sample split for when there is no grouping. `bootstrap_std` gives the
+sampling error of a score by resampling whole files.
 
 PSNR peak. Latents are not images with a fixed range, so the peak is a choice: the
 evaluation uses the range (max - min) of the evaluated targets, one number for the whole
@@ -26,10 +26,13 @@ and returns plain Python floats / numpy arrays.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+from sklearn.metrics import normalized_mutual_info_score
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | sequence
 
@@ -44,7 +47,7 @@ def to_numpy(x: ArrayLike) -> np.ndarray:
     return np.asarray(x)
 
 
-def _labels(x: ArrayLike, name: str) -> np.ndarray:
+def as_labels(x: ArrayLike, name: str = "labels") -> np.ndarray:
     """A 1-D integer label array (flattening any extra dims)."""
     a = to_numpy(x).reshape(-1)
     if a.size and not np.issubdtype(a.dtype, np.integer):
@@ -74,15 +77,6 @@ def psnr_from_mse(mse: float, peak: float) -> float:
 # ----------------------------------------------------------------------------- do the ids mean anything?
 
 
-def _contingency(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Counts of each (a-value, b-value) pair: `[n_distinct_a, n_distinct_b]`, int64."""
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1), dtype=np.int64)
-    np.add.at(table, (ai, bi), 1)
-    return table
-
-
 def _entropy(counts: np.ndarray) -> float:
     """Shannon entropy (nats) of the distribution given by non-negative counts."""
     c = counts[counts > 0].astype(np.float64)
@@ -93,41 +87,27 @@ def _entropy(counts: np.ndarray) -> float:
 
 
 def normalized_mutual_information(a: ArrayLike, b: ArrayLike) -> float:
-    """NMI of two labelings of the same samples, arithmetic normalisation: `2 I(a;b) / (H(a) + H(b))`.
+    """NMI of two labelings of the same samples: scikit-learn's `normalized_mutual_info_score`.
 
-    Equals sklearn's `normalized_mutual_info_score` with its default
-    `average_method="arithmetic"`. It is invariant to renaming the labels: 1.0 when
-    one labeling is a relabeling (permutation) of the other, about 0 for independent
-    labels. Many-to-one (several codes per action) scores below 1 because H(codes)
-    exceeds I.
+    Its default arithmetic normalisation, `I(a;b) / ((H(a) + H(b)) / 2)`. It is
+    invariant to renaming the labels: 1.0 when one labeling is a relabeling
+    (permutation) of the other, about 0 for independent labels. Many-to-one (several
+    codes per action) scores below 1 because H(codes) exceeds I.
 
-    Degenerate cases: when both labelings are constant (H(a) = H(b) = 0) they are the
+    Degenerate cases (scikit-learn's): when both labelings are constant they are the
     same one-block partition, so 1.0; when only one is constant, I = 0, so 0.0.
-    Empty inputs raise ValueError.
+    Empty inputs and inputs of different lengths raise ValueError.
     """
-    x, y = _labels(a, "a"), _labels(b, "b")
+    x, y = as_labels(a, "a"), as_labels(b, "b")
     if x.shape != y.shape:
         raise ValueError(f"label arrays differ in length: {x.size} vs {y.size}")
     if x.size == 0:
         raise ValueError("normalized_mutual_information of empty label arrays")
-
-    table = _contingency(x, y).astype(np.float64)  # (n_a, n_b)
-    n = table.sum()
-    h_a = _entropy(table.sum(axis=1))
-    h_b = _entropy(table.sum(axis=0))
-    if h_a + h_b == 0.0:
-        return 1.0  # both constant: identical (single-block) partitions
-
-    p_ab = table / n
-    p_a = p_ab.sum(axis=1, keepdims=True)  # (n_a, 1)
-    p_b = p_ab.sum(axis=0, keepdims=True)  # (1, n_b)
-    nz = p_ab > 0
-    mi = float((p_ab[nz] * np.log(p_ab[nz] / (p_a @ p_b)[nz])).sum())
-    nmi = 2.0 * max(mi, 0.0) / (h_a + h_b)
+    nmi = normalized_mutual_info_score(x, y)
     return float(min(max(nmi, 0.0), 1.0))  # clip floating-point round-off
 
 
-def _majority_label(labels: np.ndarray) -> int:
+def majority_label(labels: np.ndarray) -> int:
     """The most frequent label; ties go to the smallest label."""
     values, counts = np.unique(labels, return_counts=True)  # values sorted ascending
     return int(values[np.argmax(counts)])  # argmax takes the first max
@@ -135,109 +115,10 @@ def _majority_label(labels: np.ndarray) -> int:
 
 def majority_chance(labels_fit: ArrayLike, labels_eval: ArrayLike) -> float:
     """Accuracy on the eval part of always predicting the fit part's majority label: the baseline for probes."""
-    fit, ev = _labels(labels_fit, "labels_fit"), _labels(labels_eval, "labels_eval")
+    fit, ev = as_labels(labels_fit, "labels_fit"), as_labels(labels_eval, "labels_eval")
     if fit.size == 0 or ev.size == 0:
         raise ValueError("majority_chance needs non-empty fit and eval labels")
-    return float(np.mean(ev == _majority_label(fit)))
-
-
-def mapping_probe_accuracy(
-    codes_fit: ArrayLike, labels_fit: ArrayLike, codes_eval: ArrayLike, labels_eval: ArrayLike
-) -> float:
-    """Accuracy of a majority-vote code -> action map, fitted on one part and scored on the other.
-
-    On the fit part every code is mapped to the action it co-occurs with most (ties:
-    the smallest action). Codes never seen in the fit part are mapped to the fit
-    part's overall majority action, so an unseen code scores like chance. Many codes
-    may map to one action (that is allowed and still scores 1.0 if consistent).
-    """
-    cf, lf = _labels(codes_fit, "codes_fit"), _labels(labels_fit, "labels_fit")
-    ce, le = _labels(codes_eval, "codes_eval"), _labels(labels_eval, "labels_eval")
-    if cf.shape != lf.shape or ce.shape != le.shape:
-        raise ValueError("codes and labels must have the same length on each part")
-    if cf.size == 0 or ce.size == 0:
-        raise ValueError("mapping_probe_accuracy needs non-empty fit and eval parts")
-
-    codes, code_idx = np.unique(cf, return_inverse=True)
-    labels, label_idx = np.unique(lf, return_inverse=True)
-    table = np.zeros((codes.size, labels.size), dtype=np.int64)  # (n_codes_seen, n_labels_seen)
-    np.add.at(table, (code_idx, label_idx), 1)
-    code_to_label = dict(zip(codes.tolist(), labels[np.argmax(table, axis=1)].tolist()))
-
-    fallback = _majority_label(lf)
-    pred = np.array([code_to_label.get(c, fallback) for c in ce.tolist()], dtype=np.int64)
-    return float(np.mean(pred == le))
-
-
-def linear_probe_accuracy(
-    features_fit: ArrayLike,
-    labels_fit: ArrayLike,
-    features_eval: ArrayLike,
-    labels_eval: ArrayLike,
-    num_classes: int,
-    steps: int = 300,
-    lr: float = 0.1,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-    num_threads: int | None = 1,
-) -> float:
-    """Accuracy on the eval part of a multinomial logistic regression fitted on the fit part.
-
-    Features `[N, ...]` are flattened to `[N, D]` and standardised with the fit part's
-    mean and std (so the eval part never leaks into the fit). Training is full batch
-    Adam for `steps` steps on cross-entropy plus `weight_decay * ||W||^2` (bias not
-    decayed), in float64 on CPU: the result is deterministic for a given `seed`.
-    Labels must lie in `[0, num_classes)`.
-
-    `num_threads` (default 1) is torch's intra-op thread count while fitting,
-    restored afterwards; None leaves it alone. One thread is the default because
-    the matrices are small, so thread start-up dominates (on a busy 2-core machine
-    two threads made a small probe far slower), and because a fixed thread count
-    keeps the float reductions, hence the result, the same on every machine.
-    """
-    xf = torch.as_tensor(to_numpy(features_fit), dtype=torch.float64)
-    xe = torch.as_tensor(to_numpy(features_eval), dtype=torch.float64)
-    yf = torch.as_tensor(_labels(labels_fit, "labels_fit"))
-    ye = torch.as_tensor(_labels(labels_eval, "labels_eval"))
-    xf = xf.reshape(xf.shape[0], -1)  # (N_fit, D)
-    xe = xe.reshape(xe.shape[0], -1)  # (N_eval, D)
-    if xf.shape[0] != yf.shape[0] or xe.shape[0] != ye.shape[0]:
-        raise ValueError("features and labels must have the same length on each part")
-    if xf.shape[0] == 0 or xe.shape[0] == 0:
-        raise ValueError("linear_probe_accuracy needs non-empty fit and eval parts")
-    if xf.shape[1] != xe.shape[1]:
-        raise ValueError(f"feature dims differ: fit {xf.shape[1]} vs eval {xe.shape[1]}")
-    for name, y in (("labels_fit", yf), ("labels_eval", ye)):
-        if y.min() < 0 or y.max() >= num_classes:
-            raise ValueError(f"{name} must lie in [0, {num_classes})")
-
-    # standardise with fit statistics only; constant features become 0
-    mean = xf.mean(dim=0, keepdim=True)  # (1, D)
-    std = xf.std(dim=0, unbiased=False, keepdim=True).clamp_min(1e-8)  # (1, D)
-    xf = (xf - mean) / std
-    xe = (xe - mean) / std
-
-    previous_threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(num_threads)
-    try:
-        gen = torch.Generator().manual_seed(seed)
-        dim = xf.shape[1]
-        weight = (torch.randn(dim, num_classes, generator=gen, dtype=torch.float64) * 0.01).requires_grad_()
-        bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.Adam([weight, bias], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            logits = xf @ weight + bias  # (N_fit, num_classes)
-            loss = torch.nn.functional.cross_entropy(logits, yf) + weight_decay * weight.pow(2).sum()
-            loss.backward()
-            opt.step()
-
-        with torch.no_grad():
-            pred = (xe @ weight + bias).argmax(dim=1)  # (N_eval,)
-    finally:
-        torch.set_num_threads(previous_threads)
-    return float((pred == ye).double().mean())
+    return float(np.mean(ev == majority_label(fit)))
 
 
 # ----------------------------------------------------------------------------- splits
@@ -299,7 +180,7 @@ def code_usage(ids: ArrayLike, num_ids: int) -> dict:
     `histogram` (list of `num_ids` counts). For no ids at all: usage 0, perplexity 0.
     Ids must lie in `[0, num_ids)`.
     """
-    x = _labels(ids, "ids")
+    x = as_labels(ids, "ids")
     if x.size and (x.min() < 0 or x.max() >= num_ids):
         raise ValueError(f"ids must lie in [0, {num_ids})")
     counts = np.bincount(x, minlength=num_ids)  # (num_ids,)
@@ -314,14 +195,52 @@ def code_usage(ids: ArrayLike, num_ids: int) -> dict:
 
 
 def confusion_matrix(codes: ArrayLike, labels: ArrayLike, num_codes: int, num_labels: int) -> np.ndarray:
-    """Co-occurrence counts `[num_codes, num_labels]` (int64): row = action id, column = true action."""
-    c, y = _labels(codes, "codes"), _labels(labels, "labels")
+    """Co-occurrence counts `[num_codes, num_labels]` (int64): row = action id, column = true action.
+
+    scikit-learn's `confusion_matrix(codes, labels)` counts, in cell (i, j), the samples
+    whose first labeling is i and second is j, over one list of values for both. Codes
+    and true actions have different ranges, so both are counted over
+    `0 .. max(num_codes, num_labels) - 1` and the square is cut to `[num_codes, num_labels]`.
+    """
+    c, y = as_labels(codes, "codes"), as_labels(labels, "labels")
     if c.shape != y.shape:
         raise ValueError(f"codes and labels differ in length: {c.size} vs {y.size}")
     if c.size and (c.min() < 0 or c.max() >= num_codes):
         raise ValueError(f"codes must lie in [0, {num_codes})")
     if y.size and (y.min() < 0 or y.max() >= num_labels):
         raise ValueError(f"labels must lie in [0, {num_labels})")
-    matrix = np.zeros((num_codes, num_labels), dtype=np.int64)
-    np.add.at(matrix, (c, y), 1)
-    return matrix
+    if c.size == 0 or max(num_codes, num_labels) == 1:  # nothing to count, or one cell holding everything
+        return np.full((num_codes, num_labels), c.size, dtype=np.int64)
+    values = np.arange(max(num_codes, num_labels))
+    square = sk_confusion_matrix(c, y, labels=values)  # (n_values, n_values)
+    return square[:num_codes, :num_labels].astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- sampling error
+
+
+def bootstrap_std(statistic: Callable[[np.ndarray], float], units: ArrayLike, resamples: int = 200, seed: int = 0) -> float:
+    """Sampling error of a score: its std over resamples of whole units (files) drawn with replacement.
+
+    `units[i]` is the unit (e.g. the file) of sample i; `statistic(indices)` computes
+    the score on the samples `indices` (repeats allowed). Each resample draws as many
+    units as there are, with replacement, and takes all their samples, because
+    transitions of one file are correlated and resampling them one by one would
+    understate the error. Deterministic for `seed`; 0.0 for fewer than 2 resamples
+    or when every resample gives the same score (e.g. a constant input).
+    """
+    u = to_numpy(units).reshape(-1)
+    if resamples < 2 or u.size == 0:
+        return 0.0
+    _, inverse = np.unique(u, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    members = np.split(order, np.cumsum(np.bincount(inverse))[:-1])  # sample indices of each unit
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(members), len(members))
+        values.append(statistic(np.concatenate([members[p] for p in pick])))
+    values = np.asarray(values, dtype=np.float64)
+    if np.all(values == values[0]):
+        return 0.0  # identical scores: no spread, without round-off
+    return float(np.std(values, ddof=1))
