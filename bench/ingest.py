@@ -166,8 +166,9 @@ def ray_data(manifest: Manifest, cfg: RunConfig, epochs: int, workdir: Path) -> 
     from ray.train.torch import TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
 
-    from lam.train.ingest import build_datasets
+    from lam.train.ingest import build_datasets, data_config
 
+    # No epoch clock: every epoch reads epoch 0's order, which costs the same as any other.
     datasets, _ = build_datasets(cfg, manifest)
     out = workdir / "ray_ingest.json"
     TorchTrainer(
@@ -175,6 +176,7 @@ def ray_data(manifest: Manifest, cfg: RunConfig, epochs: int, workdir: Path) -> 
         train_loop_config={"epochs": epochs, "batch_size": cfg.train.batch_size,
                            "prefetch_batches": cfg.train.prefetch_batches, "out": str(out)},
         datasets={"train": datasets["train"]},
+        dataset_config=data_config(),  # as `lam train` feeds its workers: blocks in order
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name="bench_ingest", storage_path=str(workdir / "ray_runs"),
                                        logging_config=LoggingConfig(log_level="WARNING")),

@@ -164,7 +164,7 @@ class TrainConfig:
     grad_clip: float = option(1.0, "max global gradient norm (the pre-clip norm is logged as train/grad_norm)", group=TRAINING)
     precision: str = option("auto", "fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)", group=TRAINING)
     compile: bool = option(False, "torch.compile the model (on CPU the first steps compile kernels: minutes)", group=TRAINING)
-    seed: int = option(0, "seed of the initial weights and of dropout", group=TRAINING)
+    seed: int = option(0, "seed of everything a run draws: initial weights, the data order of every epoch, dropout", group=TRAINING)
     test_mode: bool = option(False, "the spec's overfit check: train on one batch, PASS when MSE < 0.01 and MAE < 0.05", group=TRAINING)
     num_workers: int = option(1, "DDP workers (processes), one GPU each with --use_gpu", group=SCALING)
     use_gpu: bool = option(False, "train on GPUs (NCCL); otherwise CPUs (gloo)", group=SCALING)
@@ -245,6 +245,7 @@ class RunConfig:
         checks = [
             (t.batch_size >= 1, f"batch_size must be >= 1, got {t.batch_size}"),
             (t.num_epochs >= 1, f"num_epochs must be >= 1, got {t.num_epochs}"),
+            (t.seed >= 0, f"seed must be >= 0, got {t.seed}"),
             (t.learning_rate > 0, f"learning_rate must be > 0, got {t.learning_rate}"),
             (t.warmup_steps >= 0, f"warmup_steps must be >= 0, got {t.warmup_steps}"),
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),

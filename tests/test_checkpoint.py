@@ -92,7 +92,7 @@ def test_save_is_atomic_and_marks_the_format(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", model={"w": torch.ones(2)}, config={})
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["state.pt"]
     state = torch.load(path, weights_only=True)
-    assert state["format"] == FORMAT and set(state["rng"]) >= {"python", "numpy_keys", "torch"}
+    assert state["format"] == FORMAT and state["model"]["w"].tolist() == [1.0, 1.0]
 
 
 def test_a_folder_that_is_not_a_checkpoint_is_a_user_error(tmp_path):

@@ -2,7 +2,8 @@
 
 A checkpoint is a folder with one file, `state.pt`, holding the model (with the
 quantizer's buffers: usage counters and recent encoder outputs), optimizer,
-scheduler, epoch, step, config and RNG states. It is written to a temp name and
+scheduler, epoch, step and config. (No RNG state: every epoch seeds itself from the
+run's seed and the epoch, see lam/train/loop.py.) It is written to a temp name and
 renamed, and Ray Train only registers a checkpoint after it is fully persisted,
 so a crash never leaves a half-written checkpoint that a resume would pick up.
 Loading uses `torch.load(weights_only=True)`: no pickled code runs.
@@ -15,10 +16,8 @@ see one format.
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lam.config import RunConfig, apply_overrides
@@ -38,31 +37,11 @@ _FORMAT_1_MODEL_KEYS = (  # old prefix -> new prefix, first match wins
 )
 
 
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    return {
-        "python": list(random.getstate()[1]),  # the Mersenne Twister words (version and gauss are fixed)
-        "python_pos": random.getstate()[1][-1],
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": int(np_state[2]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate((3, tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def save_checkpoint(directory: str | os.PathLike, **state) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{STATE_FILE}.tmp"
-    torch.save({**state, "format": FORMAT, "rng": rng_state()}, tmp)
+    torch.save({**state, "format": FORMAT}, tmp)
     os.replace(tmp, directory / STATE_FILE)
     return directory / STATE_FILE
 

@@ -1,15 +1,38 @@
-"""Ray Data ingest: a window index -> a new order every epoch -> h5py reads in Ray Data read tasks.
+"""Ray Data ingest: a window index -> the epoch's order -> h5py reads in Ray Data read tasks.
 
 `WindowDatasource` is a Ray Data source over the small window index
 (`{file, start}` pairs; shuffling happens on the index, never on tensors). Ray
 Data asks a source for its read tasks each time a dataset is executed, that is
-once per epoch, so the source draws a fresh permutation there and hands each
-read task a slice of it; a task reads its windows with h5py and yields blocks
-of `read_batch_size` windows `{"x": [B, T, C, H, W]}` in the files' stored
-dtype (float16 for VVAE latents, half the bytes of float32 through Ray's object
+once per epoch, so the source orders the index there and hands each read task
+a slice of it; a task reads its windows with h5py and yields blocks of
+`read_batch_size` windows `{"x": [B, T, C, H, W]}` in the files' stored dtype
+(float16 for VVAE latents, half the bytes of float32 through Ray's object
 store). The training worker converts once, on its device. By default a block
 is one per-worker training batch, which the worker's iterator then hands over
 without a copy (see `WindowDatasource`).
+
+Reproducible order. Epoch e (0-based) of a run reads the windows in
+`epoch_order(n, seed, e)`, a permutation drawn from (seed, e) alone, so a run
+re-done with the same seed, a run restored after a worker died and a run
+resumed by a new driver all see the same windows in the same order. The source
+cannot count epochs itself: Ray Data calls `get_read_tasks` several times per
+execution (on the driver when the dataset is built, then for planning and for
+running each execution), and after a restart or a resume Ray Train builds a new
+split coordinator holding a fresh copy of the source, which knows nothing of
+the epochs before. So the training loop, which knows its epoch (restored from
+the checkpoint), says it: an `EpochClock` actor holds the epoch, rank 0 sets it
+before it starts iterating an epoch, and every `get_read_tasks` call reads it.
+Ray Train's `streaming_split` starts an epoch's execution only when every
+worker has asked for that epoch, so the execution (and with it every call of
+`get_read_tasks`) comes after rank 0 set the clock and before it can set the
+next epoch. A dataset iterated without anyone setting the clock reads epoch 0's
+order every time.
+
+Within an epoch the order is kept by `data_config()`: with `preserve_order`
+Ray Data emits the read tasks' blocks in task order (not in the order the tasks
+happen to finish) and `streaming_split` deals them out to the workers in that
+order, each to the worker that has received the fewest rows so far, ignoring
+locality. Each worker then gets the same blocks in the same order every time.
 
 Why not `from_items(rows).random_shuffle().map_batches(read)`: that was the
 first version, and it delivered far fewer windows/s (bench/README.md, "What the
@@ -21,7 +44,7 @@ Ray Train's DataConfig hands each worker its shard with
 rows, so DDP ranks run the same number of steps and never deadlock. When the
 number of windows is not a multiple of the worker count, equal splitting drops
 up to `num_workers - 1` windows of the epoch (different ones each epoch, since
-the order is reshuffled).
+the order changes every epoch).
 """
 
 from __future__ import annotations
@@ -32,6 +55,7 @@ import os
 
 import numpy as np
 import ray
+import ray.train
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
@@ -65,6 +89,29 @@ def read_windows(rows: dict, data_dir: str, sequence_length: int, dataset_key: s
     return {"x": reader.read_batch(rows["file"], rows["start"])}
 
 
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The order of the `n` windows in epoch `epoch` (0-based) of a run seeded with `seed`.
+
+    Child `epoch` of the seed's SeedSequence (numpy's way of deriving independent
+    streams), so the order depends on (seed, epoch) only: not on when, where or
+    how often it is drawn."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,))).permutation(n)
+
+
+@ray.remote(num_cpus=0)
+class EpochClock:
+    """The epoch the training loop is in, for the train source to read (see the module docstring)."""
+
+    def __init__(self):
+        self.epoch = 0
+
+    def set(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def get(self) -> int:
+        return self.epoch
+
+
 def _read_task(files: list[str], starts: list[int], rows_per_block: int, **read_kwargs):
     """One read task: its windows, in order, as blocks of `rows_per_block` windows."""
     for i in range(0, len(starts), rows_per_block):
@@ -73,7 +120,8 @@ def _read_task(files: list[str], starts: list[int], rows_per_block: int, **read_
 
 
 class WindowDatasource(Datasource):
-    """The windows of a `WindowIndex` as a Ray Data source; with `shuffle`, in a new order every execution.
+    """The windows of a `WindowIndex` as a Ray Data source; with `shuffle`, in the order of the
+    epoch that `clock` shows (`epoch_order`), otherwise in index order.
 
     Every block holds `rows_per_block` windows (the last one of an epoch may hold
     fewer), and every read task a whole number of blocks, so when `rows_per_block`
@@ -83,13 +131,15 @@ class WindowDatasource(Datasource):
     ingest before blocks were batches; bench/README.md).
 
     Ray Data may call `get_read_tasks` more than once per execution (planning, then
-    running); every call covers every window exactly once, so whichever set runs is
-    a complete epoch.
+    running); every call covers every window exactly once, and every call of one
+    execution reads the same epoch from the clock, so all of them give the same tasks.
     """
 
-    def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int):
+    def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
+                 seed: int = 0, clock: ray.actor.ActorHandle | None = None):
         self.files, self.file_ids, self.starts = list(index.files), index.file_ids, index.starts
         self.shuffle, self.rows_per_block = shuffle, rows_per_block
+        self.seed, self.clock = seed, clock
         shape = manifest.latent_shape
         self.read_kwargs = {
             "data_dir": str(manifest.data_dir),
@@ -117,8 +167,11 @@ class WindowDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         # `parallelism` is ignored: the task size follows from the block size (see __init__).
         n = len(self.starts)
-        # Unseeded, like Ray Data's random_shuffle(): a different order every epoch and every run.
-        order = np.random.default_rng().permutation(n) if self.shuffle else np.arange(n)
+        if self.shuffle:
+            epoch = ray.get(self.clock.get.remote()) if self.clock is not None else 0
+            order = epoch_order(n, self.seed, epoch)
+        else:
+            order = np.arange(n)
         tasks = []
         for first in range(0, n, self.rows_per_task):
             ids = order[first : first + self.rows_per_task]
@@ -130,10 +183,11 @@ class WindowDatasource(Datasource):
         return tasks
 
 
-def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int) -> ray.data.Dataset:
-    """A Ray dataset of windows in blocks of `rows_per_block`. With `shuffle`, every epoch
-    (every new iteration) sees a new order."""
-    source = WindowDatasource(index, manifest, shuffle, rows_per_block)
+def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
+                   seed: int = 0, clock: ray.actor.ActorHandle | None = None) -> ray.data.Dataset:
+    """A Ray dataset of windows in blocks of `rows_per_block`. With `shuffle`, every iteration
+    reads the order of the epoch that `clock` shows (epoch 0 without a clock)."""
+    source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, clock)
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks)
     # Ray Data merges a task's consecutive blocks until they pass target_max_block_size
     # (128 MiB by default) and slices blocks of 1.5x it or more. Just under one block,
@@ -144,12 +198,18 @@ def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_p
     # (bench/README.md). Memory stays bounded: Ray Data then caps its object-store use
     # at a quarter of the store.
     ds.context.op_resource_reservation_enabled = False
+    # Blocks in read-task order wherever the dataset is iterated. Ray Train replaces these
+    # options with its DataConfig's when it splits the dataset: `data_config()` keeps this.
+    ds.context.execution_options.preserve_order = True
     return ds
 
 
-def build_datasets(cfg: RunConfig, manifest: Manifest) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+def build_datasets(cfg: RunConfig, manifest: Manifest, clock: ray.actor.ActorHandle | None = None
+                   ) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
     """The train and val datasets for a run, and their window counts.
 
+    The train windows come in the order of `cfg.train.seed` and the epoch `clock` (an
+    `EpochClock`) shows; whoever iterates the dataset sets the clock before each epoch.
     In test mode both are the same first `batch_size` windows of the train split,
     unshuffled: the spec's single-batch overfit check.
     """
@@ -160,10 +220,20 @@ def build_datasets(cfg: RunConfig, manifest: Manifest) -> tuple[dict[str, ray.da
         one_batch = WindowIndex(train_index.files, train_index.file_ids[:n], train_index.starts[:n], T)
         return {"train": window_dataset(one_batch, manifest, shuffle=False, rows_per_block=n)}, {"train": n, "val": 0}
     rows_per_block = cfg.train.read_batch_size or cfg.train.batch_size // cfg.train.num_workers  # 0: one batch per block
-    datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_block=rows_per_block)}
+    datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_block=rows_per_block,
+                                        seed=cfg.train.seed, clock=clock)}
     sizes = {"train": len(train_index), "val": 0}
     if manifest.splits.get("val"):
         val_index = build_window_index(manifest, "val", T)  # non-overlapping windows for evaluation
         datasets["val"] = window_dataset(val_index, manifest, shuffle=False, rows_per_block=rows_per_block)
         sizes["val"] = len(val_index)
     return datasets, sizes
+
+
+def data_config() -> ray.train.DataConfig:
+    """How Ray Train feeds the datasets to its workers: Ray Train's defaults, plus
+    `preserve_order`, so every worker gets the same blocks in the same order every
+    time the epoch is read (see the module docstring)."""
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return ray.train.DataConfig(execution_options=options)

@@ -3,6 +3,17 @@
 Read top to bottom: setup -> resume -> epochs (train steps, validation, report
 + checkpoint). The Ray-specific lines are few and marked `# ray:`. Only rank 0
 has side effects (metrics file, wandb, console lines, checkpoint files).
+
+Reproducibility: `seed` fixes everything a run draws. The initial weights come
+from `seed` (the same on every rank). Every epoch starts by seeding Python,
+NumPy and torch from (seed, epoch, rank) and by telling the train dataset its
+epoch (`lam.train.ingest.EpochClock`), whose order is drawn from (seed, epoch).
+So an epoch draws the same numbers whether the run got there straight, after a
+worker died and Ray Train restored the last checkpoint, or after a resume: the
+checkpoint's model, optimizer and scheduler carry the rest. VQ's dead-code
+revival draws from its own generator, seeded by a step counter kept in the
+model's buffers (so in the checkpoint); the action-quality check uses fixed
+seeds of its own.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import random
 import tempfile
 import time
 from contextlib import nullcontext
@@ -26,7 +38,7 @@ from lam.config import RunConfig
 from lam.data.manifest import load_manifest
 from lam.eval.evaluate import evaluate_windows, split_batches, summarize
 from lam.model import LatentActionModel
-from lam.runtime.checkpoint import load_checkpoint, save_checkpoint, set_rng_state
+from lam.runtime.checkpoint import load_checkpoint, save_checkpoint
 from lam.runtime.run_log import RunLogger, format_eta
 from lam.train.metrics import MeanTracker
 from lam.train.schedule import lr_multiplier
@@ -36,6 +48,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = RunConfig.from_dict(loop_config["config"])
     run_dir, local_dir = loop_config["run_dir"], loop_config["local_dir"]
     sizes = loop_config["sizes"]
+    epoch_clock = loop_config.get("epoch_clock")  # the train dataset reads the epoch's order from it
     t = cfg.train
 
     # ---------------------------------------------------------------- setup
@@ -44,7 +57,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # ray:
     torch.manual_seed(t.seed)  # identical initial weights on every rank
-    np.random.seed(t.seed + rank)
 
     model = LatentActionModel(cfg.model).to(device)
     raw_model = model
@@ -72,8 +84,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step = state["epoch"] + 1, state["step"]
         saved_record = state.get("metrics")
-        set_rng_state(state["rng"])
-        torch.manual_seed(t.seed * 1000 + start_epoch + rank)  # ranks differ in dropout etc. after resume too
+        # The checkpoint's RNG states are not restored: every epoch seeds its own (seed_epoch).
 
     # ray: DDP wrap (gloo on CPU, NCCL on GPU). No buffer broadcast before every forward: the
     # quantizer's and the whitening's buffers are kept identical by their own all-reduces, or
@@ -131,6 +142,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     # --------------------------------------------------------------- epochs
     for epoch in range(start_epoch, t.num_epochs):
+        seed_epoch(t.seed, epoch, rank)
+        if epoch_clock is not None and rank == 0:
+            # Before this rank asks for the epoch's data; the other ranks' requests wait for
+            # this one (see lam/train/ingest.py), so no rank can start the epoch before it is set.
+            ray.get(epoch_clock.set.remote(epoch))  # ray:
         epoch_start, samples = time.time(), 0
         tracker, grad_norms = MeanTracker(), []
         # Throughput bookkeeping: time spent blocked on the data iterator, and the rate after the
@@ -181,7 +197,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if t.test_mode:
             record |= evaluate_batch(model, fixed_batch, keys, device, autocast)
         elif eval_manifest is not None and (epoch + 1) % t.eval_every == 0:
-            record |= action_quality(raw_model, cfg, eval_manifest, device)
+            quality, collapse = action_quality(raw_model, cfg, eval_manifest, device)
+            record |= quality
+            for warning in collapse:  # e.g. every transition shares one action id
+                print(f"[lam] warning: epoch {epoch + 1}: {warning}", flush=True)
 
         # ------------------------------------------------ report + checkpoint
         last = epoch + 1 == t.num_epochs
@@ -262,18 +281,33 @@ def params_in_sync(model: torch.nn.Module, device) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
-def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 64) -> dict:
-    """Rank 0: controllability (delta-t PSNR at horizon 1) and, with ground-truth actions, NMI on
-    up to `max_windows` val windows. Inference only, no collectives: the other ranks wait at report."""
+def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 64) -> tuple[dict, list[str]]:
+    """Rank 0: controllability (delta-t PSNR at horizon 1), the action ids used and, with ground-truth
+    actions, NMI on up to `max_windows` val windows; and the collapse warnings of that check.
+    Inference only, no collectives: the other ranks wait at report."""
     model.eval()
     with torch.no_grad():
         acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, "val", 16, max_windows, device), keep_features=False)
-    report = summarize(acc, cfg.model.num_actions)
-    out = {"val/delta_psnr": report["delta_psnr"], "val/action_perplexity": report["codebook"]["action_perplexity"]}
+    report = summarize(acc, cfg.model.num_actions, bootstrap=0)  # a quick look each epoch: no sampling error
+    out = {"val/delta_psnr": report["delta_psnr"], "val/action_perplexity": report["codebook"]["action_perplexity"],
+           "val/action_ids_used": report["action_ids_used"]}
     if "ground_truth" in report:
         out["val/nmi"] = report["ground_truth"]["nmi"]
         out["val/code_map_accuracy"] = report["ground_truth"]["code_map_accuracy"]
-    return out
+    return out, report["warnings"]
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for epoch `epoch` (0-based) on `rank`.
+
+    Derived from (seed, epoch, rank) alone, so a restored or resumed run draws in an epoch
+    exactly what the uninterrupted run drew there; ranks draw different numbers, as they see
+    different samples. The data order's stream is child (epoch,) of the same seed
+    (`lam.train.ingest.epoch_order`); this is child (epoch, rank), another stream."""
+    words = np.random.SeedSequence(seed, spawn_key=(epoch, rank)).generate_state(2)  # 2 x uint32
+    random.seed(int(words[0]) << 32 | int(words[1]))
+    np.random.seed(int(words[0]))
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
 
 
 def resolve_precision(precision: str, device: torch.device):
