@@ -4,6 +4,11 @@
 # torch is installed first, pinned to a build that is quick to get (LAM_TORCH_SPEC, default
 # torch==2.13.0; on machines that keep a CPU wheel of it on disk this takes seconds). The
 # project itself only asks for a range, so a GPU user's own torch build is kept.
+#
+# The `bench` extra (the environments of bench.realplay) comes too; where this runs as root with
+# apt-get, so does Debian's chromium + chromium-driver for its GUI environment (LAM_SETUP_NO_APT=1
+# skips that). Without them bench.realplay's tests are skipped, saying what to install (under CI,
+# where they must run, they fail).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -17,5 +22,15 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install -q "${LAM_TORCH_SPEC:-torch==2.13.0}" || python -m pip install -q "torch>=2.4,<3"
 fi
 echo "[setup] installing lam and its dependencies"
-python -m pip install -q -e ".[test]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
+python -m pip install -q -e ".[test,bench]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
+if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium" 2>/dev/null; then
+  echo "[setup] warning: the bench extra did not install; bench.realplay's tests will be skipped (under CI: fail)" >&2
+  python -m pip install -q -e ".[test]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
+fi
 python -c "import lam, torch, ray, h5py, wandb" || { echo "[setup] install failed" >&2; exit 1; }
+if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+    && [ -z "${LAM_SETUP_NO_APT:-}" ]; then
+  echo "[setup] installing chromium and chromium-driver (apt) for bench.realplay's GUI environment"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >/dev/null \
+    || echo "[setup] warning: chromium did not install; the miniwob tests will be skipped (under CI: fail)" >&2
+fi
