@@ -1,0 +1,59 @@
+"""The action-quality benchmark: its ceiling learns from the true actions, and one tiny run end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.idm import fit_inverse_dynamics
+from lam.data.manifest import create_manifest, load_manifest, write_manifest
+from lam.data.synth import write_synthetic_dataset
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    """12 synthetic videos of 16 latent frames, split 6/3/3 by file, in a data root as bench.quality keeps it."""
+    root = tmp_path_factory.mktemp("quality_data")
+    data = root / "synthetic"
+    write_synthetic_dataset(data, files=12, chunks=8, seed=0)
+    write_manifest(create_manifest(data, 0.5, 0.25, 0.25, seed=0), data / "manifest.json")
+    return root
+
+
+def test_the_ceiling_beats_chance_on_a_small_dataset(small_world):
+    manifest = load_manifest(small_world / "synthetic" / "manifest.json")
+    result = fit_inverse_dynamics(manifest, seed=0, max_steps=300, eval_every=25, progress=False)
+    assert result["transitions"] == {"train": 90, "val": 45, "test": 45}
+    chance = 1 / 5 + 0.15  # five actions; the majority class of 45 held-out transitions stays well under this
+    assert result["test_accuracy"] > chance, result
+
+
+@pytest.mark.slow
+def test_one_seed_end_to_end_writes_the_report_and_the_table(ray_session, small_world, tmp_path, capsys):
+    from bench.quality import main
+
+    out = tmp_path / "quality.json"
+    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1",
+                 "--data_root", str(small_world), "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    run = report["datasets"]["synthetic"]
+    assert run["epochs"] == 1 and len(run["per_seed"]) == 1
+    seed = run["per_seed"][0]
+    for part in ("untrained", "ours"):
+        assert 0 <= seed[part]["probe_accuracy"] <= 1 and 0 <= seed[part]["nmi"] <= 1, part
+        assert seed[part]["action_ids_used"] >= 1 and seed[part]["mse_vs_copy_last"] > 0
+    assert 0 <= seed["ceiling"]["test_accuracy"] <= 1
+    assert run["summary"]["ours"]["probe_accuracy"]["std"] == 0.0  # one seed
+    table = capsys.readouterr().out.split("[quality] report")[0]
+    assert any(line.startswith("synthetic ") for line in table.splitlines())  # the table's row
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    from bench.quality import main
+
+    assert main(["--datasets", "nope", "--data_root", str(tmp_path)]) == 2
+    assert "unknown datasets ['nope']" in capsys.readouterr().err
+    assert main(["--set", "embed_dim=30", "num_heads=8", "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
+    assert "divisible" in capsys.readouterr().err
