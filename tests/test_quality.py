@@ -34,7 +34,7 @@ def test_one_seed_end_to_end_writes_the_report_and_the_table(ray_session, small_
     from bench.quality import main
 
     out = tmp_path / "quality.json"
-    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1",
+    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1", "--minutes", "0.1",
                  "--data_root", str(small_world), "--workdir", str(tmp_path / "work"), "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())

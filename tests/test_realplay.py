@@ -141,7 +141,8 @@ def test_latents_are_roughly_standardised(dataset):
     z = z.astype(np.float32)  # (N, 16, 2, 64, 64)
     mean, std = z.mean(axis=(0, 2, 3, 4)), z.std(axis=(0, 2, 3, 4))
     assert np.all(np.abs(mean) < 2.0), mean  # loose: a few latent frames of one environment
-    assert np.all((std > 0.2) & (std < 5.0)), std
+    # > 0.1: colour channels over MiniGrid's grey tiles are zero but for a few bounded spikes
+    assert np.all((std > 0.1) & (std < 5.0)), std
     assert 0.5 < float(np.sqrt(np.mean(std**2))) < 2.0
 
 

@@ -6,7 +6,7 @@ The product trains on latents of shape `[N_chunks, 16, 2, 64, 64]`: a video VAE 
 fixed linear map, so real rendered play becomes data of the right shape and statistics
 without a trained network (nothing to download, nothing learned, bit-for-bit reproducible).
 
-Recipe (ENCODER_VERSION 1), for 4 frames `(4, H, W, 3)` uint8 -> one latent frame `(16, 64, 64)`:
+Recipe (ENCODER_VERSION 2), for 4 frames `(4, H, W, 3)` uint8 -> one latent frame `(16, 64, 64)`:
 1. Every frame that is not 512x512 is resized to 512x512 (PIL, bilinear).
 2. Temporal mean of the 4 frames (float32), scaled to [-1, 1]: `x = mean / 127.5 - 1`.
 3. Cut into 64x64 non-overlapping 8x8x3 patches (192 values each, ordered row, column, colour).
@@ -20,11 +20,13 @@ Recipe (ENCODER_VERSION 1), for 4 frames `(4, H, W, 3)` uint8 -> one latent fram
    patch's mean brightness; the others are brightness and colour gradients inside it.
 5. Normalise per channel with fixed constants: `z = (p - mean[c]) / std[c]`, one pair of
    16-vectors per environment (`NORMALISATION`), so every channel has mean ~0 and variance ~1 on
-   that environment's play, as a VAE's latents have after the usual scaling. Unlike a VAE's,
-   channels that are near zero on most of the picture (colour and fine detail over MiniGrid's
-   flat tiles, Doom's colour) are heavy-tailed: a small, bright object reaches |z| of 20-100
-   (about 0.1% of the values are beyond 10).
-6. Store as float16.
+   that environment's play, as a VAE's latents have after the usual scaling.
+6. Bound softly: `z = 5 tanh(z / 5)` (identity near 0, never beyond 5). Channels that are near
+   zero on most of the picture (colour and fine detail over MiniGrid's flat tiles, Doom's colour)
+   are heavy-tailed, and a small bright object would otherwise reach |z| of 20-100, where a
+   squared error would weigh a few pixels over everything else; a VAE's latents are bounded too.
+   On such channels the bound leaves the variance below 1 (a zero background with sparse spikes).
+7. Store as float16.
 
 The constants were measured once per environment with
 `bench.realplay.generate.measure_channel_stats(env, episodes=4, chunks=32, seed=1000)` (seeds
@@ -48,7 +50,8 @@ PATCH = 8  # spatial compression
 FRAME_SIZE = 512  # frames are 512x512 RGB
 LATENT_SIZE = FRAME_SIZE // PATCH  # 64
 CHANNELS = 16
-ENCODER_VERSION = 1
+ENCODER_VERSION = 2
+BOUND = 5.0  # step 6
 
 LUMA_FREQS = ((0, 0), (0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0))
 CHROMA_FREQS = ((0, 0), (0, 1), (1, 0))
@@ -64,7 +67,7 @@ COLOUR /= np.linalg.norm(COLOUR, axis=1, keepdims=True)
 DESCRIPTION = (
     f"bench.realplay.encoder v{ENCODER_VERSION}: frames resized to 512x512, mean of 4 frames scaled to [-1, 1], "
     "8x8x3 patches projected on 16 orthonormal colour x DCT-II directions (luma: 10 lowest zig-zag "
-    "frequencies; R-B and 2G-R-B: 3 each), per-channel fixed normalisation (attrs latent_mean, latent_std)"
+    "frequencies; R-B and 2G-R-B: 3 each), per-channel fixed normalisation (attrs latent_mean, latent_std), 5 tanh(z / 5)"
 )
 
 # Per-environment (mean, std) of the 16 projected channels, from measure_channel_stats (see above).
@@ -146,7 +149,7 @@ def encode(frames: np.ndarray, env: str) -> np.ndarray:
     """`(4L, H, W, 3)` uint8 frames of `env` -> float16 latents `(L, 16, 64, 64)` (the module's recipe)."""
     mean, std = normalisation(env)
     z = (project(frames) - mean[None, :, None, None]) / std[None, :, None, None]
-    return z.astype(np.float16)
+    return (BOUND * np.tanh(z / BOUND)).astype(np.float16)
 
 
 def decode(z: np.ndarray, env: str) -> np.ndarray:
@@ -156,7 +159,8 @@ def decode(z: np.ndarray, env: str) -> np.ndarray:
     blurred picture: the low frequencies only). `project(decode(z))` gives back z up to rounding.
     """
     mean, std = normalisation(env)
-    p = np.asarray(z, np.float32) * std[None, :, None, None] + mean[None, :, None, None]  # (L, 16, 64, 64)
+    z = BOUND * np.arctanh(np.clip(np.asarray(z, np.float32) / BOUND, -0.9999, 0.9999))  # undo step 6
+    p = z * std[None, :, None, None] + mean[None, :, None, None]  # (L, 16, 64, 64)
     n, g = p.shape[0], LATENT_SIZE
     patches = p.transpose(0, 2, 3, 1).reshape(-1, CHANNELS) @ basis()  # (L*64*64, 192)
     x = patches.reshape(n, g, g, PATCH, PATCH, 3).transpose(0, 1, 3, 2, 4, 5).reshape(n, FRAME_SIZE, FRAME_SIZE, 3)
