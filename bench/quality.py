@@ -22,7 +22,7 @@ Datasets: `synthetic` (`lam synth`'s world) and the real-play environments of
 '.[bench]'`). Data are generated once under --data_root and reused. Training time per run
 is set by --minutes: the epochs are chosen from a timing of the recipe's training step on
 this machine (the JSON records the epochs used), or fixed with --epochs.
-Writes bench/quality.json (--out) and prints the table.
+Writes bench/quality-RECIPE.json (--out) and prints the table.
 """
 
 from __future__ import annotations
@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=0, help="fixed epochs per run instead of --minutes")
     parser.add_argument("--data_root", default=str(REPO / "bench" / "data"), help="where datasets are generated and reused")
     parser.add_argument("--workdir", default="", help="where runs go (default: a temporary folder, removed)")
-    parser.add_argument("--out", default=str(REPO / "bench" / "quality.json"), help="JSON report (default: bench/quality.json)")
+    parser.add_argument("--out", default="", help="JSON report (default: bench/quality-RECIPE.json)")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -267,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args) -> int:
+    args.out = args.out or str(REPO / "bench" / f"quality-{args.recipe}.json")
     datasets = [d for d in args.datasets.split(",") if d] or ["synthetic", *realplay_envs()]
     known = {"synthetic", *realplay_envs()}
     unknown = [d for d in datasets if d not in known]
