@@ -127,7 +127,10 @@ def scores(report: dict) -> dict:
     gt = report.get("ground_truth") or {}
     return {
         "probe_accuracy": gt.get("code_map_accuracy"),
+        "probe_accuracy_sampling_std": gt.get("code_map_accuracy_std"),  # bootstrap over test files
+        "frame_probe_accuracy": gt.get("best_frame_probe_accuracy"),  # the leakage control
         "nmi": gt.get("nmi"),
+        "nmi_sampling_std": gt.get("nmi_std"),
         "chance": gt.get("chance_accuracy"),
         "delta_psnr": report["delta_psnr"],
         "mse_vs_copy_last": report["next_frame"]["mse"] / report["copy_last_baseline"]["mse"],
@@ -202,6 +205,11 @@ def summarise(per_seed: list[dict]) -> dict:
         "ours": {k: mean_std([r["ours"][k] for r in per_seed]) for k in keys},
         "gap_closed": mean_std([gap_closed(r["ours"]["probe_accuracy"], r["untrained"]["probe_accuracy"],
                                            r["ceiling"]["test_accuracy"]) for r in per_seed]),
+        # the leakage control: the true action probed from frame t-1 or frame t alone
+        "frame_probe_accuracy": mean_std([r["ours"].get("frame_probe_accuracy") for r in per_seed]),
+        # sampling error (bootstrap over test files, mean over seeds), to read the seeds' spread against
+        "sampling_std": {k: mean_std([r["ours"].get(f"{k}_sampling_std") for r in per_seed])["mean"]
+                         for k in ("probe_accuracy", "nmi")},
         "collapsed_seeds": sum(1 for r in per_seed if r["ours"]["action_ids_used"] <= 1),
     }
 
@@ -213,17 +221,24 @@ def fmt(stat: dict, digits: int = 2) -> str:
 
 
 def table(report: dict) -> str:
-    header = ["dataset", "chance", "untrained", "ceiling (IDM)", "ours", "gap closed", "NMI", "dt-PSNR dB",
-              "MSE/copy-last", "ids used"]
+    header = ["dataset", "chance", "frames only", "untrained", "ceiling (IDM)", "ours", "gap closed", "NMI",
+              "dt-PSNR dB", "MSE/copy-last", "ids used"]
     rows = []
     for name, d in report["datasets"].items():
         s = d["summary"]
-        rows.append([name, fmt(s["chance"]), fmt(s["untrained"]["probe_accuracy"]), fmt(s["ceiling"]),
+        rows.append([name, fmt(s["chance"]), fmt(s["frame_probe_accuracy"]), fmt(s["untrained"]["probe_accuracy"]), fmt(s["ceiling"]),
                      fmt(s["ours"]["probe_accuracy"]), fmt(s["gap_closed"]), fmt(s["ours"]["nmi"]),
                      fmt(s["ours"]["delta_psnr"]), fmt(s["ours"]["mse_vs_copy_last"]), fmt(s["ours"]["action_ids_used"], 1)])
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines.append("Probe accuracies on the test split (code -> action map for ours and untrained; a linear probe on one "
+                 "frame for 'frames only'); ± is the std over seeds.")
+    for name, d in report["datasets"].items():
+        sampling = d["summary"].get("sampling_std", {})
+        if sampling.get("probe_accuracy") is not None:
+            lines.append(f"{name}: sampling error (bootstrap over test files) of ours: probe ±{sampling['probe_accuracy']:.3f}, "
+                         f"NMI ±{sampling['nmi']:.3f}")
     return "\n".join(lines)
 
 
@@ -256,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=3.0, help="training time per run, which sets the epochs (default: 3)")
     parser.add_argument("--epochs", type=int, default=0, help="fixed epochs per run instead of --minutes")
     parser.add_argument("--data_root", default=str(REPO / "bench" / "data"), help="where datasets are generated and reused")
-    parser.add_argument("--workdir", default="", help="where runs go (default: a temporary folder, removed)")
+    parser.add_argument("--workdir", default="", help="where runs go (default: a new temporary folder, kept: "
+                        "every run's checkpoint and evaluation report)")
     parser.add_argument("--out", default="", help="JSON report (default: bench/quality-RECIPE.json)")
     args = parser.parse_args(argv)
     try:
@@ -305,7 +321,7 @@ def run(args) -> int:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # after every dataset: a long run keeps what it has
     print("")
     print(table(report))
-    print(f"\n[quality] report: {args.out}")
+    print(f"\n[quality] report: {args.out}; runs, checkpoints and evaluation reports: {workdir}")
     return 0
 
 

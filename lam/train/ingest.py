@@ -36,8 +36,9 @@ locality. Each worker then gets the same blocks in the same order every time.
 
 Why not `from_items(rows).random_shuffle().map_batches(read)`: that was the
 first version, and it delivered far fewer windows/s (bench/README.md, "What the
-benchmarks changed"). The all-to-all shuffle is a barrier (no read starts before it ends) and it runs tens of tiny tasks per epoch, for rows that a
-permutation in one process orders in microseconds.
+benchmarks changed"). The all-to-all shuffle is a barrier (no read starts before
+it ends) and it runs tens of tiny tasks per epoch, for rows that a permutation
+in one process orders in microseconds.
 
 Ray Train's DataConfig hands each worker its shard with
 `streaming_split(num_workers, equal=True)`: every worker gets the same number of
