@@ -153,6 +153,15 @@ def untrained(cfg: RunConfig, folder: Path) -> dict:
 
     torch.manual_seed(cfg.train.seed)
     model = LatentActionModel(cfg.model)
+    if model.quantizer.continuous:  # its ids come from k-means on training vectors, as after a trained epoch
+        from lam.eval.evaluate import split_batches
+
+        manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
+        model.eval()
+        with torch.no_grad():
+            for x, *_ in split_batches(cfg.data.sequence_length, manifest, "train", 16, max_windows=512):
+                model.quantizer.remember(model.encode_actions(x)[1])
+        model.quantizer.fit_centroids()
     save_checkpoint(folder, model=model.state_dict(), config=cfg.to_dict(), epoch=0, step=0)
     return evaluate(str(folder), cfg)
 

@@ -58,7 +58,7 @@ class DataConfig:
 
 STEMS = ("pair", "diff")
 ACTION_HEADS = ("token", "token+motion", "motion")
-QUANTIZERS = ("vq", "fsq")
+QUANTIZERS = ("vq", "fsq", "gaussian")
 
 
 @dataclass
@@ -84,15 +84,20 @@ class ModelConfig:
                               "token+motion = that plus a linear map of the stem's features, "
                               "motion = the stem's features alone (no encoder transformer)", choices=ACTION_HEADS)
     quantizer: str = option("vq", "the action bottleneck: vq = learned codebooks (the spec), "
-                            "fsq = finite scalar quantisation (a fixed grid; nothing to collapse)", choices=QUANTIZERS)
+                            "fsq = finite scalar quantisation (a fixed grid; nothing to collapse), "
+                            "gaussian = a continuous vector plus noise in training, ids from k-means", choices=QUANTIZERS)
     whiten: bool = option(False, "whiten each code's vector before quantising (batch statistics in training, "
                           "running ones in evaluation), so transitions spread over the codes from the first step")
-    codebook_dim: int = option(128, "vq: dimension of a code vector")
-    num_embeddings: int = option(12, "choices per code (vq: codebook entries; fsq: grid points); "
+    codebook_dim: int = option(128, "vq, gaussian: dimension of a code vector")
+    num_embeddings: int = option(12, "choices per code (vq: codebook entries; fsq: grid points; gaussian: k-means centroids); "
                                  "actions = num_embeddings^num_codes")
     num_codes: int = option(3, "codes per action")
     commitment_weight: float = option(0.25, "vq: commitment loss weight")
     dead_code_steps: int = option(100, "vq: re-initialise a codebook entry unused for this many training steps (0: never)")
+    noise_std: float = option(0.5, "gaussian: std of the noise added to the action vector in training "
+                              "(bounds what it can carry)")
+    kl_weight: float = option(0.0, "gaussian: weight of the prior term 0.5 mean(z^2) (0: none; whitening keeps the scale)")
+    kmeans_samples: int = option(4096, "gaussian: vectors per rank, from each epoch's last batches, that the k-means fit uses")
     use_rollout: bool = option(False, "add a multi-step rollout loss (the decoder fed its own predictions)")
     rollout_horizon: int = option(2, "frames predicted by the rollout loss")
     rollout_weight: float = option(1.0, "weight of the rollout loss")
@@ -134,19 +139,19 @@ class ModelConfig:
             raise ValueError(f"model.num_embeddings must be >= 2 with the fsq quantizer, got {self.num_embeddings}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
-        if self.commitment_weight < 0:
-            raise ValueError(f"model.commitment_weight must be >= 0, got {self.commitment_weight!r}")
-        if self.rollout_weight < 0:
-            raise ValueError(f"model.rollout_weight must be >= 0, got {self.rollout_weight!r}")
+        for name in ("commitment_weight", "noise_std", "kl_weight", "rollout_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.kmeans_samples, int) or self.kmeans_samples < self.num_embeddings:
+            raise ValueError(f"model.kmeans_samples must be an integer >= num_embeddings ({self.num_embeddings}), "
+                             f"got {self.kmeans_samples!r}")
         if not isinstance(self.dead_code_steps, int) or self.dead_code_steps < 0:
             raise ValueError(f"model.dead_code_steps must be an integer >= 0 (0 disables), got {self.dead_code_steps!r}")
         if not isinstance(self.max_frames, int) or self.max_frames < 2:
             raise ValueError(f"model.max_frames must be an integer >= 2, got {self.max_frames!r}")
         if self.use_rollout and self.rollout_horizon + 1 > self.max_frames:
-            raise ValueError(
-                f"model.rollout_horizon ({self.rollout_horizon}) needs windows of rollout_horizon + 1 frames, "
-                f"more than model.max_frames ({self.max_frames})"
-            )
+            raise ValueError(f"model.rollout_horizon ({self.rollout_horizon}) needs windows of rollout_horizon + 1 frames, "
+                             f"more than model.max_frames ({self.max_frames})")
         return self
 
 

@@ -40,6 +40,9 @@ def make_model(cfg: ModelConfig, seed: int = 0) -> LatentActionModel:
     torch.manual_seed(seed)
     model = LatentActionModel(cfg)
     torch.nn.init.normal_(model.decoder.proj_out.weight, std=0.5)
+    if model.quantizer.continuous:  # centroids from k-means: before a fit every id would be the zero vector
+        model.quantizer.remember(torch.randn(64, cfg.num_codes, model.quantizer.code_dim))
+        model.quantizer.fit_centroids()
     return model.eval()
 
 
@@ -79,7 +82,7 @@ def test_every_name_the_config_accepts_names_a_class_in_the_registries():
     assert tuple(QUANTIZERS) == lam.config.QUANTIZERS
 
 
-@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq")])
+@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
 def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, valid):
     with pytest.raises(ValueError, match=re.escape(f"model.{field} must be one of {valid}; got 'nope'")):
         LatentActionModel(ModelConfig(**{field: "nope"}))
@@ -296,6 +299,10 @@ def test_forward_agrees_with_encode_and_decode(parts):
         pred = model.decode_with_actions(x, idx)
     assert torch.equal(out.indices, idx)
     assert z.shape == (2, 4, cfg.num_codes, model.quantizer.code_dim) and z.dtype == torch.float32
+    if model.quantizer.continuous:  # in evaluation the decoder gets the vectors themselves
+        torch.testing.assert_close(out.predictions, model.decode_with_vectors(x, z), rtol=1e-4, atol=1e-5)
+        assert (pred - out.predictions).abs().max() > 1e-4  # ids stand for centroids, not the vectors
+        return
     # forward's decoder gets z + (q - z), equal to q up to float rounding
     torch.testing.assert_close(out.predictions, pred, rtol=1e-4, atol=1e-5)
 

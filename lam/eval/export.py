@@ -3,6 +3,11 @@
 Schema (one row per transition z[t-1] -> z[t], t >= 1):
     file (string, relative to the data dir), t (int64), codes (list<int64>, num_codes),
     action_id (int64, mixed radix of the codes: sum_k code_k * M**(K-1-k))
+    vector (list<float32>, num_codes * codebook_dim): only for a continuous bottleneck
+        (`quantizer: gaussian`), the action vector before k-means, for users who cluster
+        it themselves
+The file's metadata records the checkpoint it came from (`lam.checkpoint`) and the
+bottleneck (`lam.quantizer`).
 
 Tiling (`lam.eval.tiling`, the same one `lam eval` scores with). The encoder is
 causal: the action of t-1 -> t is computed from the window's frames up to t. A
@@ -39,6 +44,12 @@ from lam.runtime.cluster import init_ray
 from lam.runtime.console import route_console
 
 SCHEMA = pa.schema([("file", pa.string()), ("t", pa.int64()), ("codes", pa.list_(pa.int64())), ("action_id", pa.int64())])
+VECTOR = pa.field("vector", pa.list_(pa.float32()))
+
+
+def export_schema(continuous: bool, checkpoint: str, quantizer: str) -> pa.Schema:
+    schema = SCHEMA.append(VECTOR) if continuous else SCHEMA
+    return schema.with_metadata({"lam.checkpoint": str(checkpoint), "lam.quantizer": quantizer})
 
 
 class ActionLabeler:
@@ -60,13 +71,17 @@ class ActionLabeler:
         out = []
         for length, group in rows.groupby("length", sort=False):
             x = torch.from_numpy(self._reader(int(length)).read_batch(group["file"].tolist(), group["start"].tolist())).to(self.device)
-            indices, _ = self.model.encode_actions(x)  # (B, L-1, K)
+            indices, z = self.model.encode_actions(x)  # (B, L-1, K), (B, L-1, K, D)
             ids = self.model.action_ids(indices).cpu().numpy()
             codes = indices.cpu().numpy()
+            vectors = z.flatten(2).cpu().numpy().astype(np.float32)  # (B, L-1, K*D)
             for i, (file, start, first_t) in enumerate(zip(group["file"], group["start"], group["first_t"])):
                 ts = np.arange(first_t, start + length)
                 j = ts - start - 1  # index of transition t-1 -> t within the window
-                out.append(pd.DataFrame({"file": file, "t": ts, "codes": list(codes[i, j]), "action_id": ids[i, j]}))
+                columns = {"file": file, "t": ts, "codes": list(codes[i, j]), "action_id": ids[i, j]}
+                if self.model.quantizer.continuous:
+                    columns["vector"] = list(vectors[i, j])
+                out.append(pd.DataFrame(columns))
         return pd.concat(out, ignore_index=True) if out else pd.DataFrame({k: [] for k in SCHEMA.names})
 
 
@@ -82,7 +97,8 @@ def plan(manifest: Manifest, files: list[str], T: int) -> tuple[list[dict], int]
 def export_actions(checkpoint: str, data_dir: str, out: str, manifest_path: str | None = None, split: str | None = None,
                    batch_size: int = 16, num_actors: int = 1, use_gpu: bool = False, progress: bool = True) -> dict:
     """Write the actions of every transition of the selected files to `out` (a Parquet file)."""
-    _, cfg = load_model(checkpoint)
+    model, cfg = load_model(checkpoint)
+    schema = export_schema(model.quantizer.continuous, checkpoint, cfg.model.quantizer)
     manifest = load_manifest(manifest_path or Path(data_dir) / "manifest.json", data_dir)
     files = manifest.split_files(split) if split else sorted({f for fs in manifest.splits.values() for f in fs})
     rows, transitions = plan(manifest, files, cfg.data.sequence_length)
@@ -100,10 +116,10 @@ def export_actions(checkpoint: str, data_dir: str, out: str, manifest_path: str 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     written = 0
-    with pq.ParquetWriter(tmp, SCHEMA) as writer, tqdm(total=transitions, unit="transition", desc="exporting", file=sys.stderr, disable=not progress) as bar:
+    with pq.ParquetWriter(tmp, schema) as writer, tqdm(total=transitions, unit="transition", desc="exporting", file=sys.stderr, disable=not progress) as bar:
         for batch in ds.iter_batches(batch_format="pandas", batch_size=None):
             if len(batch):
-                writer.write_table(pa.Table.from_pandas(batch[SCHEMA.names], schema=SCHEMA, preserve_index=False))
+                writer.write_table(pa.Table.from_pandas(batch[schema.names], schema=schema, preserve_index=False))
                 written += len(batch)
                 bar.update(len(batch))
     tmp.replace(out_path)  # a crash never leaves a half-written file under the final name

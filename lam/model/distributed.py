@@ -32,6 +32,15 @@ def broadcast_from_rank0_(t: torch.Tensor) -> None:
         dist.broadcast(t, src=0)
 
 
+def all_gather(t: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's t (same shape on every rank), in rank order; [t] in one process."""
+    if not is_distributed():
+        return [t]
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
 def all_reduce_sum_autograd(t: torch.Tensor) -> torch.Tensor:
     """Sum over ranks that gradients flow back through (each rank gets the summed gradient)."""
     return _AllReduceSum.apply(t) if is_distributed() else t

@@ -4,7 +4,7 @@
       -> VVAEtoLAMAdapter, per frame                      patches (B, T, N=256, P=256)
       -> encoder: stem (+ moments) -> action head        z (B, T-1, K=3, D=128)
       -> [whitening]                                      z, per code: mean 0, covariance I
-      -> quantizer (vq | fsq)                             q (B, T-1, K, D), indices (B, T-1, K)
+      -> quantizer (vq | fsq | gaussian)                  q (B, T-1, K, D), indices (B, T-1, K)
       -> decoder: frames 0..T-2, action of t-1 -> t
          added to the tokens of frame t-1                 (B, T-1, N, P)
       -> LAMtoVVAEAdapter, per frame, + frame t-1         predictions of frames 1..T-1
@@ -97,6 +97,11 @@ class LatentActionModel(nn.Module):
         """Call after every training step's `optimizer.step()`, on every rank, on the unwrapped
         model (e.g. VQ's dead-code revival, which keeps the ranks' codebooks identical)."""
         self.quantizer.after_optimizer_step()
+
+    def after_epoch(self) -> None:
+        """Call at the end of every training epoch, before validation and the checkpoint, on
+        every rank, on the unwrapped model (e.g. the gaussian bottleneck's k-means fit)."""
+        self.quantizer.after_epoch()
 
     # ------------------------------------------------------------- internals
     def _check_frames(self, x: torch.Tensor, min_frames: int = 2) -> None:
@@ -203,10 +208,18 @@ class LatentActionModel(nn.Module):
         (B, T-1, K) the actions of transitions 0->1 .. T-2->T-1. Returns (B, T-1, C, H, W):
         index t-1 is the prediction of frame t from frames < t and actions of transitions <= t.
         """
-        self._check_frames(x)
         self._check_indices(indices, x.shape[0], x.shape[1] - 1)
+        return self.decode_with_vectors(x, self.quantizer.lookup(indices))
+
+    def decode_with_vectors(self, x: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+        """As `decode_with_actions`, with action vectors (B, T-1, K, D) instead of ids: e.g. the
+        `z` of `encode_actions` for a continuous bottleneck (what its decoder was trained on)."""
+        self._check_frames(x)
+        want = (x.shape[0], x.shape[1] - 1, self.config.num_codes, self.quantizer.code_dim)
+        if tuple(vectors.shape) != want:
+            raise ValueError(f"expected action vectors of shape {list(want)}, got {list(vectors.shape)}")
         frames = x[:, :-1]
-        return self._predict(frames, self.in_adapter(frames), self.quantizer.lookup(indices))
+        return self._predict(frames, self.in_adapter(frames), vectors)
 
     def rollout(
         self,

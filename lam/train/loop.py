@@ -182,6 +182,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             wait_start = time.perf_counter()
         wait_for_device()
         loop_end = time.perf_counter()
+        raw_model.after_epoch()  # e.g. the gaussian bottleneck's k-means fit, identical on every rank
 
         record = tracker.compute("train", keys, device)
         record["train/lr"] = scheduler.get_last_lr()[0]

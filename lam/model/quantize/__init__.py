@@ -9,9 +9,11 @@ from __future__ import annotations
 from lam.config import ModelConfig
 from lam.model.quantize.base import Quantizer, QuantizerOutput, count_codes, usage_and_perplexity
 from lam.model.quantize.fsq import FiniteScalarQuantizer, fsq_levels_for
+from lam.model.quantize.gaussian import GaussianBottleneck
 from lam.model.quantize.vq import VectorQuantizer
 
-QUANTIZERS: dict[str, type[Quantizer]] = {"vq": VectorQuantizer, "fsq": FiniteScalarQuantizer}
+QUANTIZERS: dict[str, type[Quantizer]] = {"vq": VectorQuantizer, "fsq": FiniteScalarQuantizer,
+                                          "gaussian": GaussianBottleneck}
 
 
 def build_quantizer(cfg: ModelConfig) -> Quantizer:
@@ -19,4 +21,4 @@ def build_quantizer(cfg: ModelConfig) -> Quantizer:
 
 
 __all__ = ["QUANTIZERS", "build_quantizer", "Quantizer", "QuantizerOutput", "VectorQuantizer",
-           "FiniteScalarQuantizer", "fsq_levels_for", "count_codes", "usage_and_perplexity"]
+           "FiniteScalarQuantizer", "GaussianBottleneck", "fsq_levels_for", "count_codes", "usage_and_perplexity"]

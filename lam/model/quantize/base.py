@@ -7,6 +7,7 @@ z (..., K, D), to K discrete codes of M choices each:
     quantizer.nearest(z)           # indices only; pure
     quantizer.lookup(indices)      # the vectors of given codes (..., K, D)
     quantizer.after_optimizer_step()   # training-step upkeep, on every rank (default: none)
+    quantizer.after_epoch()            # epoch-end upkeep, on every rank (default: none)
 
 An action is the tuple of its K codes; its id is their mixed-radix number (see
 `LatentActionModel.action_ids`).
@@ -36,13 +37,16 @@ class QuantizerOutput:
 class Quantizer(nn.Module):
     """Base class: K codes of M choices for vectors of dimension D.
 
-    `loss_names` lists the keys of `QuantizerOutput.losses` (the metrics it reports).
+    `loss_names` lists the keys of `QuantizerOutput.losses` (the metrics it reports);
+    `continuous` says whether the vectors before discretisation are the action itself
+    (exported next to the ids).
     `sync_stats`: usage and perplexity count codes over all ranks (an all-reduce in every
     forward, so every rank must call forward); set False for evaluation that only some
     ranks run.
     """
 
     loss_names: tuple[str, ...] = ()
+    continuous = False  # True: the decoder is trained on continuous vectors, and ids are a discretisation of them
 
     def __init__(self, num_codes: int, num_embeddings: int, code_dim: int):
         super().__init__()
@@ -64,6 +68,10 @@ class Quantizer(nn.Module):
 
     def after_optimizer_step(self) -> None:
         """Upkeep after each training step's `optimizer.step()`, called on every rank. Default: none."""
+
+    def after_epoch(self) -> None:
+        """Upkeep at the end of each training epoch, before validation and the checkpoint, called
+        on every rank. Default: none."""
 
     @torch.no_grad()
     def code_statistics(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
