@@ -94,10 +94,10 @@ class ModelConfig:
     num_codes: int = option(3, "codes per action")
     commitment_weight: float = option(0.25, "vq: commitment loss weight")
     dead_code_steps: int = option(100, "vq: re-initialise a codebook entry unused for this many training steps (0: never)")
-    noise_std: float = option(0.5, "gaussian: std of the noise added to the action vector in training "
-                              "(bounds what it can carry)")
+    noise_std: float = option(0.5, "gaussian: std of the noise added to the action vector in training (bounds what it can carry)")
     kl_weight: float = option(0.0, "gaussian: weight of the prior term 0.5 mean(z^2) (0: none; whitening keeps the scale)")
     kmeans_samples: int = option(4096, "gaussian: vectors per rank, from each epoch's last batches, that the k-means fit uses")
+    change_weight: float = option(0.0, "weight the prediction loss towards latent pixels that changed: 1 + change_weight * |x_t - x_t-1| / its mean (0: plain MSE)")
     use_rollout: bool = option(False, "add a multi-step rollout loss (the decoder fed its own predictions)")
     rollout_horizon: int = option(2, "frames predicted by the rollout loss")
     rollout_weight: float = option(1.0, "weight of the rollout loss")
@@ -139,7 +139,7 @@ class ModelConfig:
             raise ValueError(f"model.num_embeddings must be >= 2 with the fsq quantizer, got {self.num_embeddings}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
-        for name in ("commitment_weight", "noise_std", "kl_weight", "rollout_weight"):
+        for name in ("commitment_weight", "noise_std", "kl_weight", "change_weight", "rollout_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.kmeans_samples, int) or self.kmeans_samples < self.num_embeddings:

@@ -64,3 +64,22 @@ def test_motion_moments_are_linear_in_displacement_and_blind_to_background():
         torch.testing.assert_close(moments[1 - axis, 0], torch.tensor(0.0))
         torch.testing.assert_close(moments[:, 1:], torch.zeros(2, 7))  # other channels: the background cancels
         torch.testing.assert_close(feats[2 * 8 :], torch.zeros(8))  # total mass unchanged
+
+
+def test_change_weight_puts_the_loss_where_frames_changed():
+    x = torch.zeros(2, 3, 4, 16, 16)
+    x[:, 1:, :, :4, :4] = 1.0  # only the top-left corner changes, between frames 0 and 1
+    plain = LatentActionModel(small_model_config(quantizer="fsq")).eval()
+    weighted = LatentActionModel(small_model_config(quantizer="fsq", change_weight=4.0)).eval()
+    weighted.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        out_plain, out_weighted = plain(x), weighted(x)
+    assert torch.equal(out_plain.metrics["mse_loss"], out_weighted.metrics["mse_loss"])  # the metric stays plain MSE
+    torch.testing.assert_close(out_plain.loss, out_plain.metrics["mse_loss"])
+    # An untrained model copies the last frame, so its error is exactly the change: the weighted
+    # loss counts the changed pixels 1 + 4 / mean(change) times as much as the others.
+    err = (out_weighted.predictions - x[:, 1:]).pow(2)
+    change = (x[:, 1:] - x[:, :-1]).abs()
+    w = 1 + 4.0 * change / change.mean()
+    torch.testing.assert_close(out_weighted.loss, (w * err).mean() / w.mean())
+    assert out_weighted.loss > 2 * out_plain.loss

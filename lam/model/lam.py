@@ -159,12 +159,13 @@ class LatentActionModel(nn.Module):
         target = x[:, 1:].float()
         err = pred.float() - target
         mse_loss = err.pow(2).mean()
+        prediction_loss = mse_loss if cfg.change_weight == 0 else self._change_weighted(err, x)
         # Only terms that exist join the loss: under torch.compile (inductor) a constant zero
         # added to the loss made the compiled loss come back without a graph.
         bottleneck_loss = q.loss
         if whitening_penalty is not None:
             bottleneck_loss = whitening_penalty if bottleneck_loss is None else bottleneck_loss + whitening_penalty
-        loss = mse_loss if bottleneck_loss is None else mse_loss + bottleneck_loss
+        loss = prediction_loss if bottleneck_loss is None else prediction_loss + bottleneck_loss
         metrics = {
             "mse_loss": mse_loss,
             "mae_loss": err.abs().mean(),
@@ -189,6 +190,14 @@ class LatentActionModel(nn.Module):
             loss=loss,
             metrics={k: v.detach().float() for k, v in metrics.items()},
         )
+
+    def _change_weighted(self, err: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Squared error weighted towards what changed: w = 1 + change_weight * |x_t - x_t-1| / its
+        mean over the batch, normalised by mean(w), so a static background (most of a frame) does
+        not drown the few latent pixels where an action shows."""
+        change = (x[:, 1:] - x[:, :-1]).float().abs()
+        w = 1 + self.config.change_weight * change / change.mean().clamp_min(1e-8)
+        return (w * err.pow(2)).mean() / w.mean()
 
     # ------------------------------------------------------------- inference
     def encode_actions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
