@@ -169,6 +169,7 @@ class TrainConfig:
     grad_clip: float = option(1.0, "max global gradient norm (the pre-clip norm is logged as train/grad_norm)", group=TRAINING)
     precision: str = option("auto", "fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)", group=TRAINING)
     compile: bool = option(False, "torch.compile the model (on CPU the first steps compile kernels: minutes)", group=TRAINING)
+    augment_shift: int = option(0, "roll each training window by a random offset of up to this many latent pixels, the same for all its frames (0: none)", group=TRAINING)
     seed: int = option(0, "seed of everything a run draws: initial weights, the data order of every epoch, dropout", group=TRAINING)
     test_mode: bool = option(False, "the spec's overfit check: train on one batch, PASS when MSE < 0.01 and MAE < 0.05", group=TRAINING)
     num_workers: int = option(1, "DDP workers (processes), one GPU each with --use_gpu", group=SCALING)
@@ -250,13 +251,11 @@ class RunConfig:
         checks = [
             (t.batch_size >= 1, f"batch_size must be >= 1, got {t.batch_size}"),
             (t.num_epochs >= 1, f"num_epochs must be >= 1, got {t.num_epochs}"),
-            (t.seed >= 0, f"seed must be >= 0, got {t.seed}"),
+            *((getattr(t, n) >= 0, f"{n} must be >= 0, got {getattr(t, n)}") for n in ("seed", "warmup_steps", "prefetch_batches", "augment_shift")),
             (t.learning_rate > 0, f"learning_rate must be > 0, got {t.learning_rate}"),
-            (t.warmup_steps >= 0, f"warmup_steps must be >= 0, got {t.warmup_steps}"),
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),
             (t.save_every >= 1, f"save_every must be >= 1, got {t.save_every}"),
             (t.read_batch_size >= 0, f"read_batch_size must be >= 0 (0: one batch per block), got {t.read_batch_size}"),
-            (t.prefetch_batches >= 0, f"prefetch_batches must be >= 0, got {t.prefetch_batches}"),
             (t.precision in ("fp32", "bf16", "auto"), f"precision must be fp32, bf16 or auto, got {t.precision!r}"),
             (t.wandb_mode in ("online", "offline", "disabled", "auto"), f"wandb_mode must be online, offline, disabled or auto, got {t.wandb_mode!r}"),
             (d.sequence_length >= 2, f"sequence_length must be >= 2, got {d.sequence_length}"),

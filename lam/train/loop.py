@@ -40,6 +40,7 @@ from lam.eval.evaluate import evaluate_windows, split_batches, summarize
 from lam.model import LatentActionModel
 from lam.runtime.checkpoint import load_checkpoint, save_checkpoint
 from lam.runtime.run_log import RunLogger, format_eta
+from lam.train.augment import shift_windows
 from lam.train.metrics import MeanTracker
 from lam.train.schedule import lr_multiplier
 
@@ -119,6 +120,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         """One optimisation step. Metrics and the gradient norm stay on the device: reading
         them here would make the host wait for the GPU every step."""
         model.train()
+        x = shift_windows(x, t.augment_shift)
         with autocast:
             out = model(x)
         optimizer.zero_grad(set_to_none=True)
