@@ -32,9 +32,11 @@ def write_space(tmp_path: Path, space: dict) -> str:
 # ----------------------------------------------------------------------------- search space
 
 
-def test_default_space_has_the_six_knobs_and_is_valid():
+def test_default_space_covers_size_bottleneck_and_inputs_and_is_valid():
     raw = load_search_space(None)
-    assert set(raw) == {"embed_dim", "encoder_depth", "decoder_depth", "num_embeddings", "commitment_weight", "learning_rate"}
+    assert set(raw) == {"embed_dim", "encoder_depth", "decoder_depth", "learning_rate", "quantizer", "num_embeddings",
+                        "commitment_weight", "noise_std", "stem", "change_weight", "augment_shift"}
+    assert raw["quantizer"] == {"choice": ["vq", "fsq", "gaussian"]}
     base = RunConfig()
     base.data.data_dir = "unused"
     check_against(base, raw, str(DEFAULT_SPACE_PATH))  # every value makes a valid spec-sized config
