@@ -169,6 +169,7 @@ class TrainConfig:
     grad_clip: float = option(1.0, "max global gradient norm (the pre-clip norm is logged as train/grad_norm)", group=TRAINING)
     precision: str = option("auto", "fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)", group=TRAINING)
     compile: bool = option(False, "torch.compile the model (on CPU the first steps compile kernels: minutes)", group=TRAINING)
+    max_nonfinite_steps: int = option(20, "skip a step whose loss or gradient is not finite; stop the run after this many in a row", group=TRAINING)
     augment_shift: int = option(0, "roll each training window by a random offset of up to this many latent pixels, the same for all its frames (0: none)", group=TRAINING)
     seed: int = option(0, "seed of everything a run draws: initial weights, the data order of every epoch, dropout", group=TRAINING)
     test_mode: bool = option(False, "the spec's overfit check: train on one batch, PASS when MSE < 0.01 and MAE < 0.05", group=TRAINING)
@@ -251,7 +252,7 @@ class RunConfig:
         checks = [
             (t.batch_size >= 1, f"batch_size must be >= 1, got {t.batch_size}"),
             (t.num_epochs >= 1, f"num_epochs must be >= 1, got {t.num_epochs}"),
-            *((getattr(t, n) >= 0, f"{n} must be >= 0, got {getattr(t, n)}") for n in ("seed", "warmup_steps", "prefetch_batches", "augment_shift")),
+            *((getattr(t, n) >= 0, f"{n} must be >= 0, got {getattr(t, n)}") for n in ("seed", "warmup_steps", "prefetch_batches", "augment_shift", "max_nonfinite_steps")),
             (t.learning_rate > 0, f"learning_rate must be > 0, got {t.learning_rate}"),
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),
             (t.save_every >= 1, f"save_every must be >= 1, got {t.save_every}"),

@@ -143,3 +143,26 @@ def test_learning_rate_warms_up_linearly_then_decays_to_its_floor():
     assert lr_multiplier(4, 4, 20) == 1.0  # the cosine starts at the peak
     assert lr_multiplier(12, 4, 20) == pytest.approx(0.55)  # half way: (1 + 0.1) / 2
     assert lr_multiplier(20, 4, 20) == pytest.approx(0.1) == lr_multiplier(30, 4, 20)  # the floor, and it stays
+
+
+@pytest.mark.slow
+def test_a_diverging_run_skips_bad_steps_then_stops_in_one_line_and_saves_nothing_poisoned(
+        ray_session, tiny_data, tmp_path, monkeypatch):
+    from lam.train.launch import TrainingFailed
+
+    # a relative data_dir, as a user types it: the workers run in other folders
+    monkeypatch.chdir(tiny_data.parent)
+    cfg = tiny_config(tiny_data.name, tmp_path, learning_rate=1e6, warmup_steps=0, num_epochs=3,
+                      max_nonfinite_steps=2, save_every=1, run_name="diverge")
+    with pytest.raises(TrainingFailed) as failure:
+        train(cfg, verbose=False)
+    message = str(failure.value)
+    assert "\n" not in message and "not finite for 3 steps in a row" in message
+    run_dir = tmp_path / "diverge"
+    assert str(run_dir / "error.log") in message and "Traceback" in (run_dir / "error.log").read_text()
+    # The loss went non-finite after the first update: epoch 1's checkpoint would have been
+    # poisoned (non-finite validation loss), so none was written or registered.
+    records = epoch_records(run_dir)
+    assert records and not math.isfinite(records[0]["val/loss"]) and records[0]["train/skipped_steps"] >= 1
+    assert math.isfinite(records[0]["train/loss"])  # skipped steps stay out of the epoch's means
+    assert list(run_dir.glob("checkpoint_epoch*")) == []

@@ -79,7 +79,7 @@ def run_train(args) -> int:
     try:
         outcome = train(cfg, ray_logs=args.verbose)
     except TrainingFailed as e:
-        print(f"lam train: {e}", file=sys.stderr)
+        print(f"lam train: error: {e}", file=sys.stderr)
         return 1
     print_outcome(cfg, outcome)
     if outcome.passed is not None:

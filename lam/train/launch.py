@@ -12,6 +12,7 @@ same code runs on that cluster.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,10 @@ def prepare(cfg: RunConfig):
 
         if not torch.cuda.is_available():
             raise UserError("--use_gpu was given but this machine has no CUDA GPU (and RAY_ADDRESS names no cluster)")
+    # Workers and read tasks run in their own folders: a path relative to this one would not be found there.
+    cfg.data.data_dir = os.path.abspath(cfg.data.data_dir)
+    if cfg.data.manifest_path:
+        cfg.data.manifest_path = os.path.abspath(cfg.data.manifest_path)
     manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
     cfg.resolve_run_name()
     cfg.train.wandb_mode = resolve_wandb_mode(cfg.train.wandb_mode)
@@ -125,7 +130,11 @@ def train(cfg: RunConfig, verbose: bool = True, ray_logs: bool = False) -> Train
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as e:
-        raise TrainingFailed(f"training run {t.run_name} failed: {e} (Ray's log: {Path(local_dir) / 'ray.log'})") from None
+        log = Path(local_dir) / "error.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(f"{e}\n")
+        raise TrainingFailed(f"training run {t.run_name} failed: {failure_summary(e)} (the full error: {log}; "
+                             f"Ray's log: {Path(local_dir) / 'ray.log'})") from None
 
     metrics = dict(result.metrics or {})
     outcome = TrainOutcome(
@@ -143,6 +152,24 @@ def train(cfg: RunConfig, verbose: bool = True, ray_logs: bool = False) -> Train
 
 class TrainingFailed(RuntimeError):
     pass
+
+
+EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*): (.+)$")  # "pkg.mod.SomeError: message"
+
+
+def failure_summary(error: Exception) -> str:
+    """One line for a failed run: the innermost exception of the first failing worker (the last
+    "Type: message" line of its traceback, whatever Ray adds after it), as "Type: message"
+    without the module path; for our own errors the message alone."""
+    failures = getattr(error, "worker_failures", None) or {}
+    text = str(failures[min(failures)]) if failures else str(error)
+    for line in reversed(text.strip().splitlines()):
+        match = EXCEPTION_LINE.match(line.strip())
+        if match:
+            kind, message = match.groups()
+            return message if kind in ("UserError", "DataError", "NonFiniteLoss") else f"{kind}: {message}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _find_wandb_dir(local_dir: str) -> str | None:

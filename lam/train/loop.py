@@ -116,20 +116,34 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Stored dtype (float16) -> float32 once, on the device.
         return batch["x"].to(device, non_blocking=True).float()
 
-    def train_step(x: torch.Tensor) -> tuple[dict, torch.Tensor]:
-        """One optimisation step. Metrics and the gradient norm stay on the device: reading
-        them here would make the host wait for the GPU every step."""
+    buffers = list(raw_model.buffers())
+
+    def train_step(x: torch.Tensor) -> tuple[dict, torch.Tensor, bool]:
+        """One optimisation step; returns its metrics, the gradient norm and whether it was
+        applied. A step whose loss or gradient is not finite is skipped: no optimizer update,
+        and the buffers that its forward changed (whitening statistics, VQ bookkeeping) are put
+        back, so one bad batch cannot poison the model. The finiteness check is the step's one
+        read of a device value; the gradient norm is the same on every rank (DDP all-reduced the
+        gradients), so every rank skips alike."""
         model.train()
         x = shift_windows(x, t.augment_shift)
+        saved = [b.detach().clone() for b in buffers]
         with autocast:
             out = model(x)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)  # pre-clip norm
+        if not bool(torch.isfinite(grad_norm) & torch.isfinite(out.loss.detach())):
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                for b, s in zip(buffers, saved):
+                    b.copy_(s)
+            scheduler.step()  # the schedule follows the step count, skipped steps included
+            return out.metrics, grad_norm.detach(), False
         optimizer.step()
         scheduler.step()
         raw_model.after_optimizer_step()  # e.g. VQ's dead-code revival, identical on every rank
-        return out.metrics, grad_norm.detach()
+        return out.metrics, grad_norm.detach(), True
 
     def wait_for_device() -> None:
         """Before reading a clock: queued GPU work must be done for the time to be honest."""
@@ -137,6 +151,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             torch.cuda.synchronize(device)
 
     fixed_batch = None  # test mode: the one batch, kept on device
+    nonfinite_in_a_row = 0
     run_start = time.time()
     if rank == 0:
         print(f"[lam] training {t.run_name}: {sizes['train']} train windows, {sizes.get('val', 0)} val windows, "
@@ -150,7 +165,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # this one (see lam/train/ingest.py), so no rank can start the epoch before it is set.
             ray.get(epoch_clock.set.remote(epoch))  # ray:
         epoch_start, samples = time.time(), 0
-        tracker, grad_norms = MeanTracker(), []
+        tracker, grad_norms, skipped = MeanTracker(), [], 0
         # Throughput bookkeeping: time spent blocked on the data iterator, and the rate after the
         # epoch's first step (which carries the pipeline's start-up and, in epoch 1, compile warm-up).
         data_wait, steady_start, steady_samples = 0.0, None, 0
@@ -164,12 +179,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for batch in batches:
             data_wait += time.perf_counter() - wait_start
             x = batch["x"] if t.test_mode else to_device(batch)
-            metrics, grad_norm = train_step(x)
+            metrics, grad_norm, applied = train_step(x)
             step += 1
             samples += x.shape[0] * world
             if steady_start is None:
                 wait_for_device()
                 steady_start, steady_samples = time.perf_counter(), samples
+            if not applied:
+                skipped += 1
+                nonfinite_in_a_row += 1
+                if rank == 0:
+                    print(f"[lam] warning: step {step}: the loss or gradient is not finite; step skipped", flush=True)
+                if nonfinite_in_a_row > t.max_nonfinite_steps:
+                    raise NonFiniteLoss(f"the loss or gradient was not finite for {nonfinite_in_a_row} steps in a row "
+                                        f"(steps {step - nonfinite_in_a_row + 1}..{step}, lr {scheduler.get_last_lr()[0]:.3g}); "
+                                        "lower --learning_rate or check the data (`lam validate --full`)")
+                wait_start = time.perf_counter()
+                continue
+            nonfinite_in_a_row = 0
             tracker.add(metrics, weight=x.shape[0])
             grad_norms.append(grad_norm)
             maybe_inject_fault(t.inject_fault_at_step, step, rank, run_dir)
@@ -193,6 +220,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         steady_time = loop_end - steady_start if steady_start is not None else 0.0
         record["train/steady_samples_per_s"] = (samples - steady_samples) / steady_time if samples > steady_samples else record["train/samples_per_s"]
         record["train/data_wait_s"] = data_wait  # rank 0's; ~0 when ingest keeps up with the model
+        record["train/skipped_steps"] = skipped  # steps whose loss or gradient was not finite
         record["epoch"] = epoch + 1
         record["ddp/params_in_sync"] = float(params_in_sync(raw_model, device))
         if val_shard is not None:
@@ -220,7 +248,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 logger.flush()
                 print(f"[lam] epoch {epoch + 1}/{t.num_epochs} done: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("train/loss", "train/mse", "train/mae", "val/loss", "val/mse", "val/mae", "train/codebook_usage", "train/samples"))) +
                       f" | elapsed {format_eta(time.time() - run_start)}", flush=True)
-                if save:
+                healthy = score is not None and math.isfinite(score) and state_is_finite(raw_model)
+                if save and not healthy:  # a poisoned checkpoint must never be registered (and evict a good one)
+                    print(f"[lam] warning: epoch {epoch + 1}: not saving a checkpoint: the weights or the score "
+                          f"({score}) are not finite", flush=True)
+                elif save:
                     save_checkpoint(tmp, model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                     epoch=epoch, step=step, config=cfg.to_dict(),
                                     metrics={k: float(v) for k, v in record.items()})  # plain floats: weights_only loads them
@@ -298,6 +330,15 @@ def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 6
         out["val/nmi"] = report["ground_truth"]["nmi"]
         out["val/code_map_accuracy"] = report["ground_truth"]["code_map_accuracy"]
     return out, report["warnings"]
+
+
+@torch.no_grad()
+def state_is_finite(model: torch.nn.Module) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss or gradient stayed non-finite for more than `max_nonfinite_steps` steps in a row."""
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
