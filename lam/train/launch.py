@@ -28,6 +28,7 @@ from lam.errors import UserError
 from lam.runtime import storage
 from lam.runtime.cluster import cpus_needed, init_ray
 from lam.runtime.console import route_console
+from lam.runtime.run_lock import run_lock
 from lam.runtime.run_log import resolve_wandb_mode
 from lam.train.ingest import EpochClock, build_datasets, data_config
 from lam.train.loop import train_loop_per_worker
@@ -124,6 +125,11 @@ def train(cfg: RunConfig, verbose: bool = True, ray_logs: bool = False) -> Train
     """Run one training job. `ray_logs`: Ray's own log lines on the console too (they always go
     to the run's ray.log)."""
     manifest = prepare(cfg)
+    with run_lock(run_dirs(cfg)[1]):  # one process per run directory: no interleaved writes
+        return _fit(cfg, manifest, verbose, ray_logs)
+
+
+def _fit(cfg: RunConfig, manifest, verbose: bool, ray_logs: bool) -> TrainOutcome:
     t = cfg.train
     route_console(Path(run_dirs(cfg)[2]) / "ray.log", verbose=ray_logs)
     trainer, run_dir, local_dir = build_trainer(cfg, manifest, verbose=verbose)
