@@ -74,12 +74,13 @@ class ActionLabeler:
             indices, z = self.model.encode_actions(x)  # (B, L-1, K), (B, L-1, K, D)
             ids = self.model.action_ids(indices).cpu().numpy()
             codes = indices.cpu().numpy()
-            vectors = z.flatten(2).cpu().numpy().astype(np.float32)  # (B, L-1, K*D)
+            continuous = self.model.quantizer.continuous
+            vectors = z.flatten(2).cpu().numpy().astype(np.float32) if continuous else None  # (B, L-1, K*D)
             for i, (file, start, first_t) in enumerate(zip(group["file"], group["start"], group["first_t"])):
                 ts = np.arange(first_t, start + length)
                 j = ts - start - 1  # index of transition t-1 -> t within the window
                 columns = {"file": file, "t": ts, "codes": list(codes[i, j]), "action_id": ids[i, j]}
-                if self.model.quantizer.continuous:
+                if continuous:
                     columns["vector"] = list(vectors[i, j])
                 out.append(pd.DataFrame(columns))
         return pd.concat(out, ignore_index=True) if out else pd.DataFrame({k: [] for k in SCHEMA.names})
