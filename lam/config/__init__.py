@@ -27,12 +27,9 @@ from pathlib import Path
 
 import yaml
 
+from lam.config.options import option
+from lam.config.train import SweepConfig, TrainConfig
 from lam.errors import UserError
-
-
-def option(default, help: str, *, group: str = "", choices: tuple[str, ...] = ()):
-    """A config field with its one-line description (the CLI's help) and, for a component, its valid names."""
-    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
 
 
 # -----------------------------------------------------------------------------
@@ -155,76 +152,7 @@ class ModelConfig:
         return self
 
 
-TRAINING, SCALING, OUTPUTS = "training", "scaling", "outputs and logging"
-
-
-@dataclass
-class TrainConfig:
-    batch_size: int = option(32, "windows per optimiser step, across all workers", group=TRAINING)
-    num_epochs: int = option(100, "passes over the training windows", group=TRAINING)
-    learning_rate: float = option(1e-4, "peak learning rate (AdamW)", group=TRAINING)
-    weight_decay: float = option(0.01, "AdamW weight decay", group=TRAINING)
-    warmup_steps: int = option(500, "steps of linear warm-up, then cosine decay", group=TRAINING)
-    min_lr_ratio: float = option(0.1, "the cosine decay ends at this fraction of learning_rate", group=TRAINING)
-    grad_clip: float = option(1.0, "max global gradient norm (the pre-clip norm is logged as train/grad_norm)", group=TRAINING)
-    precision: str = option("auto", "fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)", group=TRAINING)
-    compile: bool = option(False, "torch.compile the model (on CPU the first steps compile kernels: minutes)", group=TRAINING)
-    max_nonfinite_steps: int = option(20, "skip a step whose loss or gradient is not finite; stop the run after this many in a row", group=TRAINING)
-    augment_shift: int = option(0, "roll each training window by a random offset of up to this many latent pixels, the same for all its frames (0: none)", group=TRAINING)
-    seed: int = option(0, "seed of everything a run draws: initial weights, the data order of every epoch, dropout", group=TRAINING)
-    test_mode: bool = option(False, "the spec's overfit check: train on one batch, PASS when MSE < 0.01 and MAE < 0.05", group=TRAINING)
-    num_workers: int = option(1, "DDP workers (processes), one GPU each with --use_gpu", group=SCALING)
-    use_gpu: bool = option(False, "train on GPUs (NCCL); otherwise CPUs (gloo)", group=SCALING)
-    cpus_per_worker: float = option(1.0, "CPUs per worker, also its torch thread count; on a CPU machine use cores / num_workers", group=SCALING)
-    read_batch_size: int = option(0, "windows per Ray Data block; 0: one per-worker batch, so a batch is one block", group=SCALING)
-    prefetch_batches: int = option(2, "batches each worker prepares ahead of the training step", group=SCALING)
-    max_failures: int = option(0, "restarts from the last checkpoint when a worker dies", group=SCALING)
-    inject_fault_at_step: int = option(0, "fail once in rank 0 at this step, to exercise --max_failures (0: never)", group=SCALING)
-    run_name: str = option("", "run folder under storage_path, empty: a timestamp; re-use a name to resume that run", group=OUTPUTS)
-    storage_path: str = option("./runs", "where runs go: a local folder or a URI (s3://..., gs://...)", group=OUTPUTS)
-    save_every: int = option(5, "epochs between checkpoints (and always at the end)", group=OUTPUTS)
-    keep_best: int = option(3, "checkpoints kept, by lowest val/loss (the latest is always kept too)", group=OUTPUTS)
-    log_every: int = option(10, "steps between progress lines and metric records inside an epoch", group=OUTPUTS)
-    eval_every: int = option(1, "epochs between action-quality checks on val (delta-t PSNR, NMI); 0: never", group=OUTPUTS)
-    wandb_project: str = option("vvae-lam", "wandb project", group=OUTPUTS)
-    wandb_mode: str = option("auto", "online | offline | disabled | auto (online when an API key is configured)", group=OUTPUTS)
-    wandb_group: str = option("", "wandb group (a sweep puts its trials in one)", group=OUTPUTS)
-
-
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
-
-
-@dataclass
-class SweepConfig:
-    """A `lam tune` sweep: which space, how many trials, and ASHA's schedule (the trials' own
-    config is a RunConfig)."""
-
-    search_space: str = option("", "search space YAML; empty: lam/tune/default_space.yaml")
-    name: str = option("", "sweep name, a folder under storage_path; empty: tune-DATE-TIME")
-    num_samples: int = option(1, "samples of the space (grid keys: repeats of the grid)")
-    max_epochs: int = option(10, "epochs per trial, ASHA's max_t")
-    grace_period: int = option(1, "epochs before ASHA may stop a trial")
-    reduction_factor: int = option(2, "ASHA keeps the best 1/reduction_factor of the trials at each rung")
-    metric: str = option("val/mse_loss", "metric ASHA compares (the training loop reports it every epoch)")
-    mode: str = option("min", "whether the metric is better low or high", choices=("min", "max"))
-    max_concurrent_trials: int = option(0, "trials at once; 0: as many as the cluster's CPUs (GPUs) hold now")
-    search_seed: int = option(0, "seed of the random draws of the space")
-    resume: bool = option(False, "continue the sweep named by --name (finished trials are kept)")
-
-    def validate(self) -> "SweepConfig":
-        checks = [
-            (self.num_samples >= 1, f"num_samples must be >= 1, got {self.num_samples}"),
-            (self.max_epochs >= 1, f"max_epochs must be >= 1, got {self.max_epochs}"),
-            (1 <= self.grace_period <= self.max_epochs, f"grace_period must be in 1..max_epochs ({self.max_epochs}), got {self.grace_period}"),
-            (self.reduction_factor >= 2, f"reduction_factor must be >= 2, got {self.reduction_factor}"),
-            (self.mode in ("min", "max"), f"mode must be min or max, got {self.mode!r}"),
-            (self.max_concurrent_trials >= 0, f"max_concurrent_trials must be >= 0, got {self.max_concurrent_trials}"),
-            (not self.resume or self.name, "--resume needs --name (the sweep to continue)"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UserError(message)
-        return self
 
 
 @dataclass

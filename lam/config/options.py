@@ -1,0 +1,10 @@
+"""A config field: its default, its one-line description (the CLI's help) and, for a component, its valid names."""
+
+from __future__ import annotations
+
+from dataclasses import field
+
+
+def option(default, help: str, *, group: str = "", choices: tuple[str, ...] = ()):
+    """A config field with its one-line description (the CLI's help) and, for a component, its valid names."""
+    return field(default=default, metadata={"help": help, "group": group, "choices": choices})
