@@ -6,7 +6,10 @@ scheduler, epoch, step and config. (No RNG state: every epoch seeds itself from 
 run's seed and the epoch, see lam/train/loop.py.) It is written to a temp name and
 renamed, and Ray Train only registers a checkpoint after it is fully persisted,
 so a crash never leaves a half-written checkpoint that a resume would pick up.
-Loading uses `torch.load(weights_only=True)`: no pickled code runs.
+Loading uses `torch.load(weights_only=True)`: no pickled code runs. A state file that
+cannot be read (cut short by a full or failing disk, overwritten, empty) is a
+`CorruptCheckpoint`, one line naming the file; `lam.train.resume` then falls back to
+the newest intact checkpoint of the run.
 
 Checkpoints of older versions load too: `load_checkpoint` upgrades them (config keys
 and model state-dict keys) to today's format, so evaluation, export and resuming
@@ -16,12 +19,15 @@ see one format.
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 
 import torch
 
 from lam.config import RunConfig, apply_overrides
 from lam.errors import UserError
+from lam.runtime import storage
 from lam.model import LatentActionModel
 
 STATE_FILE = "state.pt"
@@ -41,7 +47,13 @@ def save_checkpoint(directory: str | os.PathLike, **state) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{STATE_FILE}.tmp"
-    torch.save({**state, "format": FORMAT}, tmp)
+    try:
+        torch.save({**state, "format": FORMAT}, tmp)
+    except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError of its zip writer
+        tmp.unlink(missing_ok=True)
+        if storage.is_no_space(e) or "No space left" in str(e):
+            raise storage.StorageFull(directory) from None
+        raise
     os.replace(tmp, directory / STATE_FILE)
     return directory / STATE_FILE
 
@@ -54,9 +66,22 @@ def check_checkpoint(directory: str | os.PathLike) -> Path:
     return path
 
 
+class CorruptCheckpoint(UserError):
+    """A checkpoint's state file exists but cannot be read back."""
+
+
 def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:
-    """The checkpoint's state, in today's format whatever version wrote it."""
-    state = torch.load(check_checkpoint(directory), map_location=map_location, weights_only=True)
+    """The checkpoint's state, in today's format whatever version wrote it; a CorruptCheckpoint
+    when its state file is damaged."""
+    path = check_checkpoint(directory)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". This is an internal")[0]
+        raise CorruptCheckpoint(f"{path}: corrupt checkpoint, cannot be read ({reason or 'the file ends early'}, "
+                                f"{path.stat().st_size} bytes); it was probably cut short by a full or failing disk") from None
+    if not isinstance(state, dict) or not {"model", "config"} <= state.keys():
+        raise CorruptCheckpoint(f"{path}: not a lam checkpoint (no model or config in it)")
     return upgrade(state) if state.get("format", 1) < FORMAT else state
 
 

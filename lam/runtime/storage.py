@@ -6,10 +6,39 @@ so metrics and configs land next to the checkpoints wherever those go.
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from lam.errors import UserError
+
+
+class StorageFull(UserError):
+    """A write found no space left; the message names the path."""
+
+    def __init__(self, path, detail: str = ""):
+        super().__init__(f"{path}: no space left on device{detail}; free some space (or pass another --storage_path) "
+                         "and run the same command again: it resumes from the last checkpoint")
+
+
+def is_no_space(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_free_space(path: str, needed_bytes: int) -> None:
+    """A StorageFull naming `path` when its local filesystem has less than `needed_bytes` free
+    (object stores are not checked: they do not fill up)."""
+    if is_uri(path):
+        return
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed_bytes:
+        raise StorageFull(path, f" ({needed_bytes / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)")
 
 
 def is_uri(path: str) -> bool:
@@ -37,7 +66,13 @@ def write_text(path: str, text: str) -> None:
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
+        try:
+            tmp.write_text(text)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            if is_no_space(e):
+                raise StorageFull(target) from None
+            raise
         os.replace(tmp, target)
         return
     fs, p = _fs(path)
@@ -58,3 +93,11 @@ def read_text(path: str) -> str | None:
 def exists(path: str) -> bool:
     fs, p = _fs(path)
     return fs.get_file_info(p).type != pafs.FileType.NotFound
+
+
+def list_names(path: str) -> list[str]:
+    """The names of the entries directly under the folder `path`; empty when it does not exist."""
+    fs, p = _fs(path)
+    if fs.get_file_info(p).type == pafs.FileType.NotFound:
+        return []
+    return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(p)))

@@ -173,7 +173,7 @@ def failure_summary(error: Exception) -> str:
         match = EXCEPTION_LINE.match(line.strip())
         if match:
             kind, message = match.groups()
-            return message if kind in ("UserError", "DataError", "NonFiniteLoss") else f"{kind}: {message}"
+            return message if kind in ("UserError", "DataError", "NonFiniteLoss", "StorageFull", "CorruptCheckpoint") else f"{kind}: {message}"
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
 

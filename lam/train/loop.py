@@ -38,10 +38,12 @@ from lam.config import RunConfig
 from lam.data.manifest import load_manifest
 from lam.eval.evaluate import evaluate_windows, split_batches, summarize
 from lam.model import LatentActionModel
-from lam.runtime.checkpoint import load_checkpoint, save_checkpoint
+from lam.runtime import storage
+from lam.runtime.checkpoint import STATE_FILE, save_checkpoint
 from lam.runtime.run_log import RunLogger, format_eta
 from lam.train.augment import shift_windows
 from lam.train.metrics import MeanTracker
+from lam.train.resume import load_resume_state, new_checkpoint_name
 from lam.train.schedule import lr_multiplier
 
 
@@ -75,11 +77,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp_dtype == torch.bfloat16 else nullcontext()
 
     # --------------------------------------------------------------- resume
-    start_epoch, step, saved_record = 0, 0, None
+    start_epoch, step, saved_record, resumed_from, damaged = 0, 0, None, None, []
     checkpoint = ray.train.get_checkpoint()  # ray: the latest checkpoint of this run, if any
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = load_checkpoint(ckpt_dir, map_location=device)
+    if checkpoint is not None:  # or, when that one is damaged, the newest intact one before it
+        state, resumed_from, damaged = load_resume_state(checkpoint, run_dir, device)
         raw_model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -103,7 +104,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger = RunLogger(run_dir, local_dir, cfg.to_dict(), t.wandb_mode, t.wandb_project, t.run_name, t.wandb_group)
         if checkpoint is not None:
             logger.resume_from(step)
-            print(f"[lam] resumed {t.run_name} at epoch {start_epoch + 1}, step {step}, lr {scheduler.get_last_lr()[0]:.3g}", flush=True)
+            for problem in damaged:
+                print(f"[lam] warning: {problem}; passed over", flush=True)
+            print(f"[lam] resumed {t.run_name} from {resumed_from} at epoch {start_epoch + 1}, step {step}, lr {scheduler.get_last_lr()[0]:.3g}", flush=True)
 
     train_shard = ray.train.get_dataset_shard("train")  # ray: this worker's share of the epoch
     val_shard = ray.train.get_dataset_shard("val") if sizes.get("val") else None
@@ -256,8 +259,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
                     save_checkpoint(tmp, model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                                     epoch=epoch, step=step, config=cfg.to_dict(),
                                     metrics={k: float(v) for k, v in record.items()})  # plain floats: weights_only loads them
+                    # Before Ray copies it to the run directory: a full disk there is one clear line,
+                    # not a half-copied folder.
+                    storage.check_free_space(run_dir, (Path(tmp) / STATE_FILE).stat().st_size + (1 << 20))
                     ckpt = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report(record, checkpoint=ckpt, checkpoint_dir_name=f"checkpoint_epoch{epoch + 1:04d}" if save else None)  # ray:
+            name = new_checkpoint_name(run_dir, epoch + 1) if ckpt is not None else None  # rank 0's name is every rank's
+            ray.train.report(record, checkpoint=ckpt, checkpoint_dir_name=name)  # ray:
 
     if start_epoch >= t.num_epochs and saved_record:
         # Resumed after the last epoch (e.g. a sweep interrupted just as this run ended):

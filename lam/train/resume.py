@@ -1,0 +1,67 @@
+"""Which checkpoint a run resumes from, and what a new checkpoint folder is called.
+
+Ray Train hands a restarted or re-run training loop the latest checkpoint it
+registered. When that checkpoint cannot be read (its state file was cut short by a
+full or failing disk, or it is missing), the run resumes from the newest checkpoint
+folder of the run that can be read, and rank 0 prints one warning per damaged
+checkpoint it passed over. Only when no checkpoint of the run can be read does the
+run stop, with an error naming the run directory.
+
+Checkpoint folders are `checkpoint_epochNNNN`, NNNN the epochs done. A folder of that
+name may already exist when a run trains an epoch again: after falling back past a
+damaged checkpoint, or when an earlier process was killed while its checkpoint was
+being copied. Such a folder is never written over (Ray Train may still list it, and
+removing it would remove the new one): the new folder is `checkpoint_epochNNNN-2`,
+`-3`, and so on.
+"""
+
+from __future__ import annotations
+
+import re
+
+import ray.train
+
+from lam.errors import UserError
+from lam.runtime import storage
+from lam.runtime.checkpoint import load_checkpoint
+
+CHECKPOINT_FOLDER = re.compile(r"^checkpoint_epoch(\d+)(?:-(\d+))?$")
+
+
+def _age(name: str) -> tuple[int, int]:
+    """(epochs done, repeat): larger is newer."""
+    match = CHECKPOINT_FOLDER.match(name)
+    return (int(match[1]), int(match[2] or 1)) if match else (-1, 0)
+
+
+def checkpoint_folders(run_dir: str) -> list[str]:
+    """The run's checkpoint folder names, newest first."""
+    return sorted((n for n in storage.list_names(run_dir) if CHECKPOINT_FOLDER.match(n)), key=_age, reverse=True)
+
+
+def new_checkpoint_name(run_dir: str, epochs_done: int) -> str:
+    """The folder name for the checkpoint after `epochs_done` epochs: never one that exists."""
+    base = f"checkpoint_epoch{epochs_done:04d}"
+    taken = set(storage.list_names(run_dir))
+    name, repeat = base, 1
+    while name in taken:
+        repeat += 1
+        name = f"{base}-{repeat}"
+    return name
+
+
+def load_resume_state(latest: ray.train.Checkpoint, run_dir: str, device) -> tuple[dict, str, list[str]]:
+    """The state to resume from, its checkpoint folder's name, and one message per damaged
+    checkpoint passed over on the way (newest first)."""
+    latest_name = latest.path.rstrip("/").rsplit("/", 1)[-1]
+    older = [n for n in checkpoint_folders(run_dir) if _age(n) < _age(latest_name)]
+    candidates = [(latest_name, latest)] + [(n, ray.train.Checkpoint(storage.join(run_dir, n))) for n in older]
+    damaged = []
+    for name, checkpoint in candidates:
+        try:
+            with checkpoint.as_directory() as directory:
+                return load_checkpoint(directory, map_location=device), name, damaged
+        except UserError as e:  # a damaged or missing state file
+            damaged.append(str(e))
+    raise UserError(f"{run_dir}: no checkpoint of this run can be read ({len(damaged)} tried; the newest: {damaged[0]}); "
+                    "start the run again under a new --run_name")

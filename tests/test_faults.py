@@ -1,0 +1,111 @@
+"""What long runs meet, caused for real: a damaged checkpoint, a full disk. Real Ray Train on the
+session's local Ray; the tiny recipe on the session's tiny data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import tiny_config
+
+from lam.train.launch import TrainingFailed, train
+
+
+def epochs_logged(run_dir) -> list[int]:
+    lines = Path(run_dir, "metrics.jsonl").read_text().splitlines()
+    return [r["epoch"] for r in map(json.loads, lines) if "epoch" in r]
+
+
+def one_line_error(argv: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "lam", *argv], capture_output=True, text=True, timeout=120)
+    return proc
+
+
+@pytest.mark.slow
+def test_a_truncated_checkpoint_is_named_and_the_run_resumes_from_the_newest_intact_one(ray_session, tiny_data, tmp_path, capfd):
+    from lam.runtime.checkpoint import load_checkpoint
+
+    cfg = tiny_config(tiny_data, tmp_path, num_epochs=3, eval_every=0, run_name="damaged")
+    first = train(cfg.copy(), verbose=False)
+    run_dir = Path(first.run_dir)
+    latest = Path(first.checkpoint_path)
+    assert latest.name == "checkpoint_epoch0003"
+    state_file = latest / "state.pt"
+    state_file.write_bytes(state_file.read_bytes()[: state_file.stat().st_size // 2])  # a disk that filled up mid-write
+
+    # `lam eval` on it: one line naming the file, exit 2
+    proc = one_line_error(["eval", "--checkpoint", str(latest), "--data_dir", str(tiny_data), "--split", "test"])
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(state_file) in lines[0] and "corrupt checkpoint" in lines[0], proc.stderr
+
+    # The same command again: epoch 3 is trained again from epoch 2's checkpoint, into a new folder
+    capfd.readouterr()
+    again = train(cfg.copy(), verbose=False)
+    assert Path(again.checkpoint_path).name == "checkpoint_epoch0003-2"
+    assert load_checkpoint(again.checkpoint_path)["epoch"] == 2
+    assert epochs_logged(run_dir) == [1, 2, 3]  # epoch 3 once: its first record was dropped with its checkpoint
+    assert state_file.stat().st_size > 0  # the damaged folder is left for the user, never written over
+    console = _console_until(capfd, "[lam] resumed")
+    assert f"{state_file}: corrupt checkpoint" in console and "resumed damaged from checkpoint_epoch0002 at epoch 3" in console
+
+
+def _console_until(capfd, text: str, tries: int = 50) -> str:
+    """What the workers printed so far (Ray forwards their output asynchronously)."""
+    import time
+
+    console = ""
+    for _ in range(tries):
+        console += capfd.readouterr().out
+        if text in console:
+            break
+        time.sleep(0.2)
+    return console
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 24 MB tmpfs at tmp_path/small, unmounted afterwards; skipped where mounting is not allowed."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount_point)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {proc.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_every_earlier_checkpoint(ray_session, tiny_data, small_disk):
+    from lam.runtime.checkpoint import load_checkpoint
+
+    cfg = tiny_config(tiny_data, small_disk, num_epochs=2, eval_every=0, keep_best=5, run_name="full")
+    first = train(cfg.copy(), verbose=False)
+    run_dir = Path(first.run_dir)
+    checkpoint_size = (Path(first.checkpoint_path) / "state.pt").stat().st_size
+
+    # Fill the disk but for less than one more checkpoint, then train on
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        f.write(b"\0" * max(0, free - checkpoint_size // 2))
+    cfg.train.num_epochs = 4
+    with pytest.raises(TrainingFailed) as failure:
+        train(cfg.copy(), verbose=False)
+    message = str(failure.value)
+    assert "\n" not in message and "no space left on device" in message and str(run_dir) in message, message
+    intact = sorted(run_dir.glob("checkpoint_epoch*"))
+    assert [c.name for c in intact] == ["checkpoint_epoch0001", "checkpoint_epoch0002"]
+    assert [load_checkpoint(c)["epoch"] for c in intact] == [0, 1]
+
+    # Space again: the same command resumes from epoch 2's checkpoint and finishes
+    filler.unlink()
+    done = train(cfg.copy(), verbose=False)
+    assert Path(done.checkpoint_path).name == "checkpoint_epoch0004"
+    assert epochs_logged(run_dir) == [1, 2, 3, 4]
