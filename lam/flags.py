@@ -35,6 +35,9 @@ def add_field_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, default
         add_flag(group, f.name, action=argparse.BooleanOptionalAction, default=default, help=helptext)
     elif f.metadata["choices"]:
         add_flag(group, f.name, choices=f.metadata["choices"], default=default, help=helptext)
+    elif f.metadata.get("aliases"):  # a number or a word for one: the config turns the word into its value
+        metavar = "|".join([kind.__name__.upper(), *f.metadata["aliases"]])
+        add_flag(group, f.name, type=str, default=default, metavar=metavar, help=helptext)
     else:
         add_flag(group, f.name, type=kind, default=default, metavar=kind.__name__.upper(), help=helptext)
 

@@ -109,3 +109,51 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_every_earlier_checkpoin
     done = train(cfg.copy(), verbose=False)
     assert Path(done.checkpoint_path).name == "checkpoint_epoch0004"
     assert epochs_logged(run_dir) == [1, 2, 3, 4]
+
+
+@pytest.fixture
+def data_copy(tiny_data, tmp_path):
+    """The session's tiny data, copied: these tests damage it."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_data, tmp_path / "data"))
+
+
+def poison(path: Path, chunk: int) -> None:
+    """Write NaN into one latent chunk of an H5 file (after its manifest was written)."""
+    import h5py
+    import numpy as np
+
+    with h5py.File(path, "r+") as f:
+        f["latents"][chunk, 3, 1, 10, 10] = np.nan
+
+
+@pytest.mark.slow
+def test_a_nan_window_written_after_the_manifest_is_skipped_counted_and_named(ray_session, data_copy, tmp_path, capfd):
+    from lam.data.manifest import load_manifest
+
+    bad_file = load_manifest(data_copy / "manifest.json").splits["train"][0]
+    poison(data_copy / bad_file, chunk=2)  # latent frames 4..5: one window of 4 frames (frames 4..7)
+
+    cfg = tiny_config(data_copy, tmp_path, num_epochs=2, eval_every=0, run_name="nan")
+    capfd.readouterr()
+    out = train(cfg.copy(), verbose=False)
+    records = [json.loads(line) for line in Path(out.run_dir, "metrics.jsonl").read_text().splitlines()]
+    assert [r["data/skipped_windows"] for r in records] == [1, 1]  # each epoch reads it, each epoch skips it
+    console = _console_until(capfd, "skipped a window")
+    assert f"epoch 1: skipped a window: {data_copy / bad_file}: window of latent frames 4..7 contains NaN" in console
+
+    # Strict: the first bad window ends the run, in one line naming the file and the frames
+    with pytest.raises(TrainingFailed) as failure:
+        train(tiny_config(data_copy, tmp_path, num_epochs=1, eval_every=0, run_name="strict", max_bad_windows="fail"), verbose=False)
+    message = str(failure.value)
+    assert "\n" not in message and f"{data_copy / bad_file}: window of latent frames 4..7 contains NaN" in message, message
+
+    # `lam manifest --full_check` reads every chunk: the file is left out, with the chunk named
+    from lam.cli import main
+
+    capfd.readouterr()
+    assert main(["manifest", str(data_copy), "--out", str(tmp_path / "checked.json"), "--full_check"]) == 0
+    report = capfd.readouterr().out
+    assert f"invalid, left out: {bad_file}: latents contain 1 NaN and 0 Inf values in all chunks (first in chunk 2: latent frames 4..5)" in report
+    assert bad_file not in sum(load_manifest(tmp_path / "checked.json", data_copy).splits.values(), [])

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from lam.config.options import option
-from lam.config.train import SweepConfig, TrainConfig
+from lam.config.train import SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
 from lam.errors import UserError
 
 
@@ -180,7 +180,7 @@ class RunConfig:
         checks = [
             (t.batch_size >= 1, f"batch_size must be >= 1, got {t.batch_size}"),
             (t.num_epochs >= 1, f"num_epochs must be >= 1, got {t.num_epochs}"),
-            *((getattr(t, n) >= 0, f"{n} must be >= 0, got {getattr(t, n)}") for n in ("seed", "warmup_steps", "prefetch_batches", "augment_shift", "max_nonfinite_steps")),
+            *((getattr(t, n) >= 0, f"{n} must be >= 0, got {getattr(t, n)}") for n in ("seed", "warmup_steps", "prefetch_batches", "augment_shift", "max_nonfinite_steps", "max_bad_windows")),
             (t.learning_rate > 0, f"learning_rate must be > 0, got {t.learning_rate}"),
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),
             (t.save_every >= 1, f"save_every must be >= 1, got {t.save_every}"),
@@ -223,6 +223,9 @@ def field_type(f: dataclasses.Field) -> type:
 
 def _coerce(name: str, f: dataclasses.Field, value):
     kind = field_type(f)
+    aliases = f.metadata.get("aliases", {})
+    if isinstance(value, str) and value in aliases:
+        return aliases[value]
     if kind is bool:
         return _as_bool(name, value)
     try:
@@ -230,7 +233,8 @@ def _coerce(name: str, f: dataclasses.Field, value):
             raise ValueError
         return kind(value)
     except (TypeError, ValueError):
-        raise UserError(f"config key '{name}' must be {kind.__name__}, got {value!r}") from None
+        words = "".join(f" or {word!r}" for word in f.metadata.get("aliases", {}))
+        raise UserError(f"config key '{name}' must be {kind.__name__}{words}, got {value!r}") from None
 
 
 def _as_bool(name: str, value) -> bool:

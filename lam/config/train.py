@@ -22,6 +22,8 @@ class TrainConfig:
     precision: str = option("auto", "fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)", group=TRAINING)
     compile: bool = option(False, "torch.compile the model (on CPU the first steps compile kernels: minutes)", group=TRAINING)
     max_nonfinite_steps: int = option(20, "skip a step whose loss or gradient is not finite; stop the run after this many in a row", group=TRAINING)
+    max_bad_windows: int = option(100, "skip a window that cannot be read (NaN/Inf, damaged chunks) with a warning; stop the run past this many ('fail' or 0: at the first)",
+                                  group=TRAINING, aliases={"fail": 0})
     augment_shift: int = option(0, "roll each training window by a random offset of up to this many latent pixels, the same for all its frames (0: none)", group=TRAINING)
     seed: int = option(0, "seed of everything a run draws: initial weights, the data order of every epoch, dropout", group=TRAINING)
     test_mode: bool = option(False, "the spec's overfit check: train on one batch, PASS when MSE < 0.01 and MAE < 0.05", group=TRAINING)

@@ -46,7 +46,8 @@ def register(sub) -> None:
         "Split sizes use largest-remainder rounding; train always gets at least one file.",
         epilog="examples:\n  lam manifest demo_data\n"
         "  lam manifest /data/output_h5 --train_ratio 0.8 --val_ratio 0.1 --test_ratio 0.1 --seed 42\n"
-        "  lam manifest /data/output_h5 --out /data/splits/manifest.json --dataset_key z",
+        "  lam manifest /data/output_h5 --out /data/splits/manifest.json --dataset_key z\n"
+        "  lam manifest /data/output_h5 --full_check    # read every chunk: no bad window can surprise a long run",
     )
     p.add_argument("data_dir", help="folder of H5 latent files (searched recursively)")
     add_flag(p, "train_ratio", type=float, default=0.8, help="fraction of files for training (default 0.8)")
@@ -54,6 +55,8 @@ def register(sub) -> None:
     add_flag(p, "test_ratio", type=float, default=0.1, help="fraction of files for testing (default 0.1)")
     p.add_argument("--seed", type=int, default=42, help="seed of the split; the same seed gives the same split (default 42)")
     p.add_argument("--out", help="manifest path (default DATA_DIR/manifest.json)")
+    add_flag(p, "full_check", action="store_true",
+             help="scan every chunk of every file for NaN/Inf and unreadable data (default: a sample of chunks per file)")
     _add_shape_flags(p)
     p.set_defaults(func=run_manifest)
 
@@ -97,12 +100,13 @@ def run_synth(args) -> int:
 def run_manifest(args) -> int:
     data_dir = Path(args.data_dir)
     n_files = len(find_h5_files(data_dir))
-    bar = tqdm(total=n_files, desc="validating", unit="file", file=sys.stderr, disable=n_files < 20)
+    bar = tqdm(total=n_files, desc="validating", unit="file", file=sys.stderr, disable=n_files < 20 and not args.full_check)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         manifest = create_manifest(
             data_dir, args.train_ratio, args.val_ratio, args.test_ratio, args.seed,
             dataset_key=args.dataset_key, latent_shape=_shape(args), on_file=lambda _: bar.update(),
+            values="all" if args.full_check else "sample",
         )
     bar.close()
     out = write_manifest(manifest, args.out or data_dir / "manifest.json")

@@ -136,16 +136,21 @@ def inspect_file(
             info.n_frames = info.n_chunks * info.shape[2]
             if values != "none":
                 info.values_checked = values
+                first_bad = None
                 for rows in _chunk_rows(info.n_chunks, values, sample_chunks):
                     try:
                         block = np.asarray(ds[rows])
                     except (OSError, RuntimeError, ValueError) as e:
                         raise DataError(path, f"data cannot be read at chunks {rows.start}..{rows.stop - 1} ({_short(e)}); the file is probably truncated") from None
-                    info.nan_count += int(np.isnan(block).sum())
-                    info.inf_count += int(np.isinf(block).sum())
+                    nan, inf = np.isnan(block), np.isinf(block)
+                    if first_bad is None and (nan.any() or inf.any()):
+                        first_bad = rows.start + int(np.flatnonzero((nan | inf).reshape(len(block), -1).any(axis=1))[0])
+                    info.nan_count += int(nan.sum())
+                    info.inf_count += int(inf.sum())
                 if info.nan_count or info.inf_count:
-                    where = "in the chunks sampled" if values == "sample" else ""
-                    raise DataError(path, f"latents contain {info.nan_count} NaN and {info.inf_count} Inf values {where}".rstrip())
+                    where = "in the chunks sampled" if values == "sample" else "in all chunks"
+                    raise DataError(path, f"latents contain {info.nan_count} NaN and {info.inf_count} Inf values {where} "
+                                          f"(first in chunk {first_bad}: latent frames {first_bad * info.shape[2]}..{first_bad * info.shape[2] + info.shape[2] - 1})")
     except DataError as e:
         info.error = e.problem
     return info

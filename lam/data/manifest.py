@@ -132,8 +132,10 @@ def create_manifest(
     dataset_key: str = "latents",
     latent_shape: LatentShape = LatentShape(),
     on_file: Callable[[FileInfo], None] | None = None,
+    values: str = "sample",
 ) -> Manifest:
-    """Validate every H5 file under `data_dir` and split the valid ones."""
+    """Validate every H5 file under `data_dir` and split the valid ones. `values`: which chunks
+    are read for NaN/Inf and readability, "sample" (a few per file) or "all"."""
     check_ratios(train_ratio, val_ratio, test_ratio)
     data_dir = Path(data_dir)
     rel_paths = find_h5_files(data_dir)
@@ -143,7 +145,7 @@ def create_manifest(
     files: dict[str, dict] = {}
     invalid: list[dict] = []
     for rel in rel_paths:
-        info = inspect_file(data_dir / rel, latent_shape, dataset_key, values="sample")
+        info = inspect_file(data_dir / rel, latent_shape, dataset_key, values=values)
         if on_file is not None:
             on_file(info)
         if info.ok:

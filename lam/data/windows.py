@@ -242,11 +242,22 @@ class WindowReader:
             raise DataError(self.data_dir / rel, f"chunk {k} holds {len(raw)} bytes, not a {chunk_shape} {ds.dtype} array; the file is probably truncated")
         return np.frombuffer(raw, dtype=ds.dtype).reshape(chunk_shape)
 
-    def read_batch(self, files, starts) -> np.ndarray:
-        """Windows for parallel sequences of file paths and start frames, `[B, T, C, H, W]`."""
+    def read_batch(self, files, starts, on_error=None) -> np.ndarray:
+        """Windows for parallel sequences of file paths and start frames, `[B, T, C, H, W]`.
+
+        A window that cannot be used (NaN/Inf values, unreadable chunks) raises its DataError;
+        with `on_error`, `on_error(i, file, start, error)` is called instead and the window is
+        left out of the batch (which then has fewer rows)."""
         shape = self.latent_shape
         dtype = self.out_dtype or (self.dataset(str(files[0])).dtype if len(files) else np.float32)
         batch = np.empty((len(starts), self.sequence_length, shape.channels, shape.height, shape.width), dtype=dtype)
+        bad = []
         for i, (rel, start) in enumerate(zip(files, starts)):
-            self.read(str(rel), int(start), out=batch[i])
-        return batch
+            try:
+                self.read(str(rel), int(start), out=batch[i])
+            except DataError as e:
+                if on_error is None:
+                    raise
+                on_error(i, str(rel), int(start), e)
+                bad.append(i)
+        return np.delete(batch, bad, axis=0) if bad else batch

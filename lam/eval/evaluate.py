@@ -213,12 +213,14 @@ class SplitBatches:
     Each file is tiled with `transition_windows`; `counted` [B, T-1] marks the transitions
     a window adds (a window moved back to the end of its file repeats some). `files` lists
     the split's files (file id i is `files[i]`). Files shorter than T are skipped with a warning.
-    `max_windows` evaluates a random (seeded) subset of the windows.
+    `max_windows` evaluates a random (seeded) subset of the windows. A window that cannot be
+    read raises its DataError, or with `skip_bad` is left out (counted in `skipped`).
     """
 
     def __init__(self, sequence_length: int, manifest: Manifest, split: str, batch_size: int,
-                 max_windows: int | None = None, device="cpu"):
+                 max_windows: int | None = None, device="cpu", skip_bad: bool = False):
         self.T, self.manifest, self.batch_size, self.device = sequence_length, manifest, batch_size, device
+        self.skip_bad, self.skipped = skip_bad, 0
         self.files, rows, too_short = [], [], []
         for rel in manifest.split_files(split):
             n = frame_count(manifest, rel)
@@ -246,7 +248,14 @@ class SplitBatches:
             for lo in range(0, len(self.windows), self.batch_size):
                 file_ids, starts, first = self.windows[lo : lo + self.batch_size].T
                 files = [self.files[i] for i in file_ids]
-                x = torch.from_numpy(reader.read_batch(files, starts)).to(self.device)
+                bad = []
+                x = torch.from_numpy(reader.read_batch(files, starts, on_error=(lambda i, *_: bad.append(i)) if self.skip_bad else None)).to(self.device)
+                if bad:
+                    keep = np.setdiff1d(np.arange(len(files)), bad)
+                    file_ids, starts, first, files = file_ids[keep], starts[keep], first[keep], [files[i] for i in keep]
+                    self.skipped += len(bad)
+                    if not len(keep):
+                        continue
                 t = starts[:, None] + np.arange(1, T)  # (B, T-1): transition j of a window is t = start + 1 + j
                 labels = np.stack([labels_by_file[f][s + 1 : s + T] for f, s in zip(files, starts)]) if has_labels else None
                 yield x, labels, file_ids, torch.from_numpy(t >= first[:, None])
@@ -255,9 +264,9 @@ class SplitBatches:
 
 
 def split_batches(sequence_length: int, manifest: Manifest, split: str, batch_size: int, max_windows: int | None = None,
-                  device="cpu") -> SplitBatches:
+                  device="cpu", skip_bad: bool = False) -> SplitBatches:
     """The split's evaluation batches; see `SplitBatches`."""
-    return SplitBatches(sequence_length, manifest, split, batch_size, max_windows, device)
+    return SplitBatches(sequence_length, manifest, split, batch_size, max_windows, device, skip_bad)
 
 
 def group_pattern(group_by: str) -> re.Pattern:

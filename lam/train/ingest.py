@@ -34,6 +34,15 @@ happen to finish) and `streaming_split` deals them out to the workers in that
 order, each to the worker that has received the fewest rows so far, ignoring
 locality. Each worker then gets the same blocks in the same order every time.
 
+Bad windows. A window that cannot be read mid-run (NaN or Inf values written after the
+manifest was made, or missed by its sampled check; damaged chunks) must not end a long
+run. With `max_bad_windows` > 0 a read task leaves it out of its block and reports it to
+the run's `BadWindows` actor; the training loop collects each epoch's reports, prints one
+warning per window (file and latent frames) and logs the count as
+`data/skipped_windows`. The read task that finds the run's (max_bad_windows + 1)-th
+distinct bad window fails the run with that window's error. With 0 the first bad window
+fails it.
+
 Why not `from_items(rows).random_shuffle().map_batches(read)`: that was the
 first version, and it delivered far fewer windows/s (bench/README.md, "What the
 benchmarks changed"). The all-to-all shuffle is a barrier (no read starts before
@@ -64,6 +73,7 @@ from lam.config import RunConfig
 from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest
 from lam.data.windows import WindowIndex, WindowReader, build_window_index
+from lam.errors import DataError
 
 # Windows per read task (at least): enough that per-task scheduling costs little next
 # to the reads (a 1 MB window takes ~0.5 ms), few enough that several tasks run at once.
@@ -84,10 +94,11 @@ def _reader(data_dir: str, sequence_length: int, dataset_key: str, shape: tuple)
     return reader
 
 
-def read_windows(rows: dict, data_dir: str, sequence_length: int, dataset_key: str, shape: tuple) -> dict:
-    """`{"file": [B], "start": [B]}` -> `{"x": [B, T, C, H, W]}` in the stored dtype."""
+def read_windows(rows: dict, data_dir: str, sequence_length: int, dataset_key: str, shape: tuple, on_error=None) -> dict:
+    """`{"file": [B], "start": [B]}` -> `{"x": [B, T, C, H, W]}` in the stored dtype; with `on_error`,
+    windows that cannot be read are reported to it and left out (see `WindowReader.read_batch`)."""
     reader = _reader(data_dir, sequence_length, dataset_key, shape)
-    return {"x": reader.read_batch(rows["file"], rows["start"])}
+    return {"x": reader.read_batch(rows["file"], rows["start"], on_error=on_error)}
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -113,11 +124,42 @@ class EpochClock:
         return self.epoch
 
 
-def _read_task(files: list[str], starts: list[int], rows_per_block: int, **read_kwargs):
-    """One read task: its windows, in order, as blocks of `rows_per_block` windows."""
+@ray.remote(num_cpus=0)
+class BadWindows:
+    """The windows of a run that could not be read: read tasks report them, the training loop
+    collects each epoch's (see the module docstring)."""
+
+    def __init__(self):
+        self.seen: set[tuple[str, int]] = set()
+        self.by_epoch: dict[int, dict[tuple[str, int], str]] = {}
+
+    def add(self, epoch: int, file: str, start: int, problem: str) -> int:
+        """Record one; returns how many distinct bad windows the run has met."""
+        self.seen.add((file, start))
+        self.by_epoch.setdefault(epoch, {})[file, start] = problem  # a retried read task reports again
+        return len(self.seen)
+
+    def take(self, epoch: int) -> list[tuple[str, int, str]]:
+        """The epoch's bad windows as (file, start frame, "PATH: problem"), in the order first met."""
+        return [(file, start, problem) for (file, start), problem in self.by_epoch.pop(epoch, {}).items()]
+
+
+def _read_task(files: list[str], starts: list[int], rows_per_block: int, epoch: int = 0,
+               bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0, **read_kwargs):
+    """One read task: its windows, in order, as blocks of `rows_per_block` windows (fewer where a
+    bad window was left out)."""
+    def skip(i: int, file: str, start: int, error: DataError) -> None:
+        total = ray.get(bad_windows.add.remote(epoch, file, start, str(error)))
+        if total > max_bad_windows:
+            raise DataError(error.path, f"{error.problem} (the run's bad window number {total}, more than "
+                                        f"--max_bad_windows {max_bad_windows}; `lam validate --full` lists them all)")
+
+    on_error = skip if bad_windows is not None and max_bad_windows > 0 else None
     for i in range(0, len(starts), rows_per_block):
         rows = {"file": files[i : i + rows_per_block], "start": starts[i : i + rows_per_block]}
-        yield BlockAccessor.batch_to_block(read_windows(rows, **read_kwargs))
+        batch = read_windows(rows, on_error=on_error, **read_kwargs)
+        if len(batch["x"]):
+            yield BlockAccessor.batch_to_block(batch)
 
 
 class WindowDatasource(Datasource):
@@ -137,10 +179,12 @@ class WindowDatasource(Datasource):
     """
 
     def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
-                 seed: int = 0, clock: ray.actor.ActorHandle | None = None):
+                 seed: int = 0, clock: ray.actor.ActorHandle | None = None,
+                 bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0):
         self.files, self.file_ids, self.starts = list(index.files), index.file_ids, index.starts
         self.shuffle, self.rows_per_block = shuffle, rows_per_block
         self.seed, self.clock = seed, clock
+        self.bad_windows, self.max_bad_windows = bad_windows, max_bad_windows
         shape = manifest.latent_shape
         self.read_kwargs = {
             "data_dir": str(manifest.data_dir),
@@ -168,27 +212,28 @@ class WindowDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         # `parallelism` is ignored: the task size follows from the block size (see __init__).
         n = len(self.starts)
-        if self.shuffle:
-            epoch = ray.get(self.clock.get.remote()) if self.clock is not None else 0
-            order = epoch_order(n, self.seed, epoch)
-        else:
-            order = np.arange(n)
+        epoch = ray.get(self.clock.get.remote()) if self.clock is not None else 0
+        order = epoch_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
+        skipping = {"epoch": epoch, "bad_windows": self.bad_windows, "max_bad_windows": self.max_bad_windows}
         tasks = []
         for first in range(0, n, self.rows_per_task):
             ids = order[first : first + self.rows_per_task]
             files = [self.files[f] for f in self.file_ids[ids]]
             starts = self.starts[ids].tolist()
-            read_fn = functools.partial(_read_task, files, starts, self.rows_per_block, **self.read_kwargs)
+            read_fn = functools.partial(_read_task, files, starts, self.rows_per_block, **skipping, **self.read_kwargs)
             metadata = BlockMetadata(num_rows=len(ids), size_bytes=len(ids) * self.window_bytes, input_files=None, exec_stats=None)
             tasks.append(ReadTask(read_fn, metadata))
         return tasks
 
 
 def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
-                   seed: int = 0, clock: ray.actor.ActorHandle | None = None) -> ray.data.Dataset:
+                   seed: int = 0, clock: ray.actor.ActorHandle | None = None,
+                   bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0) -> ray.data.Dataset:
     """A Ray dataset of windows in blocks of `rows_per_block`. With `shuffle`, every iteration
-    reads the order of the epoch that `clock` shows (epoch 0 without a clock)."""
-    source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, clock)
+    reads the order of the epoch that `clock` shows (epoch 0 without a clock). With a
+    `BadWindows` actor and `max_bad_windows` > 0, windows that cannot be read are reported
+    to it and left out; otherwise the first one fails the read."""
+    source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, clock, bad_windows, max_bad_windows)
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks)
     # Ray Data merges a task's consecutive blocks until they pass target_max_block_size
     # (128 MiB by default) and slices blocks of 1.5x it or more. Just under one block,
@@ -205,12 +250,14 @@ def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_p
     return ds
 
 
-def build_datasets(cfg: RunConfig, manifest: Manifest, clock: ray.actor.ActorHandle | None = None
-                   ) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+def build_datasets(cfg: RunConfig, manifest: Manifest, clock: ray.actor.ActorHandle | None = None,
+                   bad_windows: ray.actor.ActorHandle | None = None) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
     """The train and val datasets for a run, and their window counts.
 
     The train windows come in the order of `cfg.train.seed` and the epoch `clock` (an
     `EpochClock`) shows; whoever iterates the dataset sets the clock before each epoch.
+    Windows that cannot be read are reported to `bad_windows` (a `BadWindows`) and left out,
+    up to `cfg.train.max_bad_windows`.
     In test mode both are the same first `batch_size` windows of the train split,
     unshuffled: the spec's single-batch overfit check.
     """
@@ -221,12 +268,13 @@ def build_datasets(cfg: RunConfig, manifest: Manifest, clock: ray.actor.ActorHan
         one_batch = WindowIndex(train_index.files, train_index.file_ids[:n], train_index.starts[:n], T)
         return {"train": window_dataset(one_batch, manifest, shuffle=False, rows_per_block=n)}, {"train": n, "val": 0}
     rows_per_block = cfg.train.read_batch_size or cfg.train.batch_size // cfg.train.num_workers  # 0: one batch per block
+    skipping = {"clock": clock, "bad_windows": bad_windows, "max_bad_windows": cfg.train.max_bad_windows}
     datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_block=rows_per_block,
-                                        seed=cfg.train.seed, clock=clock)}
+                                        seed=cfg.train.seed, **skipping)}
     sizes = {"train": len(train_index), "val": 0}
     if manifest.splits.get("val"):
         val_index = build_window_index(manifest, "val", T)  # non-overlapping windows for evaluation
-        datasets["val"] = window_dataset(val_index, manifest, shuffle=False, rows_per_block=rows_per_block)
+        datasets["val"] = window_dataset(val_index, manifest, shuffle=False, rows_per_block=rows_per_block, **skipping)
         sizes["val"] = len(val_index)
     return datasets, sizes
 

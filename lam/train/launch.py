@@ -30,7 +30,7 @@ from lam.runtime.cluster import cpus_needed, init_ray
 from lam.runtime.console import route_console
 from lam.runtime.run_lock import run_lock
 from lam.runtime.run_log import resolve_wandb_mode
-from lam.train.ingest import EpochClock, build_datasets, data_config
+from lam.train.ingest import BadWindows, EpochClock, build_datasets, data_config
 from lam.train.loop import train_loop_per_worker
 
 OVERFIT_MSE, OVERFIT_MAE = 0.01, 0.05  # the spec's overfit success criterion
@@ -85,7 +85,9 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
 
     The training loop tells the train dataset which epoch it is in through an `EpochClock`
     (lam/train/ingest.py), so a restored or resumed run reads each epoch in that epoch's
-    order. The clock lives as long as this process holds the trainer.
+    order, and the datasets report the windows they could not read to a `BadWindows` actor,
+    which the loop reads at the end of each epoch. Both actors live as long as this process
+    holds the trainer.
     """
     t = cfg.train
     storage_path, run_dir, local_dir = run_dirs(cfg)
@@ -93,15 +95,15 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
 
     init_ray(min_cpus=cpus_needed(cfg))
     ray.data.DataContext.get_current().enable_progress_bars = False  # here too: a Tune trial is another process
-    epoch_clock = EpochClock.remote()
-    datasets, sizes = build_datasets(cfg, manifest, clock=epoch_clock)
+    epoch_clock, bad_windows = EpochClock.remote(), BadWindows.remote()
+    datasets, sizes = build_datasets(cfg, manifest, clock=epoch_clock, bad_windows=bad_windows)
     if verbose:
         print(f"[lam] run {t.run_name}: outputs in {run_dir}", flush=True)
 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir, "local_dir": local_dir, "sizes": sizes,
-                           "epoch_clock": epoch_clock},
+                           "epoch_clock": epoch_clock, "bad_windows": bad_windows},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
         ),

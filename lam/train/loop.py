@@ -42,6 +42,7 @@ from lam.runtime import storage
 from lam.runtime.checkpoint import STATE_FILE, save_checkpoint
 from lam.runtime.run_log import RunLogger, format_eta
 from lam.train.augment import shift_windows
+from lam.train.health import NonFiniteLoss, params_in_sync, report_bad_windows, state_is_finite
 from lam.train.metrics import MeanTracker
 from lam.train.resume import load_resume_state, new_checkpoint_name
 from lam.train.schedule import lr_multiplier
@@ -52,6 +53,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     run_dir, local_dir = loop_config["run_dir"], loop_config["local_dir"]
     sizes = loop_config["sizes"]
     epoch_clock = loop_config.get("epoch_clock")  # the train dataset reads the epoch's order from it
+    bad_windows = loop_config.get("bad_windows")  # the datasets report the windows they left out to it
     t = cfg.train
 
     # ---------------------------------------------------------------- setup
@@ -228,6 +230,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         record["ddp/params_in_sync"] = float(params_in_sync(raw_model, device))
         if val_shard is not None:
             record |= evaluate(model, val_shard, per_worker_batch, keys, device, autocast, to_device)
+        if rank == 0 and bad_windows is not None:
+            record["data/skipped_windows"] = report_bad_windows(ray.get(bad_windows.take.remote(epoch)), epoch)  # ray:
         if t.test_mode:
             record |= evaluate_batch(model, fixed_batch, keys, device, autocast)
         elif eval_manifest is not None and (epoch + 1) % t.eval_every == 0:
@@ -302,34 +306,13 @@ def evaluate_batch(model, x, keys, device, autocast) -> dict:
     return tracker.compute("overfit", keys + ["copy_last_mse"], device)
 
 
-@torch.no_grad()
-def params_in_sync(model: torch.nn.Module, device) -> bool:
-    """True when every rank holds bit-identical parameters (the DDP + codebook-revival invariant).
-
-    Buffers are left out: the quantizer's buffer of recent encoder outputs is per rank by design.
-
-    Compares a float64 fingerprint (sum and sum of squares) gathered from all ranks;
-    one small collective per epoch.
-    """
-    tensors = list(model.parameters())
-    fingerprint = torch.stack([
-        sum(t.double().sum() for t in tensors if t.is_floating_point()),
-        sum((t.double() ** 2).sum() for t in tensors if t.is_floating_point()),
-    ]).to(device)
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return True
-    gathered = [torch.empty_like(fingerprint) for _ in range(torch.distributed.get_world_size())]
-    torch.distributed.all_gather(gathered, fingerprint)
-    return all(torch.equal(g, gathered[0]) for g in gathered)
-
-
 def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 64) -> tuple[dict, list[str]]:
     """Rank 0: controllability (delta-t PSNR at horizon 1), the action ids used and, with ground-truth
     actions, NMI on up to `max_windows` val windows; and the collapse warnings of that check.
     Inference only, no collectives: the other ranks wait at report."""
     model.eval()
     with torch.no_grad():
-        acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, "val", 16, max_windows, device), keep_features=False)
+        acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, "val", 16, max_windows, device, skip_bad=True), keep_features=False)
     report = summarize(acc, cfg.model.num_actions, bootstrap=0)  # a quick look each epoch: no sampling error
     out = {"val/delta_psnr": report["delta_psnr"], "val/action_perplexity": report["codebook"]["action_perplexity"],
            "val/action_ids_used": report["action_ids_used"]}
@@ -337,15 +320,6 @@ def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 6
         out["val/nmi"] = report["ground_truth"]["nmi"]
         out["val/code_map_accuracy"] = report["ground_truth"]["code_map_accuracy"]
     return out, report["warnings"]
-
-
-@torch.no_grad()
-def state_is_finite(model: torch.nn.Module) -> bool:
-    return all(bool(torch.isfinite(v).all()) for v in model.state_dict().values() if v.is_floating_point())
-
-
-class NonFiniteLoss(RuntimeError):
-    """The loss or gradient stayed non-finite for more than `max_nonfinite_steps` steps in a row."""
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
