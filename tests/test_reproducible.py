@@ -1,5 +1,6 @@
 """Reproducible runs: a seed fixes the data order of every epoch and every number a run logs,
-straight through, after a worker restart and after a resume. Real Ray Train on the session's local Ray."""
+straight through and after a worker restart. Real Ray Train on the session's local Ray. (After a
+killed driver and the same command again: tests/test_kill.py.)"""
 
 import json
 from pathlib import Path
@@ -8,7 +9,7 @@ import pytest
 import ray
 from helpers import tiny_config
 
-from lam.train.launch import TrainingFailed, build_trainer, prepare, train
+from lam.train.launch import prepare, train
 
 # What depends on the machine's speed, not on the seed.
 TIME_KEYS = {"time", "train/samples_per_s", "train/steady_samples_per_s", "train/data_wait_s"}
@@ -67,37 +68,6 @@ def test_each_epoch_reads_the_order_of_its_seed_and_epoch(ray_session, tiny_data
     assert read[0, 0] != read[0, 1]  # a new order every epoch
     assert read[0, 0] != read[1, 0] and read[0, 1] != read[1, 1]  # another seed, other orders
     assert sorted(read[0, 0]) == sorted(read[1, 0]) == sorted(tags)  # every window once
-
-
-@pytest.mark.slow
-def test_one_worker_repeats_bit_for_bit_straight_through_or_stopped_and_resumed(ray_session, tiny_data, tmp_path, monkeypatch):
-    from lam.train import ingest
-
-    monkeypatch.setattr(ingest, "WINDOWS_PER_READ_TASK", 2)  # read tasks of one batch: they may finish in any order
-    # 2 train files x 4 windows / batch 4: 2 steps per epoch; step 5 is in epoch 3.
-    def config(run_name, **overrides):
-        # dead_code_steps 2: VQ's revival (its own generator, its counters in the checkpoint) runs too
-        return tiny_config(tiny_data, tmp_path, num_epochs=4, keep_best=4, dead_code_steps=2, run_name=run_name, **overrides)
-
-    cfg = config("straight")
-    manifest = prepare(cfg)
-    trainer, run_dir, _ = build_trainer(cfg, manifest, verbose=False)
-    result = trainer.fit()
-    straight = logged_numbers(run_dir)
-    assert [r["epoch"] for r in straight] == [1, 2, 3, 4]
-    # the loop told the dataset every epoch, the last one last
-    assert ray.get(trainer.train_loop_config["epoch_clock"].get.remote()) == 3
-
-    # The same config again, stopped in epoch 3 (after the epoch-2 checkpoint)...
-    with pytest.raises(TrainingFailed, match="injected fault at step 5"):
-        train(config("stopped", inject_fault_at_step=5, max_failures=0), verbose=False)
-    assert logged_numbers(tmp_path / "stopped") == straight[:2]
-    assert_same_weights(weights(tmp_path / "stopped" / "checkpoint_epoch0002"), weights(Path(run_dir) / "checkpoint_epoch0002"))
-
-    # ...and resumed by the same command: epochs 3 and 4 as if it had never stopped.
-    resumed = train(config("stopped", inject_fault_at_step=5, max_failures=0), verbose=False)
-    assert logged_numbers(resumed.run_dir) == straight
-    assert_same_weights(weights(resumed.checkpoint_path), weights(result.checkpoint.path))
 
 
 @pytest.mark.slow

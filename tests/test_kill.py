@@ -1,0 +1,128 @@
+"""Killed processes, for real: `kill -9` of the `lam train` driver, then the same command again;
+`kill -9` of a Ray Train worker with --max_failures 1. Either way the run ends as if nothing had
+happened: every epoch logged once, the same numbers and weights as a run never interrupted.
+
+The runs are `lam train` processes joined to a head this module starts (`ray start --head` on
+127.0.0.1, token auth on), so a killed driver leaves its Ray processes to the head to clean up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from ray_head import RayHead
+
+pytestmark = pytest.mark.slow
+
+# What depends on the machine's speed, not on the seed.
+TIME_KEYS = {"time", "train/samples_per_s", "train/steady_samples_per_s", "train/data_wait_s"}
+EPOCHS = 10
+
+
+@pytest.fixture(scope="module")
+def head():
+    with RayHead(num_cpus=4) as h:
+        yield h
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory):
+    return tmp_path_factory.mktemp("kill_runs")
+
+
+def lam_train(tiny_data, storage, run_name: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "lam", "train", "--recipe", "tiny", "--data_dir", str(tiny_data),
+            "--storage_path", str(storage), "--run_name", run_name, "--num_epochs", str(EPOCHS),
+            "--eval_every", "0", "--seed", "3", *flags]
+
+
+def run(cmd: list[str], head) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def logged_numbers(run_dir: Path) -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k not in TIME_KEYS} for line in lines]
+
+
+def final_weights(run_dir: Path) -> dict:
+    import torch
+
+    return torch.load(run_dir / f"checkpoint_epoch{EPOCHS:04d}" / "state.pt", weights_only=True)["model"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    import torch
+
+    numbers_a, numbers_b = logged_numbers(a), logged_numbers(b)
+    assert [r["epoch"] for r in numbers_b] == list(range(1, EPOCHS + 1))  # every epoch once
+    assert numbers_a == numbers_b
+    weights_a, weights_b = final_weights(a), final_weights(b)
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+@pytest.fixture(scope="module")
+def straight(head, tiny_data, storage) -> Path:
+    """The run never interrupted."""
+    run(lam_train(tiny_data, storage, "straight"), head)
+    return storage / "straight"
+
+
+def wait_for_checkpoint(run_dir: Path, epochs_done: int, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the checkpoint after `epochs_done` epochs is in the run directory; the run still going."""
+    state = run_dir / f"checkpoint_epoch{epochs_done:04d}" / "state.pt"
+    deadline = time.time() + timeout
+    while not state.is_file():
+        assert proc.poll() is None, f"lam train ended early: {proc.communicate()[1][-3000:]}"
+        assert time.time() < deadline, f"no {state} after {timeout} s"
+        time.sleep(0.02)
+
+
+def test_a_killed_driver_resumes_with_the_same_command_as_if_never_stopped(head, tiny_data, storage, straight):
+    cmd = lam_train(tiny_data, storage, "driver_killed")
+    run_dir = storage / "driver_killed"
+    proc = subprocess.Popen(cmd, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(run_dir, 3, proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / f"checkpoint_epoch{EPOCHS:04d}").exists()  # killed before the end
+
+    again = run(cmd, head)
+    assert "[lam] resumed driver_killed from checkpoint_epoch" in again.stdout
+    assert_same_run(straight, run_dir)
+
+
+def ray_train_workers(head) -> list[int]:
+    """The pids of the head's Ray Train worker processes (not those of any other Ray on this machine)."""
+    found = []
+    for pid in head.pids():
+        try:
+            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return found
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint_with_max_failures(head, tiny_data, storage, straight):
+    run_dir = storage / "worker_killed"
+    proc = subprocess.Popen(lam_train(tiny_data, storage, "worker_killed", "--max_failures", "1"), env=head.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(run_dir, 3, proc)
+    workers = ray_train_workers(head)
+    assert len(workers) == 1
+    os.kill(workers[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "[lam] resumed worker_killed from checkpoint_epoch" in out
+    assert_same_run(straight, run_dir)
