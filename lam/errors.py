@@ -12,3 +12,6 @@ class DataError(UserError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+    def __reduce__(self):  # pickled as its parts, so a copy in another process reads the same
+        return type(self), (self.path, self.problem)

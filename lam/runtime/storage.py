@@ -20,8 +20,12 @@ class StorageFull(UserError):
     """A write found no space left; the message names the path."""
 
     def __init__(self, path, detail: str = ""):
+        self.path, self.detail = str(path), detail
         super().__init__(f"{path}: no space left on device{detail}; free some space (or pass another --storage_path) "
                          "and run the same command again: it resumes from the last checkpoint")
+
+    def __reduce__(self):  # pickled as its parts (Ray sends it between processes), not as the message
+        return type(self), (self.path, self.detail)
 
 
 def is_no_space(error: BaseException) -> bool:
