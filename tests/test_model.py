@@ -22,12 +22,12 @@ SPEC_METRICS = {
     "loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity",
 }
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
-# the whitening and the motion moments on.
+# the whitening, the motion moments and the (opt-in) label head on.
 PARTS = [
-    dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras, motion_moments=extras)
+    dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras, motion_moments=extras, label_classes=3 if extras else 0)
     for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
 ]
-PART_IDS = [f"{p['stem']}-{p['action_head']}-{p['quantizer']}{'-whiten-moments' if p['whiten'] else ''}" for p in PARTS]
+PART_IDS = [f"{p['stem']}-{p['action_head']}-{p['quantizer']}{'-whiten-moments-labels' if p['whiten'] else ''}" for p in PARTS]
 every_combination = pytest.mark.parametrize("parts", PARTS, ids=PART_IDS)
 
 

@@ -25,7 +25,8 @@ def epoch_records(run_dir) -> list[dict]:
 
 @pytest.mark.slow
 def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, tmp_path, capfd):
-    cfg = tiny_config(tiny_data, tmp_path, num_workers=2, num_epochs=4, wandb_mode="offline")
+    # with the opt-in label head on half the train files: DDP with labelled and unlabelled batches
+    cfg = tiny_config(tiny_data, tmp_path, num_workers=2, num_epochs=4, wandb_mode="offline", label_fraction=0.5)
     cfg.model.use_rollout, cfg.model.rollout_horizon = True, 2
     cfg.train.run_name = "ddp"
     out = train(cfg, verbose=False)
@@ -34,9 +35,10 @@ def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, 
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["train/mse_loss"] < records[0]["train/mse_loss"]
     assert all(r["ddp/params_in_sync"] == 1.0 for r in records)  # identical parameters on both ranks
-    for key in SPEC_METRICS + ["train/rollout_loss", "train/perplexity", "train/samples_per_s"]:
+    for key in SPEC_METRICS + ["train/rollout_loss", "train/perplexity", "train/samples_per_s", "train/label_loss", "train/label_accuracy"]:
         assert key in records[-1], key
         assert math.isfinite(records[-1][key])
+    assert records[-1]["train/label_loss"] > 0 and "val/label_loss" not in records[-1]  # val files lend no labels
     # checkpoints: the best 3 by val loss plus the latest, each complete
     ckpts = sorted(Path(out.run_dir).glob("checkpoint_epoch*"))
     assert 1 <= len(ckpts) <= 4 and Path(out.checkpoint_path).name == "checkpoint_epoch0004"

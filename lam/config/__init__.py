@@ -99,6 +99,8 @@ class ModelConfig:
     rollout_horizon: int = option(2, "frames predicted by the rollout loss")
     rollout_weight: float = option(1.0, "weight of the rollout loss")
     max_frames: int = option(64, "longest window the model accepts (length of its temporal position table)")
+    label_classes: int = option(0, "true-action classes of the optional label head on the action vector (0: no head; --label_fraction sets it from the data)")
+    label_weight: float = option(1.0, "weight of the label head's cross-entropy (only with label_classes > 0)")
 
     @property
     def num_patches(self) -> int:
@@ -136,7 +138,9 @@ class ModelConfig:
             raise ValueError(f"model.num_embeddings must be >= 2 with the fsq quantizer, got {self.num_embeddings}")
         if not self.mlp_ratio > 0:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
-        for name in ("commitment_weight", "noise_std", "kl_weight", "change_weight", "rollout_weight"):
+        if not isinstance(self.label_classes, int) or self.label_classes < 0:
+            raise ValueError(f"model.label_classes must be >= 0, got {self.label_classes!r}")
+        for name in ("commitment_weight", "noise_std", "kl_weight", "change_weight", "rollout_weight", "label_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.kmeans_samples, int) or self.kmeans_samples < self.num_embeddings:
@@ -189,6 +193,7 @@ class RunConfig:
             (t.wandb_mode in ("online", "offline", "disabled", "auto"), f"wandb_mode must be online, offline, disabled or auto, got {t.wandb_mode!r}"),
             (d.sequence_length >= 2, f"sequence_length must be >= 2, got {d.sequence_length}"),
             (d.sequence_length <= self.model.max_frames, f"sequence_length {d.sequence_length} exceeds model max_frames {self.model.max_frames}"),
+            (0 <= t.label_fraction <= 1, f"label_fraction must be in 0..1, got {t.label_fraction}"),
             (t.batch_size >= t.num_workers, f"batch_size {t.batch_size} must be >= num_workers {t.num_workers} (it is split across workers)"),
         ]
         for ok, message in checks:

@@ -167,3 +167,12 @@ def _chunk_rows(n_chunks: int, values: str, sample_chunks: int) -> list[slice]:
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text[:200]
+
+
+def true_actions(path: str | os.PathLike) -> np.ndarray | None:
+    """A file's ground-truth action per latent frame (its `actions` dataset, flattened `[N, 2]` ->
+    `[2N]`), or None when it has none. Read only by evaluation and the opt-in label head."""
+    with h5py.File(path, "r") as f:
+        if "actions" not in f:
+            return None
+        return np.asarray(f["actions"][()]).reshape(-1).astype(np.int64)

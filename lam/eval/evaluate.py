@@ -36,6 +36,7 @@ import h5py
 import numpy as np
 import torch
 
+from lam.data.h5 import true_actions
 from lam.data.manifest import Manifest, load_manifest
 from lam.data.windows import WindowReader, frame_count
 from lam.errors import UserError
@@ -49,14 +50,6 @@ from lam.model import LatentActionModel
 from lam.runtime.checkpoint import load_model
 
 TILING = "every transition once: windows of T frames that share one frame"
-
-
-def true_actions(path: str | Path) -> np.ndarray | None:
-    """A file's ground-truth action per latent frame (flattened `[N, 2]` -> `[2N]`), or None."""
-    with h5py.File(path, "r") as f:
-        if "actions" not in f:
-            return None
-        return np.asarray(f["actions"][()]).reshape(-1).astype(np.int64)
 
 
 def action_names(path: str | Path) -> list[str] | None:

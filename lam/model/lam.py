@@ -75,6 +75,10 @@ class LatentActionModel(nn.Module):
         self.whiten = Whitening(cfg.num_codes, code_dim) if cfg.whiten else None
         self.decoder = LatentActionDecoder(cfg, code_dim)
         self.out_adapter = LAMtoVVAEAdapter(cfg.in_channels, **adapter_kw)
+        # Opt-in, not unsupervised: true actions of a few files train a linear map from the action
+        # vector to them (a few labels steer what the action codes carry). Registered last, so
+        # the parameter order of models without it stays as it was.
+        self.label_head = nn.Linear(cfg.num_codes * code_dim, cfg.label_classes) if cfg.label_classes else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -91,6 +95,7 @@ class LatentActionModel(nn.Module):
         `vq_loss` is everything the bottleneck adds to the loss (its terms, weighted, and the
         whitening penalty); the quantizer's own terms follow under their names."""
         names = ["loss", "mse_loss", "mae_loss", "vq_loss", *self.quantizer.loss_names, "codebook_usage", "perplexity"]
+        names += ["label_loss", "label_accuracy"] if self.label_head is not None else []
         return names + (["rollout_loss"] if self.config.use_rollout else [])
 
     def after_optimizer_step(self) -> None:
@@ -146,8 +151,9 @@ class LatentActionModel(nn.Module):
         return torch.stack(preds, dim=1)
 
     # ------------------------------------------------------------- training
-    def forward(self, x: torch.Tensor) -> LAMOutput:
-        """x: (B, T, C, H, W) window of latent frames."""
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LAMOutput:
+        """x: (B, T, C, H, W) window of latent frames. labels (with a label head only): (B, T-1)
+        true action of each transition, -1 where unknown; None: all unknown."""
         self._check_frames(x)
         cfg = self.config
         t = x.shape[1]
@@ -183,6 +189,10 @@ class LatentActionModel(nn.Module):
             rollout_loss = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
             loss = loss + cfg.rollout_weight * rollout_loss
             metrics["rollout_loss"] = rollout_loss
+        if self.label_head is not None:
+            label_loss, label_accuracy = self._label_terms(q.quantized, labels)
+            loss = loss + cfg.label_weight * label_loss
+            metrics |= {"label_loss": label_loss, "label_accuracy": label_accuracy}
         metrics["loss"] = loss
         return LAMOutput(
             predictions=pred,
@@ -190,6 +200,20 @@ class LatentActionModel(nn.Module):
             loss=loss,
             metrics={k: v.detach().float() for k, v in metrics.items()},
         )
+
+    def _label_terms(self, actions: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cross-entropy and accuracy of the label head over the transitions with a known label
+        (both 0 when there is none). The head runs on every batch, labelled or not, so under DDP
+        every rank uses its parameters in every step."""
+        logits = self.label_head(actions.flatten(2).float())  # (B, T-1, classes)
+        if labels is None:
+            labels = torch.full(logits.shape[:2], -1, dtype=torch.long, device=logits.device)
+        known = labels >= 0
+        count = known.sum().clamp_min(1)
+        ce = F.cross_entropy(logits.flatten(0, 1), labels.clamp_min(0).flatten(), reduction="none")
+        loss = (ce * known.flatten()).sum() / count
+        accuracy = ((logits.argmax(-1) == labels) & known).sum() / count
+        return loss, accuracy.float()
 
     def _change_weighted(self, err: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Squared error weighted towards what changed: w = 1 + change_weight * |x_t - x_t-1| / its

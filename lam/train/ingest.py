@@ -74,6 +74,7 @@ from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest
 from lam.data.windows import WindowIndex, WindowReader, build_window_index
 from lam.errors import DataError
+from lam.train.labels import labelled_files, window_labels
 
 # Windows per read task (at least): enough that per-task scheduling costs little next
 # to the reads (a 1 MB window takes ~0.5 ms), few enough that several tasks run at once.
@@ -145,21 +146,34 @@ class BadWindows:
 
 
 def _read_task(files: list[str], starts: list[int], rows_per_block: int, epoch: int = 0,
-               bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0, **read_kwargs):
+               bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
+               labelled: frozenset[str] | None = None, **read_kwargs):
     """One read task: its windows, in order, as blocks of `rows_per_block` windows (fewer where a
-    bad window was left out)."""
+    bad window was left out); with `labelled` files (the opt-in label head), each block also
+    holds the windows' true actions, `labels` [B, T-1], -1 outside those files."""
     def skip(i: int, file: str, start: int, error: DataError) -> None:
         total = ray.get(bad_windows.add.remote(epoch, file, start, str(error)))
         if total > max_bad_windows:
             raise DataError(error.path, f"{error.problem} (the run's bad window number {total}, more than "
                                         f"--max_bad_windows {max_bad_windows}; `lam validate --full` lists them all)")
 
-    on_error = skip if bad_windows is not None and max_bad_windows > 0 else None
+    skipping = bad_windows is not None and max_bad_windows > 0
     for i in range(0, len(starts), rows_per_block):
         rows = {"file": files[i : i + rows_per_block], "start": starts[i : i + rows_per_block]}
-        batch = read_windows(rows, on_error=on_error, **read_kwargs)
-        if len(batch["x"]):
-            yield BlockAccessor.batch_to_block(batch)
+        left_out = []
+
+        def leave_out(j: int, file: str, start: int, error: DataError) -> None:
+            skip(j, file, start, error)
+            left_out.append(j)
+
+        batch = read_windows(rows, on_error=leave_out if skipping else None, **read_kwargs)
+        if not len(batch["x"]):
+            continue
+        if labelled is not None:
+            kept = [j for j in range(len(rows["start"])) if j not in left_out]
+            batch["labels"] = window_labels([rows["file"][j] for j in kept], [rows["start"][j] for j in kept],
+                                            read_kwargs["sequence_length"], labelled, read_kwargs["data_dir"])
+        yield BlockAccessor.batch_to_block(batch)
 
 
 class WindowDatasource(Datasource):
@@ -180,11 +194,12 @@ class WindowDatasource(Datasource):
 
     def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
                  seed: int = 0, clock: ray.actor.ActorHandle | None = None,
-                 bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0):
+                 bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
+                 labelled: frozenset[str] | None = None):
         self.files, self.file_ids, self.starts = list(index.files), index.file_ids, index.starts
         self.shuffle, self.rows_per_block = shuffle, rows_per_block
         self.seed, self.clock = seed, clock
-        self.bad_windows, self.max_bad_windows = bad_windows, max_bad_windows
+        self.bad_windows, self.max_bad_windows, self.labelled = bad_windows, max_bad_windows, labelled
         shape = manifest.latent_shape
         self.read_kwargs = {
             "data_dir": str(manifest.data_dir),
@@ -214,7 +229,7 @@ class WindowDatasource(Datasource):
         n = len(self.starts)
         epoch = ray.get(self.clock.get.remote()) if self.clock is not None else 0
         order = epoch_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
-        skipping = {"epoch": epoch, "bad_windows": self.bad_windows, "max_bad_windows": self.max_bad_windows}
+        skipping = {"epoch": epoch, "bad_windows": self.bad_windows, "max_bad_windows": self.max_bad_windows, "labelled": self.labelled}
         tasks = []
         for first in range(0, n, self.rows_per_task):
             ids = order[first : first + self.rows_per_task]
@@ -228,12 +243,14 @@ class WindowDatasource(Datasource):
 
 def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
                    seed: int = 0, clock: ray.actor.ActorHandle | None = None,
-                   bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0) -> ray.data.Dataset:
+                   bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
+                   labelled: frozenset[str] | None = None) -> ray.data.Dataset:
     """A Ray dataset of windows in blocks of `rows_per_block`. With `shuffle`, every iteration
     reads the order of the epoch that `clock` shows (epoch 0 without a clock). With a
     `BadWindows` actor and `max_bad_windows` > 0, windows that cannot be read are reported
-    to it and left out; otherwise the first one fails the read."""
-    source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, clock, bad_windows, max_bad_windows)
+    to it and left out; otherwise the first one fails the read. With `labelled` files, blocks
+    carry the windows' true actions too (`lam.train.labels`)."""
+    source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, clock, bad_windows, max_bad_windows, labelled)
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks)
     # Ray Data merges a task's consecutive blocks until they pass target_max_block_size
     # (128 MiB by default) and slices blocks of 1.5x it or more. Just under one block,
@@ -269,8 +286,9 @@ def build_datasets(cfg: RunConfig, manifest: Manifest, clock: ray.actor.ActorHan
         return {"train": window_dataset(one_batch, manifest, shuffle=False, rows_per_block=n)}, {"train": n, "val": 0}
     rows_per_block = cfg.train.read_batch_size or cfg.train.batch_size // cfg.train.num_workers  # 0: one batch per block
     skipping = {"clock": clock, "bad_windows": bad_windows, "max_bad_windows": cfg.train.max_bad_windows}
+    labelled = labelled_files(manifest, cfg.train.label_fraction, cfg.train.seed)  # train files only
     datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_block=rows_per_block,
-                                        seed=cfg.train.seed, **skipping)}
+                                        seed=cfg.train.seed, labelled=frozenset(labelled) if labelled else None, **skipping)}
     sizes = {"train": len(train_index), "val": 0}
     if manifest.splits.get("val"):
         val_index = build_window_index(manifest, "val", T)  # non-overlapping windows for evaluation

@@ -31,6 +31,7 @@ from lam.runtime.console import route_console
 from lam.runtime.run_lock import run_lock
 from lam.runtime.run_log import resolve_wandb_mode
 from lam.train.ingest import BadWindows, EpochClock, build_datasets, data_config
+from lam.train.labels import label_fraction_note, resolve_label_classes
 from lam.train.loop import train_loop_per_worker
 
 OVERFIT_MSE, OVERFIT_MAE = 0.01, 0.05  # the spec's overfit success criterion
@@ -91,6 +92,7 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     """
     t = cfg.train
     storage_path, run_dir, local_dir = run_dirs(cfg)
+    labelled = resolve_label_classes(cfg, manifest)  # the opt-in label head: its classes, from the data
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
 
     init_ray(min_cpus=cpus_needed(cfg))
@@ -99,6 +101,8 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     datasets, sizes = build_datasets(cfg, manifest, clock=epoch_clock, bad_windows=bad_windows)
     if verbose:
         print(f"[lam] run {t.run_name}: outputs in {run_dir}", flush=True)
+        if labelled:
+            print(label_fraction_note(cfg, labelled, len(manifest.split_files("train"))), flush=True)
 
     trainer = TorchTrainer(
         train_loop_per_worker,

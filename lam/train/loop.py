@@ -123,7 +123,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     buffers = list(raw_model.buffers())
 
-    def train_step(x: torch.Tensor) -> tuple[dict, torch.Tensor, bool]:
+    def train_step(x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, bool]:
         """One optimisation step; returns its metrics, the gradient norm and whether it was
         applied. A step whose loss or gradient is not finite is skipped: no optimizer update,
         and the buffers that its forward changed (whitening statistics, VQ bookkeeping) are put
@@ -134,7 +134,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         x = shift_windows(x, t.augment_shift)
         saved = [b.detach().clone() for b in buffers]
         with autocast:
-            out = model(x)
+            out = model(x) if labels is None else model(x, labels)
         optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)  # pre-clip norm
@@ -184,7 +184,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         for batch in batches:
             data_wait += time.perf_counter() - wait_start
             x = batch["x"] if t.test_mode else to_device(batch)
-            metrics, grad_norm, applied = train_step(x)
+            labels = batch["labels"].to(device, non_blocking=True) if "labels" in batch else None  # the opt-in label head
+            metrics, grad_norm, applied = train_step(x, labels)
             step += 1
             samples += x.shape[0] * world
             if steady_start is None:
@@ -229,7 +230,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         record["epoch"] = epoch + 1
         record["ddp/params_in_sync"] = float(params_in_sync(raw_model, device))
         if val_shard is not None:
-            record |= evaluate(model, val_shard, per_worker_batch, keys, device, autocast, to_device)
+            val_keys = [k for k in keys if not k.startswith("label_")]  # val files are never read for labels
+            record |= evaluate(model, val_shard, per_worker_batch, val_keys, device, autocast, to_device)
         if rank == 0 and bad_windows is not None:
             record["data/skipped_windows"] = report_bad_windows(ray.get(bad_windows.take.remote(epoch)), epoch)  # ray:
         if t.test_mode:
