@@ -1,7 +1,7 @@
 """The benchmark suite: ingest, training step, MFU, scaling; each figure next to its baseline.
 
     python -m bench                         # full suite (a few minutes on 2 CPU cores), writes bench/results.json
-    python -m bench --quick                 # tiny sizes, no torch.compile: checks the suite itself (~1 min)
+    python -m bench --quick                 # tiny sizes, fp32 only, no torch.compile: checks the suite itself
     python -m bench --no-compile            # skip the torch.compile rows (on CPU they compile C++ for minutes)
     python -m bench --model spec            # the spec's model (for GPUs; many seconds a step on 2 CPU cores)
     python -m bench --sections ingest,train # a subset: ingest, train (includes MFU), scaling
@@ -182,7 +182,7 @@ def run_train(args, s: dict, workdir: Path, cfg, batches) -> dict:
     z = s["train"]
     # One worker gets the bare loop's threads: Ray sets a worker's torch threads to its CPUs.
     cpus = 1 if args.device.type == "cuda" else args.threads
-    precisions = ["fp32", "bf16"]
+    precisions = ["fp32"] if args.quick else ["fp32", "bf16"]  # --quick checks the suite, not bf16
     compiles = [False] + ([True] if args.compile else [])
     rows = []
     for compile_ in compiles:

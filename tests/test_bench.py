@@ -46,7 +46,7 @@ def test_quick_suite_writes_a_sane_report(tmp_path):
     assert set(ingest["targets"]) == set(ingest["ratios"])
 
     train = report["train"]
-    assert {(r["precision"], r["compile"]) for r in train["rows"]} == {("fp32", False), ("bf16", False)}
+    assert {(r["precision"], r["compile"]) for r in train["rows"]} == {("fp32", False)}  # --quick: no bf16, no compile
     for row in train["rows"]:
         assert positive(row["bare"]["samples_per_s"]) and positive(row["ray_train"]["samples_per_s"])
         assert positive(row["ray_vs_bare"])

@@ -1,6 +1,6 @@
-"""Killed processes, for real: `kill -9` of the `lam train` driver, then the same command again;
-`kill -9` of a Ray Train worker with --max_failures 1. Either way the run ends as if nothing had
-happened: every epoch logged once, the same numbers and weights as a run never interrupted.
+"""Killed processes, for real: `kill -9` of a Ray Train worker with --max_failures 1, then `kill -9`
+of the `lam train` driver and the same command again. The run ends as if nothing had happened:
+every epoch logged once, the same numbers and weights as a run never interrupted.
 
 The runs are `lam train` processes joined to a head this module starts (`ray start --head` on
 127.0.0.1, token auth on), so a killed driver leaves its Ray processes to the head to clean up.
@@ -87,21 +87,6 @@ def wait_for_checkpoint(run_dir: Path, epochs_done: int, proc: subprocess.Popen,
         time.sleep(0.02)
 
 
-def test_a_killed_driver_resumes_with_the_same_command_as_if_never_stopped(head, tiny_data, storage, straight):
-    cmd = lam_train(tiny_data, storage, "driver_killed")
-    run_dir = storage / "driver_killed"
-    proc = subprocess.Popen(cmd, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(run_dir, 3, proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (run_dir / f"checkpoint_epoch{EPOCHS:04d}").exists()  # killed before the end
-
-    again = run(cmd, head)
-    assert "[lam] resumed driver_killed from checkpoint_epoch" in again.stdout
-    assert_same_run(straight, run_dir)
-
-
 def ray_train_workers(head) -> list[int]:
     """The pids of the head's Ray Train worker processes (not those of any other Ray on this machine)."""
     found = []
@@ -114,15 +99,31 @@ def ray_train_workers(head) -> list[int]:
     return found
 
 
-def test_a_killed_worker_is_restarted_from_the_last_checkpoint_with_max_failures(head, tiny_data, storage, straight):
-    run_dir = storage / "worker_killed"
-    proc = subprocess.Popen(lam_train(tiny_data, storage, "worker_killed", "--max_failures", "1"), env=head.env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for_checkpoint(run_dir, 3, proc)
-    workers = ray_train_workers(head)
-    assert len(workers) == 1
-    os.kill(workers[0], signal.SIGKILL)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    assert "[lam] resumed worker_killed from checkpoint_epoch" in out
+def test_a_killed_worker_then_a_killed_driver_end_as_if_never_stopped(head, tiny_data, storage, straight):
+    """One run meets both: its worker is killed (--max_failures 1: Ray Train restarts it from the
+    last checkpoint within the same command), later its driver (the same command again resumes)."""
+    cmd = lam_train(tiny_data, storage, "killed", "--max_failures", "1")
+    run_dir = storage / "killed"
+    proc = subprocess.Popen(cmd, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_checkpoint(run_dir, 3, proc)
+        workers = ray_train_workers(head)
+        assert len(workers) == 1
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.time() + 120
+        while not [pid for pid in ray_train_workers(head) if pid != workers[0]]:  # a new worker: it restarted
+            assert proc.poll() is None and time.time() < deadline, "the run did not restart its worker"
+            time.sleep(0.1)
+
+        wait_for_checkpoint(run_dir, 7, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (run_dir / f"checkpoint_epoch{EPOCHS:04d}").exists()  # killed before the end
+
+    again = run(cmd, head)
+    assert "[lam] resumed killed from checkpoint_epoch" in again.stdout
     assert_same_run(straight, run_dir)
