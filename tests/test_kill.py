@@ -2,8 +2,8 @@
 of the `lam train` driver and the same command again. The run ends as if nothing had happened:
 every epoch logged once, the same numbers and weights as a run never interrupted.
 
-The runs are `lam train` processes joined to a head this module starts (`ray start --head` on
-127.0.0.1, token auth on), so a killed driver leaves its Ray processes to the head to clean up.
+The runs are `lam train` processes joined to the session's local Ray (127.0.0.1, token auth on),
+so a killed driver leaves its Ray processes to that cluster to clean up.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-from ray_head import RayHead
 
 pytestmark = pytest.mark.slow
 
@@ -27,9 +26,9 @@ EPOCHS = 10
 
 
 @pytest.fixture(scope="module")
-def head():
-    with RayHead(num_cpus=4) as h:
-        yield h
+def env(ray_session) -> dict:
+    """The environment of a `lam` process that joins the session's Ray."""
+    return dict(os.environ, RAY_ADDRESS=ray_session.get_runtime_context().gcs_address, RAY_AUTH_MODE="token")
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +42,8 @@ def lam_train(tiny_data, storage, run_name: str, *flags: str) -> list[str]:
             "--eval_every", "0", "--seed", "3", *flags]
 
 
-def run(cmd: list[str], head) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, env=head.env, capture_output=True, text=True, timeout=600)
+def run(cmd: list[str], env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -71,9 +70,9 @@ def assert_same_run(a: Path, b: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(head, tiny_data, storage) -> Path:
+def straight(env, tiny_data, storage) -> Path:
     """The run never interrupted."""
-    run(lam_train(tiny_data, storage, "straight"), head)
+    run(lam_train(tiny_data, storage, "straight"), env)
     return storage / "straight"
 
 
@@ -87,31 +86,47 @@ def wait_for_checkpoint(run_dir: Path, epochs_done: int, proc: subprocess.Popen,
         time.sleep(0.02)
 
 
-def ray_train_workers(head) -> list[int]:
-    """The pids of the head's Ray Train worker processes (not those of any other Ray on this machine)."""
-    found = []
-    for pid in head.pids():
+def ray_train_workers() -> list[int]:
+    """The pids of the Ray Train worker processes of the session's Ray: those among this process's
+    descendants (the local Ray's raylet is its child), not those of any other Ray on this machine."""
+    parent = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parent[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):  # gone meanwhile
+            continue
+
+    def descends_from_us(pid: int) -> bool:
+        while pid > 1:
+            pid = parent.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    found = []
+    for pid in parent:
+        try:
+            if b"RayTrainWorker" in Path(f"/proc/{pid}/cmdline").read_bytes() and descends_from_us(pid):
                 found.append(pid)
-        except OSError:  # gone meanwhile
+        except OSError:
             continue
     return found
 
 
-def test_a_killed_worker_then_a_killed_driver_end_as_if_never_stopped(head, tiny_data, storage, straight):
+def test_a_killed_worker_then_a_killed_driver_end_as_if_never_stopped(env, tiny_data, storage, straight):
     """One run meets both: its worker is killed (--max_failures 1: Ray Train restarts it from the
     last checkpoint within the same command), later its driver (the same command again resumes)."""
     cmd = lam_train(tiny_data, storage, "killed", "--max_failures", "1")
     run_dir = storage / "killed"
-    proc = subprocess.Popen(cmd, env=head.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for_checkpoint(run_dir, 3, proc)
-        workers = ray_train_workers(head)
+        workers = ray_train_workers()
         assert len(workers) == 1
         os.kill(workers[0], signal.SIGKILL)
         deadline = time.time() + 120
-        while not [pid for pid in ray_train_workers(head) if pid != workers[0]]:  # a new worker: it restarted
+        while not [pid for pid in ray_train_workers() if pid != workers[0]]:  # a new worker: it restarted
             assert proc.poll() is None and time.time() < deadline, "the run did not restart its worker"
             time.sleep(0.1)
 
@@ -124,6 +139,6 @@ def test_a_killed_worker_then_a_killed_driver_end_as_if_never_stopped(head, tiny
     assert proc.returncode == -signal.SIGKILL
     assert not (run_dir / f"checkpoint_epoch{EPOCHS:04d}").exists()  # killed before the end
 
-    again = run(cmd, head)
+    again = run(cmd, env)
     assert "[lam] resumed killed from checkpoint_epoch" in again.stdout
     assert_same_run(straight, run_dir)

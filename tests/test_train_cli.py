@@ -4,8 +4,8 @@ import pytest
 
 from lam.cli import main
 
-TINY_FLAGS = ["--sequence_length", "3", "--patch_grid", "8", "--patch_dim", "256", "--embed_dim", "96", "--num_heads", "4",
-              "--encoder_depth", "2", "--decoder_depth", "2", "--codebook_dim", "32", "--num_embeddings", "8",
+TINY_FLAGS = ["--sequence_length", "3", "--patch_grid", "8", "--patch_dim", "128", "--embed_dim", "64", "--num_heads", "4",
+              "--encoder_depth", "1", "--decoder_depth", "1", "--codebook_dim", "32", "--num_embeddings", "8",
               "--warmup_steps", "10", "--wandb_mode", "disabled", "--log_every", "100"]
 
 
@@ -22,7 +22,7 @@ def overfit_data(tmp_path_factory):
 
 @pytest.mark.slow
 def test_test_mode_passes_on_a_small_model(ray_session, overfit_data, tmp_path, capsys):
-    # The spec's command, with a small model so it runs in about a minute on 2 cores.
+    # The spec's overfit check through its own command (`lam train --test_mode`), with a small model.
     code = main(["train", "--data_dir", str(overfit_data), "--manifest_path", str(overfit_data / "manifest.json"), "--test_mode",
                  "--num_epochs", "300", "--batch_size", "4", "--learning_rate", "2e-3", "--storage_path", str(tmp_path), *TINY_FLAGS])
     out = capsys.readouterr().out

@@ -197,8 +197,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     storage = tmp_path / "runs"
     base = tmp_path / "base.yaml"
     base.write_text(dump_yaml(base_config(tiny_data, storage)))
-    space = write_space(tmp_path, {"learning_rate": {"grid": [3e-3, 2e-3, 1e-3]}})
-    # No ASHA stops (grace = max_epochs), one trial at a time: the first two finish, then Ctrl-C.
+    space = write_space(tmp_path, {"learning_rate": {"grid": [3e-3, 1e-3]}})
+    # No ASHA stops (grace = max_epochs), one trial at a time: the first finishes, then Ctrl-C.
     args = ["tune", "--config", str(base), "--search_space", space, "--name", "resumable",
             "--max_epochs", "2", "--grace_period", "2", "--max_concurrent_trials", "1"]
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address, RAY_AUTH_MODE="token")
@@ -207,10 +207,10 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 400
-        while len(completed_trials(sweep_dir, 2)) < 2 and proc.poll() is None and time.time() < deadline:
-            time.sleep(1)
+        while len(completed_trials(sweep_dir, 2)) < 1 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
         assert proc.poll() is None, "the sweep ended before it could be interrupted:\n" + proc.stdout.read()[-3000:]
-        assert len(completed_trials(sweep_dir, 2)) >= 2, "two trials did not finish in time"
+        assert len(completed_trials(sweep_dir, 2)) >= 1, "no trial finished in time"
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=180)
     finally:
@@ -225,8 +225,8 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     outcome = run_sweep(cfg, SweepConfig(search_space=space, name="resumable", max_epochs=2, grace_period=2, resume=True), verbose=False)
 
     assert outcome.finished
-    assert sorted(r.status for r in outcome.rows) == ["completed"] * 3
+    assert sorted(r.status for r in outcome.rows) == ["completed"] * 2
     lines_after = trial_metric_lines(sweep_dir)
     for name in finished:  # finished trials were not trained again
         assert lines_after[name] == lines_before[name], name
-    assert len(lines_after) == 3
+    assert len(lines_after) == 2
