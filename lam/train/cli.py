@@ -23,8 +23,12 @@ TRAIN_EXAMPLES = """examples:
   # a YAML config plus overrides; re-running with the same --run_name resumes it
   lam train --config run.yaml --run_name my-run --storage_path ./runs --num_epochs 200
 
+  # a long run that restarts dead workers twice and stops at the first unreadable window
+  lam train --config run.yaml --run_name my-run --max_failures 2 --max_bad_windows fail
+
 Without RAY_ADDRESS a local Ray is started on 127.0.0.1; with it, the run goes to that cluster.
 Outputs: STORAGE_PATH/RUN_NAME/{config.yaml, metrics.jsonl, checkpoint_epoch*/, wandb/, ray.log}.
+Killed, out of disk, a damaged checkpoint, bad windows: docs/faults.md says what a run does.
 
 """
 
