@@ -151,21 +151,19 @@ def _read_task(files: list[str], starts: list[int], rows_per_block: int, epoch: 
     """One read task: its windows, in order, as blocks of `rows_per_block` windows (fewer where a
     bad window was left out); with `labelled` files (the opt-in label head), each block also
     holds the windows' true actions, `labels` [B, T-1], -1 outside those files."""
-    def skip(i: int, file: str, start: int, error: DataError) -> None:
+    left_out: set[int] = set()  # rows of the current block
+
+    def leave_out(row: int, file: str, start: int, error: DataError) -> None:
         total = ray.get(bad_windows.add.remote(epoch, file, start, str(error)))
         if total > max_bad_windows:
             raise DataError(error.path, f"{error.problem} (the run's bad window number {total}, more than "
                                         f"--max_bad_windows {max_bad_windows}; `lam validate --full` lists them all)")
+        left_out.add(row)
 
     skipping = bad_windows is not None and max_bad_windows > 0
     for i in range(0, len(starts), rows_per_block):
         rows = {"file": files[i : i + rows_per_block], "start": starts[i : i + rows_per_block]}
-        left_out = []
-
-        def leave_out(j: int, file: str, start: int, error: DataError) -> None:
-            skip(j, file, start, error)
-            left_out.append(j)
-
+        left_out.clear()
         batch = read_windows(rows, on_error=leave_out if skipping else None, **read_kwargs)
         if not len(batch["x"]):
             continue
@@ -229,13 +227,13 @@ class WindowDatasource(Datasource):
         n = len(self.starts)
         epoch = ray.get(self.clock.get.remote()) if self.clock is not None else 0
         order = epoch_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
-        skipping = {"epoch": epoch, "bad_windows": self.bad_windows, "max_bad_windows": self.max_bad_windows, "labelled": self.labelled}
+        per_task = {"epoch": epoch, "bad_windows": self.bad_windows, "max_bad_windows": self.max_bad_windows, "labelled": self.labelled}
         tasks = []
         for first in range(0, n, self.rows_per_task):
             ids = order[first : first + self.rows_per_task]
             files = [self.files[f] for f in self.file_ids[ids]]
             starts = self.starts[ids].tolist()
-            read_fn = functools.partial(_read_task, files, starts, self.rows_per_block, **skipping, **self.read_kwargs)
+            read_fn = functools.partial(_read_task, files, starts, self.rows_per_block, **per_task, **self.read_kwargs)
             metadata = BlockMetadata(num_rows=len(ids), size_bytes=len(ids) * self.window_bytes, input_files=None, exec_stats=None)
             tasks.append(ReadTask(read_fn, metadata))
         return tasks
