@@ -12,7 +12,7 @@ from helpers import tiny_config
 from lam.train.launch import prepare, train
 
 # What depends on the machine's speed, not on the seed.
-TIME_KEYS = {"time", "train/samples_per_s", "train/steady_samples_per_s", "train/data_wait_s"}
+TIME_KEYS = {"time", "train/samples_per_s", "train/steady_samples_per_s", "train/data_wait_s", "checkpoint/stall_s"}
 
 
 def logged_numbers(run_dir) -> list[dict]:

@@ -189,6 +189,7 @@ class RunConfig:
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),
             (t.save_every >= 1, f"save_every must be >= 1, got {t.save_every}"),
             (t.read_batch_size >= 0, f"read_batch_size must be >= 0 (0: one batch per block), got {t.read_batch_size}"),
+            (t.checkpoint_upload in ("async", "sync"), f"checkpoint_upload must be async or sync, got {t.checkpoint_upload!r}"),
             (t.precision in ("fp32", "bf16", "auto"), f"precision must be fp32, bf16 or auto, got {t.precision!r}"),
             (t.wandb_mode in ("online", "offline", "disabled", "auto"), f"wandb_mode must be online, offline, disabled or auto, got {t.wandb_mode!r}"),
             (d.sequence_length >= 2, f"sequence_length must be >= 2, got {d.sequence_length}"),

@@ -39,6 +39,8 @@ class TrainConfig:
     run_name: str = option("", "run folder under storage_path, empty: a timestamp; re-use a name to resume that run", group=OUTPUTS)
     storage_path: str = option("./runs", "where runs go: a local folder or a URI (s3://..., gs://...)", group=OUTPUTS)
     save_every: int = option(5, "epochs between checkpoints (and always at the end)", group=OUTPUTS)
+    checkpoint_upload: str = option("async", "async: training waits only for a copy of the state in memory, the file is written and copied "
+                                    "into the run directory in the background | sync: before the next step", group=OUTPUTS)
     keep_best: int = option(3, "checkpoints kept, by lowest val/loss (the latest is always kept too)", group=OUTPUTS)
     log_every: int = option(10, "steps between progress lines and metric records inside an epoch", group=OUTPUTS)
     eval_every: int = option(1, "epochs between action-quality checks on val (delta-t PSNR, NMI); 0: never", group=OUTPUTS)

@@ -22,7 +22,6 @@ import inspect
 import logging
 import math
 import random
-import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -38,12 +37,11 @@ from lam.config import RunConfig
 from lam.data.manifest import load_manifest
 from lam.eval.evaluate import evaluate_windows, split_batches, summarize
 from lam.model import LatentActionModel
-from lam.runtime import storage
-from lam.runtime.checkpoint import STATE_FILE, save_checkpoint
 from lam.runtime.run_log import RunLogger, format_eta
 from lam.train.augment import shift_windows
 from lam.train.health import NonFiniteLoss, params_in_sync, report_bad_windows, state_is_finite
 from lam.train.metrics import MeanTracker
+from lam.train import saving
 from lam.train.resume import load_resume_state, new_checkpoint_name
 from lam.train.schedule import lr_multiplier
 
@@ -157,6 +155,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     fixed_batch = None  # test mode: the one batch, kept on device
     nonfinite_in_a_row = 0
+    checkpoint_stall = None  # seconds the last checkpoint held training up
     run_start = time.time()
     if rank == 0:
         print(f"[lam] training {t.run_name}: {sizes['train']} train windows, {sizes.get('val', 0)} val windows, "
@@ -227,6 +226,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         record["train/steady_samples_per_s"] = (samples - steady_samples) / steady_time if samples > steady_samples else record["train/samples_per_s"]
         record["train/data_wait_s"] = data_wait  # rank 0's; ~0 when ingest keeps up with the model
         record["train/skipped_steps"] = skipped  # steps whose loss or gradient was not finite
+        if checkpoint_stall is not None:
+            record["checkpoint/stall_s"] = checkpoint_stall  # the previous checkpoint's
+        if device.type == "cuda":
+            record["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
         record["epoch"] = epoch + 1
         record["ddp/params_in_sync"] = float(params_in_sync(raw_model, device))
         if val_shard is not None:
@@ -250,27 +253,24 @@ def train_loop_per_worker(loop_config: dict) -> None:
             continue
         score = record.get("val/loss", record.get("train/loss"))
         record["checkpoint_score"] = score
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt = None
-            if rank == 0:
-                logger.log({k: v for k, v in record.items() if k != "checkpoint_score"}, step)
-                logger.flush()
-                print(f"[lam] epoch {epoch + 1}/{t.num_epochs} done: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("train/loss", "train/mse", "train/mae", "val/loss", "val/mse", "val/mae", "train/codebook_usage", "train/samples"))) +
-                      f" | elapsed {format_eta(time.time() - run_start)}", flush=True)
-                healthy = score is not None and math.isfinite(score) and state_is_finite(raw_model)
-                if save and not healthy:  # a poisoned checkpoint must never be registered (and evict a good one)
-                    print(f"[lam] warning: epoch {epoch + 1}: not saving a checkpoint: the weights or the score "
-                          f"({score}) are not finite", flush=True)
-                elif save:
-                    save_checkpoint(tmp, model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                                    epoch=epoch, step=step, config=cfg.to_dict(),
-                                    metrics={k: float(v) for k, v in record.items()})  # plain floats: weights_only loads them
-                    # Before Ray copies it to the run directory: a full disk there is one clear line,
-                    # not a half-copied folder.
-                    storage.check_free_space(run_dir, (Path(tmp) / STATE_FILE).stat().st_size + (1 << 20))
-                    ckpt = ray.train.Checkpoint.from_directory(tmp)
-            name = new_checkpoint_name(run_dir, epoch + 1) if ckpt is not None else None  # rank 0's name is every rank's
-            ray.train.report(record, checkpoint=ckpt, checkpoint_dir_name=name)  # ray:
+        state = None
+        if rank == 0:
+            logger.log({k: v for k, v in record.items() if k != "checkpoint_score"}, step)
+            logger.flush()
+            print(f"[lam] epoch {epoch + 1}/{t.num_epochs} done: " + ", ".join(f"{k} {v:.4g}" for k, v in record.items() if k.startswith(("train/loss", "train/mse", "train/mae", "val/loss", "val/mse", "val/mae", "train/codebook_usage", "train/samples"))) +
+                  f" | elapsed {format_eta(time.time() - run_start)}", flush=True)
+            healthy = score is not None and math.isfinite(score) and state_is_finite(raw_model)
+            if save and not healthy:  # a poisoned checkpoint must never be registered (and evict a good one)
+                print(f"[lam] warning: epoch {epoch + 1}: not saving a checkpoint: the weights or the score "
+                      f"({score}) are not finite", flush=True)
+            elif save:
+                state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                             epoch=epoch, step=step, config=cfg.to_dict(),
+                             metrics={k: float(v) for k, v in record.items()})  # plain floats: weights_only loads them
+        name = new_checkpoint_name(run_dir, epoch + 1) if state is not None else None  # rank 0's name is every rank's
+        held_up = saving.report(record, state, run_dir, name, t.checkpoint_upload)
+        if state is not None:  # how long training waited for this checkpoint (its upload may go on): in the next record
+            checkpoint_stall = held_up
 
     if start_epoch >= t.num_epochs and saved_record:
         # Resumed after the last epoch (e.g. a sweep interrupted just as this run ended):
