@@ -27,7 +27,8 @@ Codebook collapse is the known failure, so the quantizer measures and fights it:
     steps old land where no current output is, and stay dead;
   * `after_optimizer_step()` re-initialises every entry unused for
     `dead_code_steps` steps from a random recent encoder output plus a little
-    noise (so it separates from the entry that already serves that output).
+    noise (so it separates from the entry that already serves that output),
+    decided on the device: no host sync per step.
     Rank 0 picks from its own buffer, then broadcasts the codebook, so every
     rank ends with a bit-identical codebook. Revival changes a parameter in
     place; it must not happen inside forward (DDP's autograd hooks and the
@@ -70,7 +71,10 @@ class VectorQuantizer(Quantizer):
         self.register_buffer("steps_since_used", torch.zeros(num_codes, num_embeddings, dtype=torch.long))
         self.register_buffer("recent", torch.zeros(num_codes, recent_size, codebook_dim))  # (K, R, D)
         self.register_buffer("recent_count", torch.zeros((), dtype=torch.long))  # valid rows of `recent`
-        self.register_buffer("revive_calls", torch.zeros((), dtype=torch.long))  # seeds revival's RNG
+        self.register_buffer("revive_calls", torch.zeros((), dtype=torch.long))  # revival checks so far: seeds revival's RNG
+        self._recent_rows = 0  # valid rows of `recent`, known on the host (so revival needs no device read)
+        self._checks: int | None = None  # revive_calls on the host, read once
+        self._generator: torch.Generator | None = None
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "VectorQuantizer":
@@ -127,50 +131,56 @@ class VectorQuantizer(Quantizer):
             vecs = vecs[:, torch.linspace(0, n - 1, size, device=vecs.device).long()]
         self.recent[:, : vecs.shape[1]] = vecs
         self.recent_count.fill_(vecs.shape[1])
+        self._recent_rows = vecs.shape[1]
 
     # ----------------------------------------------------------------- revival
     def after_optimizer_step(self) -> None:
         self.revive_dead_codes()
 
     @torch.no_grad()
-    def revive_dead_codes(self) -> int:
-        """Re-initialise entries unused for `dead_code_steps` training steps; return how many.
+    def revive_dead_codes(self) -> torch.Tensor:
+        """Re-initialise entries unused for `dead_code_steps` training steps; return how many
+        (a 0-dim tensor on the codebook's device: reading it waits for the device).
 
-        Call on every rank after `optimizer.step()`, on the unwrapped module. Rank 0's
-        staleness counters decide and rank 0's recent encoder outputs supply the new
-        entries; the codebook is then broadcast, so all ranks stay bit-identical.
+        Call on every rank after `optimizer.step()`, on the unwrapped module. Decided on the
+        device, without reading anything back to the host, so a GPU step never waits here:
+        every step draws a candidate for every entry and `torch.where` keeps the candidates of
+        the dead ones. Rank 0's staleness counters decide and rank 0's recent encoder outputs
+        supply the new entries; the codebook is then broadcast, so all ranks stay bit-identical.
         """
-        if self.dead_code_steps <= 0:
-            return 0
-        broadcast_from_rank0_(self.steps_since_used)  # so every rank takes the same branch below
+        device = self.codebook.device
+        if self.dead_code_steps <= 0 or self._recent_rows == 0:  # off, or no encoder outputs seen yet
+            return torch.zeros((), dtype=torch.long, device=device)
+        broadcast_from_rank0_(self.steps_since_used)  # rank 0's decision is every rank's
         dead = self.steps_since_used >= self.dead_code_steps  # (K, M)
-        if not bool(dead.any()):
-            return 0
-        revived = torch.zeros((), dtype=torch.long, device=self.codebook.device)
-        if rank() == 0:
-            revived.fill_(self._replace_entries(dead))
+        self.codebook.data.copy_(torch.where(dead[..., None], self._candidates(), self.codebook.data))
         broadcast_from_rank0_(self.codebook.data)
-        broadcast_from_rank0_(revived)
-        if revived.item() > 0:
-            self.steps_since_used.masked_fill_(dead, 0)
-        self.revive_calls += 1
-        return int(revived.item())
+        self.steps_since_used.masked_fill_(dead, 0)
+        return dead.sum()
 
-    def _replace_entries(self, dead: torch.Tensor) -> int:
-        """Overwrite the dead entries with recent encoder outputs + noise (this rank's buffer). Returns the count."""
-        filled = int(self.recent_count.item())
-        if filled == 0:
-            return 0  # no encoder outputs seen yet: nothing to revive from
-        gen = torch.Generator().manual_seed(self.seed + int(self.revive_calls.item()))
-        for k in range(self.num_codes):
-            entries = dead[k].nonzero().flatten()
-            if entries.numel() == 0:
-                continue
-            pool = self.recent[k, :filled].float()  # (filled, D)
-            # Distinct sources where possible, so two revived entries do not start on the same vector.
-            picks = torch.randperm(filled, generator=gen).repeat(-(-entries.numel() // filled))[: entries.numel()]
-            noise = torch.randn(entries.numel(), self.code_dim, generator=gen)
-            spread = pool.std(0, unbiased=False)  # (D,)
-            new = pool[picks.to(pool.device)] + self.revive_noise * spread * noise.to(pool.device)
-            self.codebook.data[k, entries] = new.to(self.codebook.dtype)
-        return int(dead.sum().item())
+    def _candidates(self) -> torch.Tensor:
+        """(K, M, D): for every entry, a random recent encoder output of its code position plus
+        noise. Distinct sources within a position where there are enough outputs, so two revived
+        entries do not start on the same vector. The generator is seeded from the quantizer's seed
+        and a count of revival checks kept in a buffer (so a resumed run draws what an
+        uninterrupted one would); the count is read from the device once per process."""
+        device, (K, M, D) = self.codebook.device, self.codebook.shape
+        if self._checks is None:
+            self._checks = int(self.revive_calls.item())
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        gen = self._generator.manual_seed(self.seed * 1_000_003 + self._checks)
+        self._checks += 1
+        self.revive_calls += 1
+        pool = self.recent[:, : self._recent_rows].float()  # (K, R, D)
+        order = torch.rand(K, pool.shape[1], generator=gen, device=device).argsort(-1)  # a random permutation per position
+        picks = order[:, torch.arange(M, device=device) % pool.shape[1]]  # (K, M)
+        noise = torch.randn(K, M, D, generator=gen, device=device)
+        spread = pool.std(1, unbiased=False)[:, None]  # (K, 1, D)
+        new = pool.gather(1, picks[..., None].expand(K, M, D)) + self.revive_noise * spread * noise
+        return new.to(self.codebook.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._checks = None  # re-read the loaded count
+        self._recent_rows = int(state_dict.get(prefix + "recent_count", torch.zeros(())).item())
