@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lam.config import ModelConfig
-from lam.model.distributed import broadcast_from_rank0_, rank
+from lam.model.distributed import broadcast_from_rank0_
 from lam.model.quantize.base import Quantizer, QuantizerOutput
 
 
