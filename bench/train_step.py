@@ -110,6 +110,8 @@ def ray_train(cfg: RunConfig) -> dict:
         "samples_per_s": last["train/steady_samples_per_s"],
         "epoch_samples_per_s": [r["train/samples_per_s"] for r in epochs],  # whole epochs, start-up included
         "data_wait_s": last["train/data_wait_s"],
+        "peak_memory_gb": last.get("train/peak_memory_gb"),  # on GPU
+        "checkpoint_stall_s": last.get("checkpoint/stall_s"),  # the previous epoch's checkpoint, when one was saved
         "epochs": len(epochs),
         "num_workers": cfg.train.num_workers,
         "cpus_per_worker": cfg.train.cpus_per_worker,

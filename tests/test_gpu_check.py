@@ -1,0 +1,60 @@
+"""The GPU check (`bash bench/gpu_check.sh`) runs end to end in its CPU dry run, so it cannot rot
+between GPU loans. Correctness only: no rate is asserted. It runs as a subprocess because it
+starts and shuts down its own local Ray."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+@pytest.mark.slow
+def test_the_cpu_dry_run_runs_every_section_and_writes_the_report(tmp_path):
+    out = tmp_path / "results-gpu.json"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu-dry-run", "--out", str(out), "--workdir", str(tmp_path / "work")],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["mode"] == "cpu-dry-run" and report["errors"] == []
+
+    v = report["versions"]
+    assert v["device"] == "cpu" and v["torch"] and v["ray"]
+    assert positive(v["peak_flops"]["bf16"]) and positive(v["peak_flops"]["fp32"])
+    assert set(report["attention"]) == {"flash", "flash_or_memory_efficient"}
+    assert all(isinstance(result, str) and result for result in report["attention"].values())  # "ran" or the error
+
+    (row,) = report["train"]["rows"]
+    assert row["precision"] == "bf16" and row["compile"] is False
+    assert positive(row["samples_per_s"]) and 0 < row["mfu"] < 1
+    assert 0 <= row["data_wait_fraction"] <= 1
+    assert positive(row["checkpoint_stall_s"])  # a checkpoint every epoch: the first one's stall, logged with the second
+
+    ingest = report["ingest"]
+    assert positive(ingest["model_windows_per_s"]) and positive(ingest["ray_data_windows_per_s"]) and ingest["read_cpus"] >= 1
+    overfit = report["overfit"]
+    assert isinstance(overfit["passed"], bool) and positive(overfit["mse"]) and positive(overfit["mae"])
+    ckpt = report["checkpoint"]
+    assert positive(ckpt["size_mb"]) and positive(ckpt["snapshot_s"]) and ckpt["sync_stall_s"] > ckpt["async_stall_s"]
+
+    assert "# GPU check (cpu-dry-run)" in proc.stdout and "bf16" in proc.stdout
+
+
+def test_without_a_gpu_the_real_mode_says_so_and_exits_2():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is visible here: the real mode would run")
+    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2
+    assert "sees no CUDA device" in proc.stderr and "--cpu-dry-run" in proc.stderr
