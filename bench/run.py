@@ -281,6 +281,39 @@ def run_scaling(args, s: dict, cfg, train: dict | None) -> dict:
     }
 
 
+def run_checkpoint(args, workdir: Path) -> dict:
+    """How long training waits for a checkpoint, synchronous upload against asynchronous: Ray
+    Train runs of the default model (or the tiny one with --quick) that save every epoch, each
+    epoch a couple of steps; the stall of every checkpoint but the last is in the next record."""
+    from bench import train_step as ts
+    from lam.config import ModelConfig
+    from lam.recipes import recipe_config
+
+    model_cfg = recipe_config("tiny").model if args.quick else ModelConfig()
+    T = 4 if args.quick else 8
+    manifest_root = workdir / "checkpoint_data"
+    write_data(manifest_root, 1, T // 2 + 1)  # 3 windows: two steps of batch 2 an epoch
+    cfg = base_config(manifest_root, workdir / "runs")
+    cfg.model, cfg.data.sequence_length, cfg.data.stride = model_cfg, T, 1
+    t = cfg.train
+    t.batch_size, t.num_epochs, t.save_every, t.keep_best, t.warmup_steps = 2, 3, 1, 5, 1
+    rows = {}
+    for mode in ("sync", "async"):
+        print(f"[bench] checkpoint: {mode} upload, {ts.param_count(model_cfg) / 1e6:.1f}M parameters", flush=True)
+        c = variant_config(cfg, "fp32", False, 1, args.threads, f"checkpoint-{mode}")
+        c.train.checkpoint_upload = mode
+        outcome = ts.train_outcome(c)
+        records = [json.loads(line) for line in Path(outcome.run_dir, "metrics.jsonl").read_text().splitlines()]
+        stalls = [r["checkpoint/stall_s"] for r in records if "checkpoint/stall_s" in r]
+        size = (Path(outcome.checkpoint_path) / "state.pt").stat().st_size
+        rows[mode] = {"stalls_s": stalls, "median_stall_s": float(np.median(stalls)), "checkpoint_mb": size / 1e6}
+    return {"model": "tiny" if args.quick else "default (spec)", "params": ts.param_count(model_cfg), "rows": rows,
+            "async_vs_sync": rows["async"]["median_stall_s"] / rows["sync"]["median_stall_s"],
+            "note": "stall: from the start of an epoch's report with a checkpoint to the return of ray.train.report on "
+                    "rank 0 (sync: state file written and copied into the run directory; async: the state copied "
+                    "into memory, the write and copy left to Ray Train's upload thread)"}
+
+
 def scaling_note(args, cores: int, rows: list[dict]) -> str:
     if args.device.type == "cuda":
         return "one GPU: the 2-worker row shares it, so it shows DDP overhead, not speed-up"
@@ -368,6 +401,13 @@ def print_table(report: dict, out=None) -> None:
         d = c["default_config"]
         p(f"  all-reduce per step per worker, default config ({d['params'] / 1e6:.1f}M params): "
           + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in d.items() if k.startswith("N=")))
+    if "checkpoint" in report:
+        ck = report["checkpoint"]
+        p(f"\n## checkpoint stall: {ck['model']} model, {ck['params'] / 1e6:.1f}M parameters, "
+          f"{ck['rows']['sync']['checkpoint_mb']:.0f} MB a checkpoint with the optimizer state")
+        for mode, r in ck["rows"].items():
+            p(f"  {mode:<6} median {r['median_stall_s']:.3f} s a checkpoint (" + ", ".join(f"{x:.3f}" for x in r["stalls_s"]) + ")")
+        p(f"  async / sync: {ck['async_vs_sync']:.2f}x")
     p(f"\nwall time {report['wall_s']:.0f} s")
 
 
@@ -377,7 +417,8 @@ def main(argv: list[str] | None = None) -> int:
                                      epilog="\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--quick", action="store_true", help="tiny sizes and model, no torch.compile: checks the suite, numbers mean little")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"), help="JSON report (default: bench/results.json)")
-    parser.add_argument("--sections", default="ingest,train,scaling", help="comma-separated subset of ingest,train,scaling (train includes MFU)")
+    parser.add_argument("--sections", default="ingest,train,scaling,checkpoint",
+                        help="comma-separated subset of ingest,train,scaling,checkpoint (train includes MFU)")
     parser.add_argument("--model", default=None, choices=list(RECIPES),
                         help="recipe of the training rows' model (default: demo on CPU, spec on GPU, tiny with --quick)")
     parser.add_argument("--batch_size", "--batch-size", type=int, default=None, help="training batch (default 16; 4 with --quick)")
@@ -393,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default=None, help="where the synthetic data and runs go (default: a temporary folder, removed)")
     args = parser.parse_args(argv)
     sections = {x.strip() for x in args.sections.split(",") if x.strip()}
-    unknown = sections - {"ingest", "train", "scaling"}
+    unknown = sections - {"ingest", "train", "scaling", "checkpoint"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     args.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -427,6 +468,8 @@ def main(argv: list[str] | None = None) -> int:
             report["mfu"] = run_mfu(args, cfg, train)
         if "scaling" in sections:
             report["scaling"] = run_scaling(args, s, cfg, train)
+        if "checkpoint" in sections:
+            report["checkpoint"] = run_checkpoint(args, workdir)
     finally:
         import ray
 

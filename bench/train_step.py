@@ -98,11 +98,16 @@ def bare_loop(cfg: RunConfig, batches: list[torch.Tensor], warmup: int, steps: i
 # ----------------------------------------------------------------------------- Ray Train
 
 
-def ray_train(cfg: RunConfig) -> dict:
-    """samples/s of the real training service (all workers together), from its metrics.jsonl."""
+def train_outcome(cfg: RunConfig):
+    """A run of the real training service (`lam.train.launch.train`), quietly."""
     from lam.train.launch import train
 
-    outcome = train(cfg, verbose=False)
+    return train(cfg, verbose=False)
+
+
+def ray_train(cfg: RunConfig) -> dict:
+    """samples/s of the real training service (all workers together), from its metrics.jsonl."""
+    outcome = train_outcome(cfg)
     records = [json.loads(line) for line in Path(outcome.run_dir, "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if "epoch" in r]
     last = epochs[-1]
