@@ -2,6 +2,7 @@
 
     spec   the specification's model and training defaults
     demo   what `lam demo` trains: a few minutes on 2 CPU cores, codes that follow the actions
+    real   the demo's model with a continuous action bottleneck: the best measured on real play
     tiny   seconds on 2 CPU cores: the tests' and benchmarks' model
 
 Each recipe is a flat mapping of config keys over the defaults, so it reads like a
@@ -23,6 +24,22 @@ class Recipe:
     overrides: dict
 
 
+# What `lam demo` trains; the `real` recipe starts from it.
+DEMO = {
+    # A small model on 3-frame windows at stride 1: what 2 CPU cores train in minutes.
+    "sequence_length": 3, "stride": 1,
+    "patch_grid": 8, "patch_dim": 256, "embed_dim": 96, "num_heads": 4, "encoder_depth": 2, "decoder_depth": 2,
+    # The stem sees frame differences, so a static background cancels, and their spatial
+    # moments, which are linear in how far and which way something moved; its features also
+    # feed the codes directly, so codes follow motion from the first step.
+    "stem": "diff", "motion_moments": True, "action_head": "token+motion",
+    # FSQ on whitened vectors cannot collapse to one code; one code of 9 entries, because
+    # every extra id that a true action is split over lowers NMI.
+    "quantizer": "fsq", "whiten": True, "num_codes": 1, "num_embeddings": 9,
+    "batch_size": 16, "num_epochs": 10, "learning_rate": 5e-4, "warmup_steps": 50,
+    "num_workers": 2, "save_every": 2, "log_every": 20, "eval_every": 2,
+}
+
 RECIPES = {
     "spec": Recipe(
         "the specification's defaults: 27M parameters, 8-frame windows, 3 VQ codes of 12 entries (for GPUs)",
@@ -30,19 +47,16 @@ RECIPES = {
     ),
     "demo": Recipe(
         "a small model for 2 CPU cores: difference stem with moments, one FSQ code of 9 entries on whitened vectors",
+        DEMO,
+    ),
+    "real": Recipe(
+        "the demo's model with a noisy continuous action (4 dims) and 9 k-means ids: the best measured on real play so far",
         {
-            # A small model on 3-frame windows at stride 1: what 2 CPU cores train in minutes.
-            "sequence_length": 3, "stride": 1,
-            "patch_grid": 8, "patch_dim": 256, "embed_dim": 96, "num_heads": 4, "encoder_depth": 2, "decoder_depth": 2,
-            # The stem sees frame differences, so a static background cancels, and their spatial
-            # moments, which are linear in how far and which way something moved; its features also
-            # feed the codes directly, so codes follow motion from the first step.
-            "stem": "diff", "motion_moments": True, "action_head": "token+motion",
-            # FSQ on whitened vectors cannot collapse to one code; one code of 9 entries, because
-            # every extra id that a true action is split over lowers NMI.
-            "quantizer": "fsq", "whiten": True, "num_codes": 1, "num_embeddings": 9,
-            "batch_size": 16, "num_epochs": 10, "learning_rate": 5e-4, "warmup_steps": 50,
-            "num_workers": 2, "save_every": 2, "log_every": 20, "eval_every": 2,
+            **DEMO,
+            # The decoder gets the action vector plus noise instead of a code: the largest gain of the
+            # levers measured with bench.quality (docs/RESULTS.md), on the synthetic world and on
+            # Crafter, and no loss elsewhere. Ids for export and evaluation come from k-means.
+            "quantizer": "gaussian", "codebook_dim": 4, "num_embeddings": 9, "noise_std": 0.5,
         },
     ),
     "tiny": Recipe(
