@@ -1,8 +1,9 @@
 """Training-step, MFU and scaling benchmarks.
 
-  bare_loop      one process, no Ray: the same model, batch, AdamW, LR schedule, grad
-                 clipping and dead-code revival as `lam.train.loop`, on batches of real
-                 windows already in memory (so it is an upper bound: no input pipeline).
+  bare_loop      one process, no Ray: the same model, batch and training step
+                 (`lam.train.step.TrainStep`: AdamW, LR schedule, grad clipping, dead-code
+                 revival) as `lam.train.loop`, on batches of real windows already in memory
+                 (so it is an upper bound: no input pipeline).
   ray_train      the real thing: `lam.train.launch.train` (TorchTrainer + Ray Data + the
                  worker loop), reading the windows from H5 through Ray Data.
   matmul_peak    this machine's dense matmul FLOP/s in a dtype, measured in this process.
@@ -25,13 +26,13 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lam.config import ModelConfig, RunConfig
 from lam.model import LatentActionModel
 from lam.recipes import recipe_config
 from lam.train.schedule import lr_multiplier
+from lam.train.step import TrainStep
 
 
 def model_preset(name: str) -> tuple[ModelConfig, int]:
@@ -59,23 +60,15 @@ def bare_loop(cfg: RunConfig, batches: list[torch.Tensor], warmup: int, steps: i
     torch.manual_seed(t.seed)
     model = LatentActionModel(cfg.model).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay,
-                                  betas=(0.9, 0.95), fused=device.type == "cuda")
+                                  betas=(0.9, 0.95), fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_multiplier(s, t.warmup_steps, warmup + steps, t.min_lr_ratio))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if t.precision == "bf16" else nullcontext()
     step_model = torch.compile(model) if t.compile else model
+    train_step = TrainStep(step_model, model, optimizer, scheduler, autocast, t.grad_clip)  # the real loop's step
 
-    def step(x: torch.Tensor) -> float:
-        x = x.to(device, non_blocking=True).float()  # stored dtype -> fp32 once, on the device
-        with autocast:
-            out = step_model(x)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        model.after_optimizer_step()
-        return float(grad_norm)  # waits for the device, as the real loop does
+    def step(x: torch.Tensor) -> None:
+        train_step(x.to(device, non_blocking=True).float())  # stored dtype -> fp32 once, on the device
 
     warm_start = time.perf_counter()
     for i in range(warmup):
@@ -83,16 +76,13 @@ def bare_loop(cfg: RunConfig, batches: list[torch.Tensor], warmup: int, steps: i
     sync(device)
     warmup_s = time.perf_counter() - warm_start
     start = time.perf_counter()
-    step_times = []
     for i in range(steps):
-        s0 = time.perf_counter()
         step(batches[(warmup + i) % len(batches)])
-        step_times.append(time.perf_counter() - s0)
     sync(device)
     seconds = time.perf_counter() - start
     samples = sum(batches[(warmup + i) % len(batches)].shape[0] for i in range(steps))
     return {"samples_per_s": samples / seconds, "warmup_steps": warmup, "warmup_s": warmup_s, "timed_steps": steps,
-            "median_step_s": float(np.median(step_times)), "torch_threads": torch.get_num_threads()}
+            "step_s": seconds / steps, "torch_threads": torch.get_num_threads()}
 
 
 # ----------------------------------------------------------------------------- Ray Train

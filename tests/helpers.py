@@ -1,4 +1,5 @@
-"""What the tests share: tiny configs from the recipes, an H5 writer, a 2-process gloo harness, a free port."""
+"""What the tests share: tiny configs from the recipes, an H5 writer, a 2-process gloo harness, a free port,
+a guard against reads of device values."""
 
 from __future__ import annotations
 
@@ -19,6 +20,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def no_host_reads():
+    """A torch dispatch mode that fails on any read of a tensor's value into Python (`.item()`,
+    `bool(t)`, `int(t)`, `.tolist()`): on a GPU each one waits for every queued kernel. They all go
+    through aten._local_scalar_dense."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class NoHostReads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            assert func is not torch.ops.aten._local_scalar_dense.default, "a device value was read back to the host"
+            return func(*args, **(kwargs or {}))
+
+    return NoHostReads()
 
 
 # -----------------------------------------------------------------------------

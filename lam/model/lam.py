@@ -98,10 +98,11 @@ class LatentActionModel(nn.Module):
         names += ["label_loss", "label_accuracy"] if self.label_head is not None else []
         return names + (["rollout_loss"] if self.config.use_rollout else [])
 
-    def after_optimizer_step(self) -> None:
+    def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
         """Call after every training step's `optimizer.step()`, on every rank, on the unwrapped
-        model (e.g. VQ's dead-code revival, which keeps the ranks' codebooks identical)."""
-        self.quantizer.after_optimizer_step()
+        model (e.g. VQ's dead-code revival, which keeps the ranks' codebooks identical); with
+        `applied` false (a device bool: the step was skipped) nothing changes."""
+        self.quantizer.after_optimizer_step(applied)
 
     def after_epoch(self) -> None:
         """Call at the end of every training epoch, before validation and the checkpoint, on

@@ -43,3 +43,43 @@ def state_is_finite(model: torch.nn.Module) -> bool:
 
 class NonFiniteLoss(RuntimeError):
     """The loss or gradient stayed non-finite for more than `max_nonfinite_steps` steps in a row."""
+
+
+class SkippedSteps:
+    """Steps skipped because their loss or gradient was not finite, counted on the device.
+
+    `add` never reads anything back, so a GPU step does not wait for the previous one; `check`
+    reads the counts (one host sync), warns about the steps skipped since the last check and
+    raises NonFiniteLoss once a run of skipped steps is longer than `limit`. The training loop
+    checks every `CHECK_EVERY` steps and at the end of every epoch, on every rank at the same
+    steps (the counts are identical on every rank), so a diverged run stops at most
+    CHECK_EVERY steps after its limit.
+    """
+
+    CHECK_EVERY = 16
+
+    def __init__(self, device, limit: int):
+        self.limit = limit
+        self.total = torch.zeros((), dtype=torch.long, device=device)
+        self.in_a_row = torch.zeros((), dtype=torch.long, device=device)
+        self.longest = torch.zeros((), dtype=torch.long, device=device)
+        self.reported = 0
+
+    def add(self, applied: torch.Tensor) -> None:
+        skipped = (~applied).long()
+        self.total += skipped
+        self.in_a_row = (self.in_a_row + 1) * skipped
+        self.longest = torch.maximum(self.longest, self.in_a_row)
+
+    def check(self, step: int, lr: float, warn: bool) -> int:
+        """The number of steps skipped so far (reads the device)."""
+        total, longest = (int(v) for v in torch.stack([self.total, self.longest]).tolist())
+        if warn and total > self.reported:
+            print(f"[lam] warning: {total - self.reported} step(s) up to step {step} skipped: the loss or gradient "
+                  "was not finite", flush=True)
+        self.reported = total
+        if longest > self.limit:
+            raise NonFiniteLoss(f"the loss or gradient was not finite for {longest} steps in a row (up to step {step}, "
+                                f"more than --max_nonfinite_steps {self.limit}; lr {lr:.3g}); lower --learning_rate or "
+                                "check the data (`lam validate --full`)")
+        return total

@@ -38,12 +38,12 @@ from lam.data.manifest import load_manifest
 from lam.eval.evaluate import evaluate_windows, split_batches, summarize
 from lam.model import LatentActionModel
 from lam.runtime.run_log import RunLogger, format_eta
-from lam.train.augment import shift_windows
-from lam.train.health import NonFiniteLoss, params_in_sync, report_bad_windows, state_is_finite
+from lam.train.health import SkippedSteps, params_in_sync, report_bad_windows, state_is_finite
 from lam.train.metrics import MeanTracker
 from lam.train import saving
 from lam.train.resume import load_resume_state, new_checkpoint_name
 from lam.train.schedule import lr_multiplier
+from lam.train.step import TrainStep
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -65,7 +65,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     raw_model = model
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=t.learning_rate, weight_decay=t.weight_decay, betas=(0.9, 0.95),
-        fused=device.type == "cuda",  # one kernel for the whole update on GPU
+        fused=True,  # one kernel for the whole update, and its `found_inf` skips a step without a host read
     )
     per_worker_batch = t.batch_size // world
     steps_per_epoch = 1 if t.test_mode else math.ceil((sizes["train"] // world) / per_worker_batch)
@@ -119,34 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Stored dtype (float16) -> float32 once, on the device.
         return batch["x"].to(device, non_blocking=True).float()
 
-    buffers = list(raw_model.buffers())
-
-    def train_step(x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, bool]:
-        """One optimisation step; returns its metrics, the gradient norm and whether it was
-        applied. A step whose loss or gradient is not finite is skipped: no optimizer update,
-        and the buffers that its forward changed (whitening statistics, VQ bookkeeping) are put
-        back, so one bad batch cannot poison the model. The finiteness check is the step's one
-        read of a device value; the gradient norm is the same on every rank (DDP all-reduced the
-        gradients), so every rank skips alike."""
-        model.train()
-        x = shift_windows(x, t.augment_shift)
-        saved = [b.detach().clone() for b in buffers]
-        with autocast:
-            out = model(x) if labels is None else model(x, labels)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)  # pre-clip norm
-        if not bool(torch.isfinite(grad_norm) & torch.isfinite(out.loss.detach())):
-            optimizer.zero_grad(set_to_none=True)
-            with torch.no_grad():
-                for b, s in zip(buffers, saved):
-                    b.copy_(s)
-            scheduler.step()  # the schedule follows the step count, skipped steps included
-            return out.metrics, grad_norm.detach(), False
-        optimizer.step()
-        scheduler.step()
-        raw_model.after_optimizer_step()  # e.g. VQ's dead-code revival, identical on every rank
-        return out.metrics, grad_norm.detach(), True
+    train_step = TrainStep(model, raw_model, optimizer, scheduler, autocast, t.grad_clip, t.augment_shift)
 
     def wait_for_device() -> None:
         """Before reading a clock: queued GPU work must be done for the time to be honest."""
@@ -154,7 +127,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             torch.cuda.synchronize(device)
 
     fixed_batch = None  # test mode: the one batch, kept on device
-    nonfinite_in_a_row = 0
+    skips = SkippedSteps(device, t.max_nonfinite_steps)
     checkpoint_stall = None  # seconds the last checkpoint held training up
     run_start = time.time()
     if rank == 0:
@@ -169,7 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # this one (see lam/train/ingest.py), so no rank can start the epoch before it is set.
             ray.get(epoch_clock.set.remote(epoch))  # ray:
         epoch_start, samples = time.time(), 0
-        tracker, grad_norms, skipped = MeanTracker(), [], 0
+        tracker, grad_norm_sum, applied_steps, skipped_before = MeanTracker(), 0.0, 0, skips.reported
         # Throughput bookkeeping: time spent blocked on the data iterator, and the rate after the
         # epoch's first step (which carries the pipeline's start-up and, in epoch 1, compile warm-up).
         data_wait, steady_start, steady_samples = 0.0, None, 0
@@ -190,20 +163,12 @@ def train_loop_per_worker(loop_config: dict) -> None:
             if steady_start is None:
                 wait_for_device()
                 steady_start, steady_samples = time.perf_counter(), samples
-            if not applied:
-                skipped += 1
-                nonfinite_in_a_row += 1
-                if rank == 0:
-                    print(f"[lam] warning: step {step}: the loss or gradient is not finite; step skipped", flush=True)
-                if nonfinite_in_a_row > t.max_nonfinite_steps:
-                    raise NonFiniteLoss(f"the loss or gradient was not finite for {nonfinite_in_a_row} steps in a row "
-                                        f"(steps {step - nonfinite_in_a_row + 1}..{step}, lr {scheduler.get_last_lr()[0]:.3g}); "
-                                        "lower --learning_rate or check the data (`lam validate --full`)")
-                wait_start = time.perf_counter()
-                continue
-            nonfinite_in_a_row = 0
-            tracker.add(metrics, weight=x.shape[0])
-            grad_norms.append(grad_norm)
+            skips.add(applied)
+            tracker.add(metrics, weight=x.shape[0], keep=applied)  # skipped steps stay out of the means
+            grad_norm_sum = grad_norm_sum + torch.where(applied, grad_norm, 0.0)
+            applied_steps = applied_steps + applied.long()
+            if step % SkippedSteps.CHECK_EVERY == 0:
+                skips.check(step, scheduler.get_last_lr()[0], warn=rank == 0)
             maybe_inject_fault(t.inject_fault_at_step, step, rank, run_dir)
             if rank == 0 and not t.test_mode and t.log_every and step % t.log_every == 0:
                 wait_for_device()
@@ -220,7 +185,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         record = tracker.compute("train", keys, device)
         record["train/lr"] = scheduler.get_last_lr()[0]
-        record["train/grad_norm"] = float(torch.stack(grad_norms).double().mean()) if grad_norms else 0.0
+        skipped = skips.check(step, scheduler.get_last_lr()[0], warn=rank == 0) - skipped_before
+        record["train/grad_norm"] = float(grad_norm_sum / applied_steps) if int(applied_steps) else 0.0
         record["train/samples_per_s"] = samples / max(time.time() - epoch_start, 1e-9)
         steady_time = loop_end - steady_start if steady_start is not None else 0.0
         record["train/steady_samples_per_s"] = (samples - steady_samples) / steady_time if samples > steady_samples else record["train/samples_per_s"]

@@ -26,16 +26,20 @@ class MeanTracker:
         self.sums: dict[str, torch.Tensor | float] = {}
         self.weight = 0.0
 
-    def add(self, metrics: dict[str, torch.Tensor | float], weight: float) -> None:
+    def add(self, metrics: dict[str, torch.Tensor | float], weight: float, keep: torch.Tensor | None = None) -> None:
+        """Add a step's metrics with `weight`; with `keep` (a device bool, e.g. "the step was
+        applied") a step whose `keep` is false counts for nothing, decided on the device."""
         for k, v in metrics.items():
             v = v.detach().double() * weight if torch.is_tensor(v) else float(v) * weight
+            if keep is not None:
+                v = torch.where(keep, v, 0.0)  # not v * keep: a skipped step's metric may be NaN
             self.sums[k] = self.sums[k] + v if k in self.sums else v
-        self.weight += weight
+        self.weight = self.weight + (weight if keep is None else keep.double() * weight)
 
     def compute(self, prefix: str, keys: list[str], device) -> dict[str, float]:
         """Means over all ranks. `keys` must be the same list on every rank (a rank may have seen no batch)."""
         parts = [torch.as_tensor(self.sums.get(k, 0.0), dtype=torch.float64, device=device).reshape(()) for k in keys]
-        values = torch.stack(parts + [torch.tensor(self.weight, dtype=torch.float64, device=device)])
+        values = torch.stack(parts + [torch.as_tensor(self.weight, dtype=torch.float64, device=device).reshape(())])
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(values)
         values = values.tolist()

@@ -66,8 +66,10 @@ class Quantizer(nn.Module):
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def after_optimizer_step(self) -> None:
-        """Upkeep after each training step's `optimizer.step()`, called on every rank. Default: none."""
+    def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
+        """Upkeep after each training step's `optimizer.step()`, called on every rank; `applied`
+        (a device bool) is false for a step that was skipped, whose upkeep must change nothing.
+        Default: none."""
 
     def after_epoch(self) -> None:
         """Upkeep at the end of each training epoch, before validation and the checkpoint, called

@@ -134,13 +134,15 @@ class VectorQuantizer(Quantizer):
         self._recent_rows = vecs.shape[1]
 
     # ----------------------------------------------------------------- revival
-    def after_optimizer_step(self) -> None:
-        self.revive_dead_codes()
+    def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
+        self.revive_dead_codes(applied)
 
     @torch.no_grad()
-    def revive_dead_codes(self) -> torch.Tensor:
+    def revive_dead_codes(self, applied: torch.Tensor | None = None) -> torch.Tensor:
         """Re-initialise entries unused for `dead_code_steps` training steps; return how many
-        (a 0-dim tensor on the codebook's device: reading it waits for the device).
+        (a 0-dim tensor on the codebook's device: reading it waits for the device). With
+        `applied` false (the training step was skipped) no entry is revived; the check is
+        still counted, so the draws stay aligned with a resumed run's.
 
         Call on every rank after `optimizer.step()`, on the unwrapped module. Decided on the
         device, without reading anything back to the host, so a GPU step never waits here:
@@ -153,6 +155,8 @@ class VectorQuantizer(Quantizer):
             return torch.zeros((), dtype=torch.long, device=device)
         broadcast_from_rank0_(self.steps_since_used)  # rank 0's decision is every rank's
         dead = self.steps_since_used >= self.dead_code_steps  # (K, M)
+        if applied is not None:
+            dead = dead & applied
         self.codebook.data.copy_(torch.where(dead[..., None], self._candidates(), self.codebook.data))
         broadcast_from_rank0_(self.codebook.data)
         self.steps_since_used.masked_fill_(dead, 0)
