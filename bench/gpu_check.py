@@ -80,7 +80,8 @@ def versions(device: torch.device, plan: dict) -> dict:
             "cuda": torch.version.cuda, "ray": ray.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
             **nvidia_smi()}
     if device.type == "cuda":
-        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        nccl = torch.cuda.nccl.version()  # a tuple in recent torch, an int in older ones
+        info["nccl"] = ".".join(map(str, nccl)) if isinstance(nccl, tuple) else str(nccl)
         info["cudnn"] = torch.backends.cudnn.version()
     n = plan["matmul_n"]
     info["peak_flops"] = {"bf16": matmul_peak(torch.bfloat16, device, n=n), "fp32": matmul_peak(torch.float32, device, n=n)}
