@@ -65,3 +65,12 @@ def test_quick_suite_writes_a_sane_report(tmp_path):
     # ring all-reduce of fp32 gradients: 2 (N-1)/N x 4 bytes per parameter; N=2 sends each byte once
     assert comm["N=2"] == pytest.approx(4 * comm["params"])
     assert comm["N=8"] == pytest.approx(2 * 7 / 8 * 4 * comm["params"])
+
+    # The training stall per checkpoint, synchronous upload and asynchronous: every checkpoint
+    # but the last is timed (its stall is logged with the next epoch).
+    assert "## checkpoint stall" in proc.stdout
+    ckpt = report["checkpoint"]
+    assert set(ckpt["rows"]) == {"sync", "async"}
+    for row in ckpt["rows"].values():
+        assert len(row["stalls_s"]) == 2 and all(positive(s) for s in row["stalls_s"]) and positive(row["checkpoint_mb"])
+    assert positive(ckpt["async_vs_sync"])
