@@ -15,6 +15,13 @@ from lam.recipes import recipe_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def positive(x) -> bool:
+    """A finite number above 0 (for figures whose size the tests cannot know)."""
+    import math
+
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

@@ -5,7 +5,6 @@ suite runs as a subprocess because it starts and shuts down its own local Ray.
 """
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,11 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import positive
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def positive(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ between GPU loans. Correctness only: no rate is asserted. It runs as a subproces
 starts and shuts down its own local Ray."""
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -11,11 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from helpers import positive
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def positive(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
 @pytest.mark.slow

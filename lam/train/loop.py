@@ -142,7 +142,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             # this one (see lam/train/ingest.py), so no rank can start the epoch before it is set.
             ray.get(epoch_clock.set.remote(epoch))  # ray:
         epoch_start, samples = time.time(), 0
-        tracker, grad_norm_sum, applied_steps, skipped_before = MeanTracker(), 0.0, 0, skips.reported
+        tracker, grad_norms, skipped_before = MeanTracker(), MeanTracker(), skips.reported
         # Throughput bookkeeping: time spent blocked on the data iterator, and the rate after the
         # epoch's first step (which carries the pipeline's start-up and, in epoch 1, compile warm-up).
         data_wait, steady_start, steady_samples = 0.0, None, 0
@@ -165,8 +165,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 steady_start, steady_samples = time.perf_counter(), samples
             skips.add(applied)
             tracker.add(metrics, weight=x.shape[0], keep=applied)  # skipped steps stay out of the means
-            grad_norm_sum = grad_norm_sum + torch.where(applied, grad_norm, 0.0)
-            applied_steps = applied_steps + applied.long()
+            grad_norms.add({"grad_norm": grad_norm}, weight=1, keep=applied)  # a mean over applied steps
             if step % SkippedSteps.CHECK_EVERY == 0:
                 skips.check(step, scheduler.get_last_lr()[0], warn=rank == 0)
             maybe_inject_fault(t.inject_fault_at_step, step, rank, run_dir)
@@ -186,7 +185,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         record = tracker.compute("train", keys, device)
         record["train/lr"] = scheduler.get_last_lr()[0]
         skipped = skips.check(step, scheduler.get_last_lr()[0], warn=rank == 0) - skipped_before
-        record["train/grad_norm"] = float(grad_norm_sum / applied_steps) if int(applied_steps) else 0.0
+        record["train/grad_norm"] = grad_norms.compute("train", ["grad_norm"], device).get("train/grad_norm", 0.0)
         record["train/samples_per_s"] = samples / max(time.time() - epoch_start, 1e-9)
         steady_time = loop_end - steady_start if steady_start is not None else 0.0
         record["train/steady_samples_per_s"] = (samples - steady_samples) / steady_time if samples > steady_samples else record["train/samples_per_s"]
