@@ -1,4 +1,4 @@
-"""The encoder's parts: what each stem sees, the head's output-layer view, the motion moments."""
+"""The encoder's parts: what each stem sees, the head's output-layer view, the motion moments, the frame correlation."""
 
 from __future__ import annotations
 
@@ -64,6 +64,33 @@ def test_motion_moments_are_linear_in_displacement_and_blind_to_background():
         torch.testing.assert_close(moments[1 - axis, 0], torch.tensor(0.0))
         torch.testing.assert_close(moments[:, 1:], torch.zeros(2, 7))  # other channels: the background cancels
         torch.testing.assert_close(feats[2 * 8 :], torch.zeros(8))  # total mass unchanged
+
+
+@pytest.mark.parametrize("correlation", ["phase", "cross"])
+def test_frame_correlation_peaks_at_the_shift_of_the_whole_picture(correlation):
+    cfg = small_model_config(stem="diff", frame_correlation=correlation, latent_size=32, patch_grid=4)
+    encoder = LatentActionModel(cfg).encoder
+    g = torch.Generator().manual_seed(0)
+    picture = torch.nn.functional.avg_pool2d(torch.randn(4, 36, 36, generator=g)[None], 5, stride=1)[0]  # smooth, like a scene
+    window = torch.stack([picture + 3.0,  # a brightness change is not motion
+                          torch.roll(picture, (2, -5), dims=(-2, -1)), torch.roll(picture, (-6, 1), dims=(-2, -1))])[None]
+    surface = encoder.correlation.surface(window)[0]  # (2, 32, 32)
+    assert surface.shape == (2, 32, 32) and torch.allclose(surface.abs().amax(dim=(-2, -1)), torch.ones(2))
+    peaks = [divmod(int(s.argmax()), 32) for s in surface]
+    assert peaks == [(16 + 2, 16 - 5), (16 - 8, 16 + 6)]  # frame 1 = frame 0 moved (2, -5); frame 2 = frame 1 moved (-8, 6)
+    flat = encoder.correlation.surface(torch.ones(1, 2, 4, 32, 32))
+    assert torch.equal(flat, torch.zeros_like(flat))  # nothing to correlate: zeros, not NaN
+
+
+def test_frame_correlation_reaches_the_codes_and_needs_the_frames():
+    cfg = small_model_config(stem="diff", frame_correlation="phase", action_head="motion")
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).train()
+    x = torch.randn(2, 3, 4, 16, 16)
+    model.encoder(model.in_adapter(x), x).sum().backward()
+    assert model.encoder.correlation.proj.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="frame_correlation needs the latent frames"):
+        model.encoder(model.in_adapter(x))
 
 
 def test_change_weight_puts_the_loss_where_frames_changed():

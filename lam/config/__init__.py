@@ -54,6 +54,7 @@ class DataConfig:
 
 
 STEMS = ("pair", "diff")
+CORRELATIONS = ("none", "phase", "cross")
 ACTION_HEADS = ("token", "token+motion", "motion")
 QUANTIZERS = ("vq", "fsq", "gaussian")
 
@@ -77,6 +78,10 @@ class ModelConfig:
                        "diff = their difference (a static background cancels)", choices=STEMS)
     motion_moments: bool = option(False, "add spatial moments of the frame difference to the stem's features "
                                   "(linear in how far and which way things moved)")
+    frame_correlation: str = option("none", "add where the whole picture moved to the stem's features: the correlation of "
+                                    "frames t-1 and t under every shift (camera motion, scrolling, a pointer); "
+                                    "phase = phase correlation (sharp peaks), cross = plain cross-correlation, none = off",
+                                    choices=CORRELATIONS)
     action_head: str = option("token", "where an action comes from: token = the encoder transformer's action token, "
                               "token+motion = that plus a linear map of the stem's features, "
                               "motion = the stem's features alone (no encoder transformer)", choices=ACTION_HEADS)

@@ -18,7 +18,7 @@ from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
 from lam.model.heads import HEADS
 from lam.model.lam import LAMOutput, LatentActionModel, VVAELatentActionVQVAE
 from lam.model.quantize import QUANTIZERS, QuantizerOutput
-from lam.model.stems import STEMS
+from lam.model.stems import CORRELATIONS, STEMS
 
 __all__ = [
     "ModelConfig",
@@ -29,6 +29,7 @@ __all__ = [
     "LAMOutput",
     "QuantizerOutput",
     "STEMS",
+    "CORRELATIONS",
     "HEADS",
     "QUANTIZERS",
 ]

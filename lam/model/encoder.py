@@ -1,9 +1,9 @@
-"""The latent action encoder: stem (+ moments) -> action head, for every transition of a window.
+"""The latent action encoder: stem (+ moments, + frame correlation) -> action head, for every transition of a window.
 
-    patches (B, T, N, P) -> motion (B, T-1, E) -> z (B, T-1, K, D)
+    patches (B, T, N, P) [and frames (B, T, C, H, W)] -> motion (B, T-1, E) -> z (B, T-1, K, D)
 
-The action of t-1 -> t is computed from frames <= t only: stems look at frames t-1
-and t, and the token head's temporal attention is causal.
+The action of t-1 -> t is computed from frames <= t only: stems and the frame correlation
+look at frames t-1 and t, and the token head's temporal attention is causal.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 from lam.config import ModelConfig
 from lam.model.heads import HEADS
-from lam.model.stems import STEMS, MotionMoments
+from lam.model.stems import CORRELATIONS, STEMS, MotionMoments
 
 
 class LatentActionEncoder(nn.Module):
@@ -22,23 +22,35 @@ class LatentActionEncoder(nn.Module):
         self.num_codes, self.code_dim = cfg.num_codes, code_dim
         self.stem = STEMS[cfg.stem](cfg)
         self.moments = MotionMoments(cfg) if cfg.motion_moments else None
+        correlation = CORRELATIONS[cfg.frame_correlation]
+        self.correlation = correlation(cfg) if correlation else None
         self.head = HEADS[cfg.action_head](cfg, code_dim)
 
-    def motion(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, T, N, P) -> (B, T-1, E): the stem's features of each transition."""
+    @property
+    def needs_frames(self) -> bool:
+        """Whether `forward` needs the latent frames next to their patches."""
+        return self.correlation is not None
+
+    def motion(self, patches: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T, N, P) [, frames (B, T, C, H, W)] -> (B, T-1, E): the stem's features of each transition."""
         needs_change = self.stem.uses_change or self.moments is not None
         change = patches[:, 1:] - patches[:, :-1] if needs_change else None  # (B, T-1, N, P), computed once
         motion = self.stem(patches, change)
         if self.moments is not None:
             motion = motion + self.moments(change)
+        if self.correlation is not None:
+            if frames is None:
+                raise ValueError("frame_correlation needs the latent frames: call the encoder with frames=")
+            motion = motion + self.correlation(frames).to(motion.dtype)
         return motion
 
-    def forward(self, patches: torch.Tensor, head_view: bool = False):
-        """z (B, T-1, K, D); with `head_view`, (z, z_head) where z_head is the same value computed
-        from detached features, so that a loss on it trains only the head's output layers."""
+    def forward(self, patches: torch.Tensor, frames: torch.Tensor | None = None, head_view: bool = False):
+        """z (B, T-1, K, D) from the patches (B, T, N, P) of a window and, where `needs_frames`, its
+        frames (B, T, C, H, W); with `head_view`, (z, z_head) where z_head is the same value
+        computed from detached features, so that a loss on it trains only the head's output layers."""
         b, t = patches.shape[:2]
         shape = (b, t - 1, self.num_codes, self.code_dim)
-        features = self.head.features(patches, self.motion(patches))
+        features = self.head.features(patches, self.motion(patches, frames))
         z = self.head.project(features).view(shape)
         if not head_view:
             return z

@@ -2,7 +2,8 @@
 
     x (B, T, C=16, H=64, W=64)
       -> VVAEtoLAMAdapter, per frame                      patches (B, T, N=256, P=256)
-      -> encoder: stem (+ moments) -> action head        z (B, T-1, K=3, D=128)
+      -> encoder: stem (+ moments, + frame correlation)
+         -> action head                                   z (B, T-1, K=3, D=128)
       -> [whitening]                                      z, per code: mean 0, covariance I
       -> quantizer (vq | fsq | gaussian)                  q (B, T-1, K, D), indices (B, T-1, K)
       -> decoder: frames 0..T-2, action of t-1 -> t
@@ -12,7 +13,7 @@
 Dimension keys: B batch, T frames in the window, C/H/W a latent frame, N patches per
 frame, P patch dim, E transformer width, K codes per action, D dims per code, M
 choices per code. The parts are chosen by name in `ModelConfig` (`stem`,
-`action_head`, `quantizer`, `whiten`); see stems.py, heads.py, quantize/, whiten.py.
+`frame_correlation`, `action_head`, `quantizer`, `whiten`); see stems.py, heads.py, quantize/, whiten.py.
 Built with no arguments, the model is the spec's: pair stem, token head, 3 VQ codes.
 
 The decoder predicts the *change* from frame t-1 (its output projection starts at
@@ -118,14 +119,14 @@ class LatentActionModel(nn.Module):
         if not min_frames <= x.shape[1] <= c.max_frames:
             raise ValueError(f"window has {x.shape[1]} frames; need {min_frames}..{c.max_frames} (model.max_frames)")
 
-    def _encode(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pre-quantisation actions (B, T-1, K, D), whitened if configured, and the whitening
-        penalty (training only; None otherwise)."""
+    def _encode(self, x: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pre-quantisation actions (B, T-1, K, D) of frames x and their patches, whitened if
+        configured, and the whitening penalty (training only; None otherwise)."""
         if self.whiten is None:
-            return self.encoder(patches), None
+            return self.encoder(patches, x), None
         if not self.training:
-            return self.whiten(self.encoder(patches))
-        z, z_head = self.encoder(patches, head_view=True)  # the penalty trains the head's output layers only
+            return self.whiten(self.encoder(patches, x))
+        z, z_head = self.encoder(patches, x, head_view=True)  # the penalty trains the head's output layers only
         return self.whiten(z, z_head)
 
     def _predict(self, frames: torch.Tensor, patches: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -159,7 +160,7 @@ class LatentActionModel(nn.Module):
         cfg = self.config
         t = x.shape[1]
         patches = self.in_adapter(x)  # (B, T, N, P)
-        z, whitening_penalty = self._encode(patches)  # (B, T-1, K, D)
+        z, whitening_penalty = self._encode(x, patches)  # (B, T-1, K, D)
         q = self.quantizer(z)
         pred = self._predict(x[:, :-1], patches[:, :-1], q.quantized)  # (B, T-1, C, H, W), frames 1..T-1
 
@@ -230,7 +231,7 @@ class LatentActionModel(nn.Module):
         configured). Index t-1 is the transition t-1 -> t, computed from frames <= t. Changes no
         state, in either mode: whitening uses its running statistics, as in evaluation."""
         self._check_frames(x)
-        z = self.encoder(self.in_adapter(x)).float()
+        z = self.encoder(self.in_adapter(x), x).float()
         if self.whiten is not None:
             z = self.whiten.with_running_statistics(z)
         return self.quantizer.nearest(z), z

@@ -12,12 +12,25 @@ slowly. `STEMS` maps the config's `stem` names to classes:
 
 `MotionMoments` (`motion_moments: true`) adds the spatial moments of the difference,
 which are linear in how far and which way an object moved, wherever it is.
+
+`FrameCorrelation` (`frame_correlation: phase | cross`) adds where the picture as a whole
+moved: the correlation of frame t with frame t-1 under every shift, on the latent pixels
+rather than on patches. Camera motion (a scrolling 2D world, an FPS view turning) and a
+pointer's move show as a peak at their shift, which moments of a difference cannot say and
+a per-patch MLP has to learn. `CORRELATIONS` maps the config's names to it:
+
+    none   nothing added
+    phase  phase correlation: the cross-power spectrum normalised to unit magnitude, so
+           every spatial frequency counts alike and the peak is sharp even on smooth pictures
+    cross  plain circular cross-correlation: dominated by the largest, smoothest structures
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+import torch.nn.functional as F
 
 from lam.config import ModelConfig
 
@@ -68,4 +81,51 @@ class MotionMoments(nn.Module):
         return self.proj(torch.cat([moments.flatten(-2), change.mean(dim=2)], dim=-1))  # (B, T-1, E)
 
 
+class FrameCorrelation(nn.Module):
+    """Frames (B, T, C, H, W) -> (B, T-1, E): the correlation surface of each transition,
+    pooled to at most 32x32 shifts and projected to the stem's width.
+
+    The surface of t-1 -> t is sum_c corr(frame t-1, frame t) over circular shifts (dy, dx),
+    centred so that no motion is the middle, and scaled by its largest magnitude, so its
+    shape, not the picture's contrast, carries the motion. Computed with FFTs in float32
+    (outside autocast: half-precision FFTs need power-of-two sizes and lose the peak)."""
+
+    GRID = 32  # shifts per side after pooling: finer than a patch, small enough for one linear map
+
+    def __init__(self, cfg: ModelConfig, normalise_phase: bool):
+        super().__init__()
+        self.normalise_phase = normalise_phase
+        self.grid = min(self.GRID, cfg.latent_size)
+        self.proj = nn.Linear(self.grid**2, cfg.embed_dim)
+
+    def surface(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, T-1, H, W): index [.., H//2 + dy, W//2 + dx] is how well frame t
+        matches frame t-1 moved by dy down and dx right (circularly); each surface's largest
+        magnitude is 1 (0 everywhere for a transition between flat frames)."""
+        with torch.autocast(frames.device.type, enabled=False):
+            x = frames.float()
+            x = x - x.mean(dim=(-2, -1), keepdim=True)  # a brightness change is not motion
+            spectra = torch.fft.rfft2(x)  # (B, T, C, H, W//2+1)
+            cross = (spectra[:, 1:] * spectra[:, :-1].conj()).sum(dim=2)  # (B, T-1, H, W//2+1)
+            if self.normalise_phase:
+                cross = cross / cross.abs().clamp_min(1e-6)
+            corr = torch.fft.irfft2(cross, s=x.shape[-2:])
+            corr = torch.fft.fftshift(corr, dim=(-2, -1))
+            return corr / corr.flatten(2).abs().amax(dim=-1)[..., None, None].clamp_min(1e-6)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        corr = self.surface(frames)  # (B, T-1, H, W)
+        pooled = F.adaptive_avg_pool2d(corr.flatten(0, 1), self.grid)  # (B*(T-1), G, G)
+        return self.proj(pooled.view(*corr.shape[:2], -1))  # (B, T-1, E)
+
+
+def _phase(cfg: ModelConfig) -> FrameCorrelation:
+    return FrameCorrelation(cfg, normalise_phase=True)
+
+
+def _cross(cfg: ModelConfig) -> FrameCorrelation:
+    return FrameCorrelation(cfg, normalise_phase=False)
+
+
 STEMS: dict[str, type[nn.Module]] = {"pair": PairStem, "diff": DiffStem}
+CORRELATIONS = {"none": None, "phase": _phase, "cross": _cross}
