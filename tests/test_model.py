@@ -14,7 +14,7 @@ from helpers import small_model_config
 
 import lam.config
 from lam.model import (
-    CORRELATIONS, HEADS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
+    CORRELATIONS, HEADS, PREDICTIONS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
     VVAEtoLAMAdapter,
 )
 
@@ -23,16 +23,17 @@ SPEC_METRICS = {
 }
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
 # the whitening, the motion moments, a frame correlation (phase with the diff stem, cross with
-# the pair stem) and the (opt-in) label head on.
+# the pair stem), the shifted prediction and the (opt-in) label head on.
 PARTS = [
     dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras, motion_moments=extras,
-         frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none", label_classes=3 if extras else 0)
+         frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
+         prediction="shifted" if extras else "residual", label_classes=3 if extras else 0)
     for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
 ]
 
 
 def part_id(p: dict) -> str:
-    extras = f"-whiten-moments-{p['frame_correlation']}-labels" if p["whiten"] else ""
+    extras = f"-whiten-moments-{p['frame_correlation']}-shifted-labels" if p["whiten"] else ""
     return f"{p['stem']}-{p['action_head']}-{p['quantizer']}{extras}"
 
 
@@ -49,6 +50,9 @@ def make_model(cfg: ModelConfig, seed: int = 0) -> LatentActionModel:
     torch.manual_seed(seed)
     model = LatentActionModel(cfg)
     torch.nn.init.normal_(model.decoder.proj_out.weight, std=0.5)
+    if model.shift is not None:  # likewise, the shift starts blended out and uniform
+        torch.nn.init.constant_(model.shift.gate, 0.5)
+        torch.nn.init.normal_(model.shift.to_shift.weight, std=1.0)
     if model.quantizer.continuous:  # centroids from k-means: before a fit every id would be the zero vector
         model.quantizer.remember(torch.randn(64, cfg.num_codes, model.quantizer.code_dim))
         model.quantizer.fit_centroids()
@@ -72,8 +76,8 @@ def test_config_defaults_are_the_spec():
     c = ModelConfig()
     assert (c.patch_dim, c.num_patches, c.embed_dim, c.encoder_depth, c.decoder_depth) == (256, 256, 512, 3, 3)
     assert (c.codebook_dim, c.num_embeddings, c.num_codes, c.commitment_weight) == (128, 12, 3, 0.25)
-    assert (c.stem, c.action_head, c.quantizer, c.whiten, c.motion_moments, c.frame_correlation) == \
-        ("pair", "token", "vq", False, False, "none")
+    assert (c.stem, c.action_head, c.quantizer, c.whiten, c.motion_moments, c.frame_correlation, c.prediction) == \
+        ("pair", "token", "vq", False, False, "none", "residual")
     assert c.num_actions == 1728 and c.rollout_horizon == 2 and c.patch_size == 4
     c.validate()
 
@@ -89,11 +93,12 @@ def test_built_with_no_arguments_it_is_the_spec_model_under_both_names():
 def test_every_name_the_config_accepts_names_a_class_in_the_registries():
     assert tuple(STEMS) == lam.config.STEMS
     assert tuple(CORRELATIONS) == lam.config.CORRELATIONS
+    assert tuple(PREDICTIONS) == lam.config.PREDICTIONS
     assert tuple(HEADS) == lam.config.ACTION_HEADS
     assert tuple(QUANTIZERS) == lam.config.QUANTIZERS
 
 
-@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("frame_correlation", "none, phase, cross"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
+@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("frame_correlation", "none, phase, cross"), ("prediction", "residual, shifted"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
 def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, valid):
     with pytest.raises(ValueError, match=re.escape(f"model.{field} must be one of {valid}; got 'nope'")):
         LatentActionModel(ModelConfig(**{field: "nope"}))

@@ -93,6 +93,44 @@ def test_frame_correlation_reaches_the_codes_and_needs_the_frames():
         model.encoder(model.in_adapter(x))
 
 
+def test_shifted_prediction_starts_as_a_copy_and_moves_the_frame_where_the_action_says():
+    cfg = small_model_config(quantizer="gaussian", prediction="shifted")
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg)
+    x = torch.randn(2, 3, 4, 16, 16)
+    actions = torch.randn(2, 2, cfg.num_codes, cfg.codebook_dim)
+    torch.testing.assert_close(model.shift(x[:, :-1], actions), x[:, :-1])  # untrained: the previous frame
+    torch.testing.assert_close(model.shift.kernel(actions).sum(dim=(-2, -1)), torch.ones(2, 2))
+    with torch.no_grad():  # an action whose first dim picks the shift (dy, dx) = (3, -2): index (8 + 3, 8 - 2)
+        model.shift.gate.fill_(1.0)
+        model.shift.to_shift.weight.zero_()
+        model.shift.to_shift.weight[(8 + 3) * 16 + (8 - 2), 0] = 100.0
+    picks = torch.zeros_like(actions)
+    picks[..., 0, 0] = 1.0
+    moved = model.shift(x[:, :-1], picks)
+    torch.testing.assert_close(moved, torch.roll(x[:, :-1], (3, -2), dims=(-2, -1)), atol=1e-4, rtol=1e-4)
+
+
+def test_shifted_prediction_trains_the_encoder_through_the_shift():
+    cfg = small_model_config(quantizer="gaussian", prediction="shifted", stem="diff", frame_correlation="phase")
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).train()
+    model.decoder.proj_out.requires_grad_(False)  # the decoder's output stays zero: the shift is the only path
+    picture = torch.randn(2, 1, 4, 16, 16)
+    x = torch.cat([picture, torch.roll(picture, 2, dims=-1), torch.roll(picture, 4, dims=-1)], dim=1)  # a scrolling view
+    before = model.encoder.correlation.proj.weight.detach().clone()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    losses = []
+    for _ in range(3):  # gate and shift map start at zero: the encoder's gradient arrives from the third step
+        optimizer.zero_grad()
+        out = model(x)
+        out.loss.backward()
+        optimizer.step()
+        losses.append(float(out.metrics["mse_loss"]))
+    assert not torch.equal(model.encoder.correlation.proj.weight, before)
+    assert losses[-1] < losses[0]
+
+
 def test_change_weight_puts_the_loss_where_frames_changed():
     x = torch.zeros(2, 3, 4, 16, 16)
     x[:, 1:, :, :4, :4] = 1.0  # only the top-left corner changes, between frames 0 and 1

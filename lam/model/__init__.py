@@ -15,6 +15,7 @@ distributed.py (the only torch.distributed calls), lam.py (the model), flops.py.
 
 from lam.config import ModelConfig
 from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
+from lam.model.decoder import PREDICTIONS
 from lam.model.heads import HEADS
 from lam.model.lam import LAMOutput, LatentActionModel, VVAELatentActionVQVAE
 from lam.model.quantize import QUANTIZERS, QuantizerOutput
@@ -30,6 +31,7 @@ __all__ = [
     "QuantizerOutput",
     "STEMS",
     "CORRELATIONS",
+    "PREDICTIONS",
     "HEADS",
     "QUANTIZERS",
 ]

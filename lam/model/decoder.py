@@ -5,12 +5,21 @@ every token of frame s; with causal temporal attention the output at position s
 depends on frames <= s and actions of transitions <= s -> s+1, and predicts frame
 s+1. The target frame never enters the decoder, so everything it knows about frame
 t beyond the past goes through the action bottleneck.
+
+What the model predicts from the decoder's output (`prediction`, `PREDICTIONS`):
+
+    residual  frame t-1 plus the decoder's change (the spec's model)
+    shifted   frame t-1 moved by a mixture of shifts that a linear map of the action alone
+              picks (`ActionShift`), plus the decoder's change: camera motion and scrolling
+              become a cheap, direct use of the action, so the encoder is rewarded for saying
+              which way the picture moved from the first steps of training
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from lam.config import ModelConfig
 from lam.model.transformer import SpaceTimeTransformer
@@ -41,3 +50,42 @@ class LatentActionDecoder(nn.Module):
         a = self.action_proj(actions.flatten(2).to(self.action_proj.weight.dtype))  # (B, S, E)
         x = self.proj_in(patches) + self.pos_space + self.pos_time[:s, None] + a[:, :, None]  # (B, S, N, E)
         return self.proj_out(self.transformer(x))  # (B, S, N, P)
+
+
+class ActionShift(nn.Module):
+    """Frames (B, S, C, H, W) and actions (B, S, K, D) -> the frames moved by the actions' shifts.
+
+    A linear map of each action gives logits over every circular shift (dy, dx) of a frame;
+    their softmax is a kernel that moves frame s by the mixture of those shifts (an FFT
+    convolution, in float32). The result is blended in by a learned gate that starts at 0, so
+    the untrained model still copies the previous frame, and the kernel starts uniform, so no
+    shift is preferred before the actions say one."""
+
+    def __init__(self, cfg: ModelConfig, code_dim: int):
+        super().__init__()
+        self.size = cfg.latent_size
+        self.to_shift = nn.Linear(cfg.num_codes * code_dim, self.size**2)  # logits, centred: [H//2 + dy, W//2 + dx]
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def init_weights(self) -> None:
+        nn.init.zeros_(self.to_shift.weight)
+        nn.init.zeros_(self.to_shift.bias)
+
+    def kernel(self, actions: torch.Tensor) -> torch.Tensor:
+        """(B, S, K, D) -> (B, S, H, W): the weight of each shift, centred (no shift in the middle); sums to 1."""
+        logits = self.to_shift(actions.flatten(2).float())  # (B, S, H*W)
+        return F.softmax(logits, dim=-1).view(*logits.shape[:2], self.size, self.size)
+
+    def forward(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(frames.device.type, enabled=False):
+            x = frames.float()
+            kernel = torch.fft.ifftshift(self.kernel(actions), dim=(-2, -1))  # index [dy mod H, dx mod W]
+            moved = torch.fft.irfft2(torch.fft.rfft2(x) * torch.fft.rfft2(kernel)[:, :, None], s=x.shape[-2:])
+            return (x + self.gate * (moved - x)).to(frames.dtype)
+
+
+def _shifted(cfg: ModelConfig, code_dim: int) -> ActionShift:
+    return ActionShift(cfg, code_dim)
+
+
+PREDICTIONS = {"residual": None, "shifted": _shifted}

@@ -9,11 +9,13 @@
       -> decoder: frames 0..T-2, action of t-1 -> t
          added to the tokens of frame t-1                 (B, T-1, N, P)
       -> LAMtoVVAEAdapter, per frame, + frame t-1         predictions of frames 1..T-1
+         (moved by the action's shifts, `prediction: shifted`)
 
 Dimension keys: B batch, T frames in the window, C/H/W a latent frame, N patches per
 frame, P patch dim, E transformer width, K codes per action, D dims per code, M
 choices per code. The parts are chosen by name in `ModelConfig` (`stem`,
-`frame_correlation`, `action_head`, `quantizer`, `whiten`); see stems.py, heads.py, quantize/, whiten.py.
+`frame_correlation`, `action_head`, `quantizer`, `whiten`, `prediction`); see stems.py,
+heads.py, quantize/, whiten.py, decoder.py.
 Built with no arguments, the model is the spec's: pair stem, token head, 3 VQ codes.
 
 The decoder predicts the *change* from frame t-1 (its output projection starts at
@@ -42,7 +44,7 @@ from torch import nn
 
 from lam.config import ModelConfig
 from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
-from lam.model.decoder import LatentActionDecoder
+from lam.model.decoder import PREDICTIONS, LatentActionDecoder
 from lam.model.encoder import LatentActionEncoder
 from lam.model.quantize import build_quantizer
 from lam.model.whiten import Whitening
@@ -76,6 +78,8 @@ class LatentActionModel(nn.Module):
         self.whiten = Whitening(cfg.num_codes, code_dim) if cfg.whiten else None
         self.decoder = LatentActionDecoder(cfg, code_dim)
         self.out_adapter = LAMtoVVAEAdapter(cfg.in_channels, **adapter_kw)
+        shift = PREDICTIONS[cfg.prediction]
+        self.shift = shift(cfg, code_dim) if shift else None
         # Opt-in, not unsupervised: true actions of a few files train a linear map from the action
         # vector to them (a few labels steer what the action codes carry). Registered last, so
         # the parameter order of models without it stays as it was.
@@ -89,6 +93,8 @@ class LatentActionModel(nn.Module):
                 nn.init.zeros_(m.bias)
         self.encoder.head.init_weights()
         self.decoder.init_weights()
+        if self.shift is not None:
+            self.shift.init_weights()
 
     @property
     def metric_names(self) -> list[str]:
@@ -133,7 +139,8 @@ class LatentActionModel(nn.Module):
         """Next frames (B, S, C, H, W) from context frames 0..S-1 (B, S, C, H, W), their patches
         (B, S, N, P) and actions (B, S, K, D) of transitions 0->1 .. S-1->S."""
         delta = self.out_adapter(self.decoder(patches, actions))  # (B, S, C, H, W)
-        return frames + delta  # the decoder predicts the change from the previous frame
+        base = frames if self.shift is None else self.shift(frames, actions)
+        return base + delta  # the decoder predicts the change from the previous frame (moved, with `shifted`)
 
     def _rollout(self, frames, patches, actions, horizon: int, first: torch.Tensor | None = None) -> torch.Tensor:
         """Autoregressive: ground-truth frames 0..S-1 (and their patches), actions (B, >= S-1+horizon, K, D)
