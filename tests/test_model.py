@@ -51,8 +51,8 @@ def make_model(cfg: ModelConfig, seed: int = 0) -> LatentActionModel:
     model = LatentActionModel(cfg)
     torch.nn.init.normal_(model.decoder.proj_out.weight, std=0.5)
     if model.shift is not None:  # likewise, the shift starts blended out and uniform
-        torch.nn.init.constant_(model.shift.gate, 0.5)
-        torch.nn.init.normal_(model.shift.to_shift.weight, std=1.0)
+        torch.nn.init.constant_(model.shift.gate, 0.5 / model.shift.RATE)
+        torch.nn.init.normal_(model.shift.to_shift.weight, std=0.1)
     if model.quantizer.continuous:  # centroids from k-means: before a fit every id would be the zero vector
         model.quantizer.remember(torch.randn(64, cfg.num_codes, model.quantizer.code_dim))
         model.quantizer.fit_centroids()

@@ -101,10 +101,10 @@ def test_shifted_prediction_starts_as_a_copy_and_moves_the_frame_where_the_actio
     actions = torch.randn(2, 2, cfg.num_codes, cfg.codebook_dim)
     torch.testing.assert_close(model.shift(x[:, :-1], actions), x[:, :-1])  # untrained: the previous frame
     torch.testing.assert_close(model.shift.kernel(actions).sum(dim=(-2, -1)), torch.ones(2, 2))
-    with torch.no_grad():  # an action whose first dim picks the shift (dy, dx) = (3, -2): index (8 + 3, 8 - 2)
-        model.shift.gate.fill_(1.0)
+    with torch.no_grad():  # an action whose first dim picks the shift (dy, dx) = (3, -2): logits 8 + 3 and 16 + 8 - 2
+        model.shift.gate.fill_(1.0 / model.shift.RATE)
         model.shift.to_shift.weight.zero_()
-        model.shift.to_shift.weight[(8 + 3) * 16 + (8 - 2), 0] = 100.0
+        model.shift.to_shift.weight[[8 + 3, 16 + 8 - 2], 0] = 10.0
     picks = torch.zeros_like(actions)
     picks[..., 0, 0] = 1.0
     moved = model.shift(x[:, :-1], picks)
@@ -119,7 +119,7 @@ def test_shifted_prediction_trains_the_encoder_through_the_shift():
     picture = torch.randn(2, 1, 4, 16, 16)
     x = torch.cat([picture, torch.roll(picture, 2, dims=-1), torch.roll(picture, 4, dims=-1)], dim=1)  # a scrolling view
     before = model.encoder.correlation.proj.weight.detach().clone()
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(3):  # gate and shift map start at zero: the encoder's gradient arrives from the third step
         optimizer.zero_grad()

@@ -10,7 +10,7 @@ What the model predicts from the decoder's output (`prediction`, `PREDICTIONS`):
 
     residual  frame t-1 plus the decoder's change (the spec's model)
     shifted   frame t-1 moved by a mixture of shifts that a linear map of the action alone
-              picks (`ActionShift`), plus the decoder's change: camera motion and scrolling
+              picks (`ActionShift`: a vertical and a horizontal shift), plus the decoder's change: camera motion and scrolling
               become a cheap, direct use of the action, so the encoder is rewarded for saying
               which way the picture moved from the first steps of training
 """
@@ -55,16 +55,22 @@ class LatentActionDecoder(nn.Module):
 class ActionShift(nn.Module):
     """Frames (B, S, C, H, W) and actions (B, S, K, D) -> the frames moved by the actions' shifts.
 
-    A linear map of each action gives logits over every circular shift (dy, dx) of a frame;
-    their softmax is a kernel that moves frame s by the mixture of those shifts (an FFT
-    convolution, in float32). The result is blended in by a learned gate that starts at 0, so
-    the untrained model still copies the previous frame, and the kernel starts uniform, so no
-    shift is preferred before the actions say one."""
+    A linear map of each action gives logits over the vertical shifts dy and, separately, the
+    horizontal shifts dx of a frame (circular); the product of their softmaxes is a kernel that
+    moves frame s by that mixture of shifts (an FFT convolution, in float32). The result is
+    blended in by a learned gate that starts at 0, so the untrained model still copies the
+    previous frame, and the kernel starts uniform, so no shift is preferred before the actions
+    say one."""
+
+    # Logits and gate are RATE times their parameters: Adam moves a parameter by about the
+    # learning rate a step whatever its gradient, and a kernel has to go from uniform to one
+    # peak (logits apart by ~log(H*W)) and the gate from 0 to ~1 within the first epochs.
+    RATE = 16.0
 
     def __init__(self, cfg: ModelConfig, code_dim: int):
         super().__init__()
         self.size = cfg.latent_size
-        self.to_shift = nn.Linear(cfg.num_codes * code_dim, self.size**2)  # logits, centred: [H//2 + dy, W//2 + dx]
+        self.to_shift = nn.Linear(cfg.num_codes * code_dim, 2 * self.size)  # logits over dy, then dx; centred
         self.gate = nn.Parameter(torch.zeros(()))
 
     def init_weights(self) -> None:
@@ -72,16 +78,17 @@ class ActionShift(nn.Module):
         nn.init.zeros_(self.to_shift.bias)
 
     def kernel(self, actions: torch.Tensor) -> torch.Tensor:
-        """(B, S, K, D) -> (B, S, H, W): the weight of each shift, centred (no shift in the middle); sums to 1."""
-        logits = self.to_shift(actions.flatten(2).float())  # (B, S, H*W)
-        return F.softmax(logits, dim=-1).view(*logits.shape[:2], self.size, self.size)
+        """(B, S, K, D) -> (B, S, H, W): the weight of each shift, centred (index [H//2 + dy, W//2 + dx]); sums to 1."""
+        logits = self.RATE * self.to_shift(actions.flatten(2).float())  # (B, S, 2H)
+        dy, dx = F.softmax(logits.unflatten(-1, (2, self.size)), dim=-1).unbind(dim=-2)  # (B, S, H), (B, S, W)
+        return dy[..., :, None] * dx[..., None, :]
 
     def forward(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         with torch.autocast(frames.device.type, enabled=False):
             x = frames.float()
             kernel = torch.fft.ifftshift(self.kernel(actions), dim=(-2, -1))  # index [dy mod H, dx mod W]
             moved = torch.fft.irfft2(torch.fft.rfft2(x) * torch.fft.rfft2(kernel)[:, :, None], s=x.shape[-2:])
-            return (x + self.gate * (moved - x)).to(frames.dtype)
+            return (x + self.RATE * self.gate * (moved - x)).to(frames.dtype)
 
 
 def _shifted(cfg: ModelConfig, code_dim: int) -> ActionShift:
