@@ -22,18 +22,20 @@ SPEC_METRICS = {
     "loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity",
 }
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
-# the whitening, the motion moments, a frame correlation (phase with the diff stem, cross with
-# the pair stem), the shifted prediction and the (opt-in) label head on.
+# the whitening, the motion moments, a frame correlation and a shifted prediction (phase and
+# shifted-local with the diff stem, cross and shifted with the pair stem) and the (opt-in)
+# label head on.
 PARTS = [
     dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras, motion_moments=extras,
          frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
-         prediction="shifted" if extras else "residual", label_classes=3 if extras else 0)
+         prediction=("shifted-local" if stem == "diff" else "shifted") if extras else "residual",
+         label_classes=3 if extras else 0)
     for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
 ]
 
 
 def part_id(p: dict) -> str:
-    extras = f"-whiten-moments-{p['frame_correlation']}-shifted-labels" if p["whiten"] else ""
+    extras = f"-whiten-moments-{p['frame_correlation']}-{p['prediction']}-labels" if p["whiten"] else ""
     return f"{p['stem']}-{p['action_head']}-{p['quantizer']}{extras}"
 
 
@@ -98,7 +100,7 @@ def test_every_name_the_config_accepts_names_a_class_in_the_registries():
     assert tuple(QUANTIZERS) == lam.config.QUANTIZERS
 
 
-@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("frame_correlation", "none, phase, cross"), ("prediction", "residual, shifted"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
+@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("frame_correlation", "none, phase, cross"), ("prediction", "residual, shifted, shifted-local"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
 def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, valid):
     with pytest.raises(ValueError, match=re.escape(f"model.{field} must be one of {valid}; got 'nope'")):
         LatentActionModel(ModelConfig(**{field: "nope"}))

@@ -111,6 +111,28 @@ def test_shifted_prediction_starts_as_a_copy_and_moves_the_frame_where_the_actio
     torch.testing.assert_close(moved, torch.roll(x[:, :-1], (3, -2), dims=(-2, -1)), atol=1e-4, rtol=1e-4)
 
 
+def test_local_shift_moves_only_where_its_mask_says():
+    cfg = small_model_config(quantizer="gaussian", prediction="shifted-local")
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg)
+    x = torch.randn(2, 2, 4, 16, 16)
+    actions = torch.randn(2, 2, cfg.num_codes, cfg.codebook_dim)
+    decoded = torch.randn(2, 2, cfg.num_patches, cfg.patch_dim)
+    with torch.no_grad():
+        model.shift.gate.fill_(1.0 / model.shift.RATE)
+        model.shift.to_shift.weight[[8 + 1, 16 + 8 + 1], 0] = 50.0  # moves by (1, 1) ...
+        model.shift.where.deconv.weight.zero_()
+        model.shift.where.deconv.bias.fill_(30.0)  # ... everywhere
+    picks = torch.zeros_like(actions)
+    picks[..., 0, 0] = 1.0
+    torch.testing.assert_close(model.shift(x, picks, decoded), torch.roll(x, (1, 1), dims=(-2, -1)), atol=1e-4, rtol=1e-4)
+    with torch.no_grad():
+        model.shift.where.deconv.bias.fill_(-30.0)  # ... nowhere
+    torch.testing.assert_close(model.shift(x, picks, decoded), x, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="needs the decoder's outputs"):
+        model.shift(x, picks)
+
+
 def test_shifted_prediction_trains_the_encoder_through_the_shift():
     cfg = small_model_config(quantizer="gaussian", prediction="shifted", stem="diff", frame_correlation="phase")
     torch.manual_seed(0)

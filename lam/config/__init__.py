@@ -57,7 +57,7 @@ STEMS = ("pair", "diff")
 CORRELATIONS = ("none", "phase", "cross")
 ACTION_HEADS = ("token", "token+motion", "motion")
 QUANTIZERS = ("vq", "fsq", "gaussian")
-PREDICTIONS = ("residual", "shifted")
+PREDICTIONS = ("residual", "shifted", "shifted-local")
 
 
 @dataclass
@@ -101,7 +101,8 @@ class ModelConfig:
     kl_weight: float = option(0.0, "gaussian: weight of the prior term 0.5 mean(z^2) (0: none; whitening keeps the scale)")
     kmeans_samples: int = option(4096, "gaussian: vectors per rank, from each epoch's last batches, that the k-means fit uses")
     prediction: str = option("residual", "what the decoder's output is added to: residual = frame t-1, "
-                             "shifted = frame t-1 moved by shifts that a linear map of the action picks (camera motion, scrolling)",
+                             "shifted = frame t-1 moved by shifts that a linear map of the action picks (camera motion, scrolling), "
+                             "shifted-local = that, only where a mask from the decoder says (a moving pointer or agent)",
                              choices=PREDICTIONS)
     change_weight: float = option(0.0, "weight the prediction loss towards latent pixels that changed: 1 + change_weight * |x_t - x_t-1| / its mean (0: plain MSE)")
     use_rollout: bool = option(False, "add a multi-step rollout loss (the decoder fed its own predictions)")

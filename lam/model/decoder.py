@@ -10,9 +10,13 @@ What the model predicts from the decoder's output (`prediction`, `PREDICTIONS`):
 
     residual  frame t-1 plus the decoder's change (the spec's model)
     shifted   frame t-1 moved by a mixture of shifts that a linear map of the action alone
-              picks (`ActionShift`: a vertical and a horizontal shift), plus the decoder's change: camera motion and scrolling
-              become a cheap, direct use of the action, so the encoder is rewarded for saying
-              which way the picture moved from the first steps of training
+              picks (`ActionShift`: a vertical and a horizontal shift), plus the decoder's
+              change: camera motion and scrolling become a cheap, direct use of the action, so
+              the encoder is rewarded for saying which way the picture moved from the first
+              steps of training
+    shifted-local  the same, with the moved frame used only where a per-pixel mask read off
+              the decoder's output says: an object that the action moves (a pointer, an
+              agent) on a background that stays
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from lam.config import ModelConfig
+from lam.model.adapters import LAMtoVVAEAdapter
 from lam.model.transformer import SpaceTimeTransformer
 
 
@@ -60,22 +65,26 @@ class ActionShift(nn.Module):
     moves frame s by that mixture of shifts (an FFT convolution, in float32). The result is
     blended in by a learned gate that starts at 0, so the untrained model still copies the
     previous frame, and the kernel starts uniform, so no shift is preferred before the actions
-    say one."""
+    say one. With `local`, the blend is also weighted per latent pixel by a sigmoid mask that a
+    transposed convolution reads off the decoder's patch outputs (where the moved frame is right)."""
 
     # Logits and gate are RATE times their parameters: Adam moves a parameter by about the
     # learning rate a step whatever its gradient, and a kernel has to go from uniform to one
     # peak (logits apart by ~log(H*W)) and the gate from 0 to ~1 within the first epochs.
     RATE = 16.0
 
-    def __init__(self, cfg: ModelConfig, code_dim: int):
+    def __init__(self, cfg: ModelConfig, code_dim: int, local: bool = False):
         super().__init__()
         self.size = cfg.latent_size
         self.to_shift = nn.Linear(cfg.num_codes * code_dim, 2 * self.size)  # logits over dy, then dx; centred
         self.gate = nn.Parameter(torch.zeros(()))
+        self.where = LAMtoVVAEAdapter(1, cfg.patch_dim, cfg.latent_size, cfg.patch_grid) if local else None
 
     def init_weights(self) -> None:
         nn.init.zeros_(self.to_shift.weight)
         nn.init.zeros_(self.to_shift.bias)
+        if self.where is not None:
+            nn.init.zeros_(self.where.deconv.bias)  # a mask of 0.5 everywhere until the decoder learns where
 
     def kernel(self, actions: torch.Tensor) -> torch.Tensor:
         """(B, S, K, D) -> (B, S, H, W): the weight of each shift, centred (index [H//2 + dy, W//2 + dx]); sums to 1."""
@@ -83,16 +92,26 @@ class ActionShift(nn.Module):
         dy, dx = F.softmax(logits.unflatten(-1, (2, self.size)), dim=-1).unbind(dim=-2)  # (B, S, H), (B, S, W)
         return dy[..., :, None] * dx[..., None, :]
 
-    def forward(self, frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, actions: torch.Tensor, decoded: torch.Tensor | None = None) -> torch.Tensor:
+        """`decoded`: the decoder's patch outputs (B, S, N, P), needed with `local`."""
+        blend = self.RATE * self.gate
+        if self.where is not None:
+            if decoded is None:
+                raise ValueError("a local shift needs the decoder's outputs (decoded=)")
+            blend = blend * torch.sigmoid(self.where(decoded).float())  # (B, S, 1, H, W)
         with torch.autocast(frames.device.type, enabled=False):
             x = frames.float()
             kernel = torch.fft.ifftshift(self.kernel(actions), dim=(-2, -1))  # index [dy mod H, dx mod W]
             moved = torch.fft.irfft2(torch.fft.rfft2(x) * torch.fft.rfft2(kernel)[:, :, None], s=x.shape[-2:])
-            return (x + self.RATE * self.gate * (moved - x)).to(frames.dtype)
+            return (x + blend * (moved - x)).to(frames.dtype)
 
 
 def _shifted(cfg: ModelConfig, code_dim: int) -> ActionShift:
     return ActionShift(cfg, code_dim)
 
 
-PREDICTIONS = {"residual": None, "shifted": _shifted}
+def _shifted_local(cfg: ModelConfig, code_dim: int) -> ActionShift:
+    return ActionShift(cfg, code_dim, local=True)
+
+
+PREDICTIONS = {"residual": None, "shifted": _shifted, "shifted-local": _shifted_local}

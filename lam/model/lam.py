@@ -9,7 +9,7 @@
       -> decoder: frames 0..T-2, action of t-1 -> t
          added to the tokens of frame t-1                 (B, T-1, N, P)
       -> LAMtoVVAEAdapter, per frame, + frame t-1         predictions of frames 1..T-1
-         (moved by the action's shifts, `prediction: shifted`)
+         (moved by the action's shifts, `prediction: shifted | shifted-local`)
 
 Dimension keys: B batch, T frames in the window, C/H/W a latent frame, N patches per
 frame, P patch dim, E transformer width, K codes per action, D dims per code, M
@@ -138,8 +138,9 @@ class LatentActionModel(nn.Module):
     def _predict(self, frames: torch.Tensor, patches: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Next frames (B, S, C, H, W) from context frames 0..S-1 (B, S, C, H, W), their patches
         (B, S, N, P) and actions (B, S, K, D) of transitions 0->1 .. S-1->S."""
-        delta = self.out_adapter(self.decoder(patches, actions))  # (B, S, C, H, W)
-        base = frames if self.shift is None else self.shift(frames, actions)
+        decoded = self.decoder(patches, actions)  # (B, S, N, P)
+        delta = self.out_adapter(decoded)  # (B, S, C, H, W)
+        base = frames if self.shift is None else self.shift(frames, actions, decoded)
         return base + delta  # the decoder predicts the change from the previous frame (moved, with `shifted`)
 
     def _rollout(self, frames, patches, actions, horizon: int, first: torch.Tensor | None = None) -> torch.Tensor:
