@@ -2,7 +2,8 @@
 
     spec   the specification's model and training defaults
     demo   what `lam demo` trains: a few minutes on 2 CPU cores, codes that follow the actions
-    real   the demo's model with a continuous action bottleneck: the best measured on real play
+    real   the demo's model with a continuous action, the frame correlation and the shifted-local
+           prediction: the best measured on real play
     tiny   seconds on 2 CPU cores: the tests' and benchmarks' model
 
 Each recipe is a flat mapping of config keys over the defaults, so it reads like a
@@ -50,13 +51,18 @@ RECIPES = {
         DEMO,
     ),
     "real": Recipe(
-        "the demo's model with a noisy continuous action (4 dims) and 9 k-means ids: the best measured on real play so far",
+        "the demo's model with a noisy continuous action (4 dims, 9 k-means ids), the phase correlation of "
+        "consecutive frames and the shifted-local prediction: the best measured on real play so far",
         {
             **DEMO,
-            # The decoder gets the action vector plus noise instead of a code: the largest gain of the
-            # levers measured with bench.quality (docs/RESULTS.md), on the synthetic world and on
-            # Crafter, and no loss elsewhere. Ids for export and evaluation come from k-means.
+            # The decoder gets the action vector plus noise instead of a code; ids for export and
+            # evaluation come from k-means (docs/RESULTS.md has the measurements behind each choice).
             "quantizer": "gaussian", "codebook_dim": 4, "num_embeddings": 9, "noise_std": 0.5,
+            # The encoder sees where the picture moved (phase correlation), and the decoder can move
+            # the last frame by what the action says, where its mask says: camera motion and a
+            # moving pointer or agent become a direct use of the action, which rewards the encoder
+            # for carrying it.
+            "frame_correlation": "phase", "prediction": "shifted-local",
         },
     ),
     "tiny": Recipe(

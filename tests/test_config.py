@@ -42,8 +42,9 @@ def test_recipes_are_valid_configs_and_the_spec_recipe_is_the_defaults():
         cfg.validate()
     demo = recipe_config("demo").model
     assert (demo.stem, demo.action_head, demo.quantizer, demo.whiten, demo.motion_moments) == ("diff", "token+motion", "fsq", True, True)
-    real = recipe_config("real")  # the demo's model and training, with the continuous bottleneck
+    real = recipe_config("real")  # the demo's model and training, with the continuous bottleneck and the shifts
     assert real.model.quantizer == "gaussian" and real.model.noise_std > 0
+    assert (real.model.frame_correlation, real.model.prediction) == ("phase", "shifted-local")
     assert (real.model.stem, real.model.embed_dim, real.data.sequence_length, real.train.num_epochs) == \
         (demo.stem, demo.embed_dim, recipe_config("demo").data.sequence_length, recipe_config("demo").train.num_epochs)
     with pytest.raises(UserError, match="unknown recipe 'nope'; choose one of spec, demo, real, tiny"):
