@@ -1,9 +1,9 @@
 """Named starting configs: `lam train --recipe NAME`, then --config YAML and flags on top.
 
     spec   the specification's model and training defaults
-    demo   what `lam demo` trains: a few minutes on 2 CPU cores, codes that follow the actions
-    real   the demo's model with a continuous action, the frame correlation and the shifted-local
-           prediction: the best measured on real play
+    demo   a small model for 2 CPU cores with one FSQ code: minutes a run; the base of `real`
+    real   what `lam demo` trains: the demo's model with a continuous action, the frame
+           correlation and the shifted-local prediction, the best measured on real play
     tiny   seconds on 2 CPU cores: the tests' and benchmarks' model
 
 Each recipe is a flat mapping of config keys over the defaults, so it reads like a
@@ -25,7 +25,7 @@ class Recipe:
     overrides: dict
 
 
-# What `lam demo` trains; the `real` recipe starts from it.
+# The `demo` recipe, and the base of `real` (what `lam demo` trains).
 DEMO = {
     # A small model on 3-frame windows at stride 1: what 2 CPU cores train in minutes.
     "sequence_length": 3, "stride": 1,
@@ -47,12 +47,13 @@ RECIPES = {
         {},
     ),
     "demo": Recipe(
-        "a small model for 2 CPU cores: difference stem with moments, one FSQ code of 9 entries on whitened vectors",
+        "a small model for 2 CPU cores: difference stem with moments, one FSQ code of 9 entries on whitened vectors "
+        "(the base of `real`)",
         DEMO,
     ),
     "real": Recipe(
-        "the demo's model with a noisy continuous action (4 dims, 9 k-means ids), the phase correlation of "
-        "consecutive frames and the shifted-local prediction: the best measured on real play so far",
+        "what `lam demo` trains: the demo's model with a noisy continuous action (4 dims, 9 k-means ids), the phase "
+        "correlation of consecutive frames and the shifted-local prediction, the best measured on real play so far",
         {
             **DEMO,
             # The decoder gets the action vector plus noise instead of a code; ids for export and
