@@ -93,41 +93,43 @@ def test_frame_correlation_reaches_the_codes_and_needs_the_frames():
         model.encoder(model.in_adapter(x))
 
 
+def shift_picked_by_the_action(prediction: str, dy: int, dx: int):
+    """A model (16x16 latents) whose shift is fully blended in and whose actions with first dim 1
+    (the returned `picks`, 2 windows of 2 transitions) move a frame by (dy, dx): logits 8 + dy and 16 + 8 + dx."""
+    cfg = small_model_config(quantizer="gaussian", prediction=prediction)
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg)
+    with torch.no_grad():
+        model.shift.gate.fill_(1.0 / model.shift.RATE)
+        model.shift.to_shift.weight.zero_()
+        model.shift.to_shift.weight[[8 + dy, 16 + 8 + dx], 0] = 50.0
+    picks = torch.zeros(2, 2, cfg.num_codes, cfg.codebook_dim)
+    picks[..., 0, 0] = 1.0
+    return model, picks
+
+
 def test_shifted_prediction_starts_as_a_copy_and_moves_the_frame_where_the_action_says():
     cfg = small_model_config(quantizer="gaussian", prediction="shifted")
     torch.manual_seed(0)
     model = LatentActionModel(cfg)
-    x = torch.randn(2, 3, 4, 16, 16)
+    x = torch.randn(2, 2, 4, 16, 16)
     actions = torch.randn(2, 2, cfg.num_codes, cfg.codebook_dim)
-    torch.testing.assert_close(model.shift(x[:, :-1], actions), x[:, :-1])  # untrained: the previous frame
+    torch.testing.assert_close(model.shift(x, actions), x)  # untrained: the previous frame
     torch.testing.assert_close(model.shift.kernel(actions).sum(dim=(-2, -1)), torch.ones(2, 2))
-    with torch.no_grad():  # an action whose first dim picks the shift (dy, dx) = (3, -2): logits 8 + 3 and 16 + 8 - 2
-        model.shift.gate.fill_(1.0 / model.shift.RATE)
-        model.shift.to_shift.weight.zero_()
-        model.shift.to_shift.weight[[8 + 3, 16 + 8 - 2], 0] = 10.0
-    picks = torch.zeros_like(actions)
-    picks[..., 0, 0] = 1.0
-    moved = model.shift(x[:, :-1], picks)
-    torch.testing.assert_close(moved, torch.roll(x[:, :-1], (3, -2), dims=(-2, -1)), atol=1e-4, rtol=1e-4)
+    model, picks = shift_picked_by_the_action("shifted", 3, -2)
+    torch.testing.assert_close(model.shift(x, picks), torch.roll(x, (3, -2), dims=(-2, -1)), atol=1e-4, rtol=1e-4)
 
 
 def test_local_shift_moves_only_where_its_mask_says():
-    cfg = small_model_config(quantizer="gaussian", prediction="shifted-local")
-    torch.manual_seed(0)
-    model = LatentActionModel(cfg)
+    model, picks = shift_picked_by_the_action("shifted-local", 1, 1)
     x = torch.randn(2, 2, 4, 16, 16)
-    actions = torch.randn(2, 2, cfg.num_codes, cfg.codebook_dim)
-    decoded = torch.randn(2, 2, cfg.num_patches, cfg.patch_dim)
+    decoded = torch.randn(2, 2, model.config.num_patches, model.config.patch_dim)
     with torch.no_grad():
-        model.shift.gate.fill_(1.0 / model.shift.RATE)
-        model.shift.to_shift.weight[[8 + 1, 16 + 8 + 1], 0] = 50.0  # moves by (1, 1) ...
         model.shift.where.deconv.weight.zero_()
-        model.shift.where.deconv.bias.fill_(30.0)  # ... everywhere
-    picks = torch.zeros_like(actions)
-    picks[..., 0, 0] = 1.0
+        model.shift.where.deconv.bias.fill_(30.0)  # the mask says: everywhere
     torch.testing.assert_close(model.shift(x, picks, decoded), torch.roll(x, (1, 1), dims=(-2, -1)), atol=1e-4, rtol=1e-4)
     with torch.no_grad():
-        model.shift.where.deconv.bias.fill_(-30.0)  # ... nowhere
+        model.shift.where.deconv.bias.fill_(-30.0)  # the mask says: nowhere
     torch.testing.assert_close(model.shift(x, picks, decoded), x, atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="needs the decoder's outputs"):
         model.shift(x, picks)

@@ -21,6 +21,8 @@ What the model predicts from the decoder's output (`prediction`, `PREDICTIONS`):
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -106,12 +108,4 @@ class ActionShift(nn.Module):
             return (x + blend * (moved - x)).to(frames.dtype)
 
 
-def _shifted(cfg: ModelConfig, code_dim: int) -> ActionShift:
-    return ActionShift(cfg, code_dim)
-
-
-def _shifted_local(cfg: ModelConfig, code_dim: int) -> ActionShift:
-    return ActionShift(cfg, code_dim, local=True)
-
-
-PREDICTIONS = {"residual": None, "shifted": _shifted, "shifted-local": _shifted_local}
+PREDICTIONS = {"residual": None, "shifted": ActionShift, "shifted-local": partial(ActionShift, local=True)}

@@ -27,10 +27,11 @@ a per-patch MLP has to learn. `CORRELATIONS` maps the config's names to it:
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+from functools import partial
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 from lam.config import ModelConfig
 
@@ -119,13 +120,6 @@ class FrameCorrelation(nn.Module):
         return self.proj(pooled.view(*corr.shape[:2], -1))  # (B, T-1, E)
 
 
-def _phase(cfg: ModelConfig) -> FrameCorrelation:
-    return FrameCorrelation(cfg, normalise_phase=True)
-
-
-def _cross(cfg: ModelConfig) -> FrameCorrelation:
-    return FrameCorrelation(cfg, normalise_phase=False)
-
-
 STEMS: dict[str, type[nn.Module]] = {"pair": PairStem, "diff": DiffStem}
-CORRELATIONS = {"none": None, "phase": _phase, "cross": _cross}
+CORRELATIONS = {"none": None, "phase": partial(FrameCorrelation, normalise_phase=True),
+                "cross": partial(FrameCorrelation, normalise_phase=False)}
