@@ -26,11 +26,6 @@ class LatentActionEncoder(nn.Module):
         self.correlation = correlation(cfg) if correlation else None
         self.head = HEADS[cfg.action_head](cfg, code_dim)
 
-    @property
-    def needs_frames(self) -> bool:
-        """Whether `forward` needs the latent frames next to their patches."""
-        return self.correlation is not None
-
     def motion(self, patches: torch.Tensor, frames: torch.Tensor | None = None) -> torch.Tensor:
         """(B, T, N, P) [, frames (B, T, C, H, W)] -> (B, T-1, E): the stem's features of each transition."""
         needs_change = self.stem.uses_change or self.moments is not None
@@ -45,8 +40,8 @@ class LatentActionEncoder(nn.Module):
         return motion
 
     def forward(self, patches: torch.Tensor, frames: torch.Tensor | None = None, head_view: bool = False):
-        """z (B, T-1, K, D) from the patches (B, T, N, P) of a window and, where `needs_frames`, its
-        frames (B, T, C, H, W); with `head_view`, (z, z_head) where z_head is the same value
+        """z (B, T-1, K, D) from the patches (B, T, N, P) of a window and, with a frame correlation,
+        its frames (B, T, C, H, W); with `head_view`, (z, z_head) where z_head is the same value
         computed from detached features, so that a loss on it trains only the head's output layers."""
         b, t = patches.shape[:2]
         shape = (b, t - 1, self.num_codes, self.code_dim)
