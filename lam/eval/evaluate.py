@@ -41,7 +41,6 @@ from lam.data.manifest import Manifest, load_manifest
 from lam.data.windows import WindowReader, frame_count
 from lam.errors import UserError
 from lam.eval import metrics as M
-from lam.eval.figure_set import write_figures
 from lam.eval.probes import pool_frames
 from lam.eval.report import collapse_warnings, print_report  # noqa: F401  (callers print through here)
 from lam.eval.scores import group_scores, label_scores
@@ -313,6 +312,8 @@ def evaluate_checkpoint(checkpoint, data_dir, manifest_path, split="test", batch
     out_dir.mkdir(parents=True, exist_ok=True)
     if figures:
         x = next(iter(split_batches(T, manifest, split, batch_size=16, device=device)))[0]
+        from lam.eval.figure_set import write_figures  # matplotlib: loaded only where figures are drawn
+
         report["figures"] = write_figures(model, x, report, out_dir, split)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     report["report_path"] = str(out_dir / "report.json")

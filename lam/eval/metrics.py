@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import confusion_matrix as sk_confusion_matrix
-from sklearn.metrics import normalized_mutual_info_score
 
 ArrayLike = Any  # np.ndarray | torch.Tensor | sequence
+
+# scikit-learn is imported where it is used: training workers import these metrics, and every
+# worker would otherwise pay for loading it at start-up.
 
 
 def to_numpy(x: ArrayLike) -> np.ndarray:
@@ -103,6 +104,8 @@ def normalized_mutual_information(a: ArrayLike, b: ArrayLike) -> float:
         raise ValueError(f"label arrays differ in length: {x.size} vs {y.size}")
     if x.size == 0:
         raise ValueError("normalized_mutual_information of empty label arrays")
+    from sklearn.metrics import normalized_mutual_info_score
+
     nmi = normalized_mutual_info_score(x, y)
     return float(min(max(nmi, 0.0), 1.0))  # clip floating-point round-off
 
@@ -212,6 +215,8 @@ def confusion_matrix(codes: ArrayLike, labels: ArrayLike, num_codes: int, num_la
     if c.size == 0 or max(num_codes, num_labels) == 1:  # nothing to count, or one cell holding everything
         return np.full((num_codes, num_labels), c.size, dtype=np.int64)
     values = np.arange(max(num_codes, num_labels))
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
     square = sk_confusion_matrix(c, y, labels=values)  # (n_values, n_values)
     return square[:num_codes, :num_labels].astype(np.int64)
 

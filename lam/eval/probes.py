@@ -20,12 +20,11 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
-from sklearn.preprocessing import StandardScaler
 
 from lam.eval.metrics import ArrayLike, as_labels, majority_label, to_numpy
+
+# scikit-learn is imported where it is used: training workers import the evaluation for
+# validation, and every worker would otherwise pay for loading it at start-up.
 
 # Side of the grid a frame is averaged down to for the leakage probes: 8x8 per channel keeps
 # where things are (an 8x8 agent in a 64x64 latent still moves the block averages) in few features.
@@ -97,6 +96,10 @@ def linear_probe_predictions(features_fit: ArrayLike, labels_fit: ArrayLike, fea
     xf, yf, xe = _parts(features_fit, labels_fit, features_eval)
     if np.unique(yf).size < 2:
         return np.full(xe.shape[0], yf[0], dtype=np.int64)
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     scaler = StandardScaler().fit(xf)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # a probe that has not fully converged still scores
@@ -137,6 +140,9 @@ def kmeans_ids(features_fit: ArrayLike, features: ArrayLike, k: int, seed: int =
     xf, x = xf.reshape(xf.shape[0], -1), x.reshape(x.shape[0], -1)
     if xf.shape[0] < k:
         raise ValueError(f"k-means with k={k} needs at least {k} fit vectors, got {xf.shape[0]}")
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # fewer distinct vectors than k: some clusters stay empty
         model = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(xf)
