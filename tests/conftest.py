@@ -12,6 +12,9 @@ from helpers import ROOT
 # Set before any Ray process starts, so the session's Ray, the heads the tests start and the
 # `lam` processes they run all inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Ray Train starts a preemption watcher (one more process) with every run; a local test
+# cluster has no node that could be drained.
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 
 @pytest.fixture(scope="session")
