@@ -57,3 +57,50 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "unknown datasets ['nope']" in capsys.readouterr().err
     assert main(["--set", "embed_dim=30", "num_heads=8", "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
     assert "divisible" in capsys.readouterr().err
+
+
+def untrained_checkpoint(world, folder, **model_keys):
+    """The tiny recipe's model on `world`, untrained (its seed's weights), with centroids fitted
+    the way bench.id_schemes fits its floor's: a checkpoint whose scores must equal the floor's."""
+    import torch
+
+    from bench.id_schemes import TRAIN_WINDOWS
+    from helpers import tiny_config
+    from lam.eval.evaluate import split_batches
+    from lam.model import LatentActionModel
+    from lam.runtime.checkpoint import save_checkpoint
+
+    cfg = tiny_config(world, folder, **model_keys)
+    torch.manual_seed(cfg.train.seed)
+    model = LatentActionModel(cfg.model).eval()
+    if model.quantizer.continuous:
+        with torch.no_grad():
+            for x, *_ in split_batches(cfg.data.sequence_length, load_manifest(world / "manifest.json"), "train", 16,
+                                       max_windows=TRAIN_WINDOWS):
+                model.quantizer.remember(model.encode_actions(x)[1])
+            model.quantizer.fit_centroids()
+    return save_checkpoint(folder / "checkpoint", model=model.state_dict(), config=cfg.to_dict(), epoch=0, step=0).parent
+
+
+def test_id_schemes_of_an_untrained_checkpoint_equal_its_floor(small_world, tmp_path, capsys):
+    from bench.id_schemes import main
+
+    ckpt = untrained_checkpoint(small_world / "synthetic", tmp_path, quantizer="gaussian", num_embeddings=5,
+                                prediction="shifted-local")
+    out = tmp_path / "ids.json"
+    assert main([str(ckpt), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    rows = report["trained"]
+    assert set(rows) == {"model_ids", "kmeans_5", "kmeans_16", "kmeans_32", "kmeans_5_shift_kernel",
+                         "kmeans_5_shift_mean", "linear_probe_on_vectors"}
+    assert all(0 <= v <= 1 for v in rows.values())
+    assert rows == report["untrained"]  # the same weights, ids and split: the same scores
+    assert "linear_probe_on_vectors" in capsys.readouterr().out
+
+
+def test_id_schemes_refuse_a_discrete_bottleneck(small_world, tmp_path, capsys):
+    from bench.id_schemes import main
+
+    ckpt = untrained_checkpoint(small_world / "synthetic", tmp_path, quantizer="fsq", num_embeddings=5)
+    assert main([str(ckpt)]) == 2
+    assert "no continuous vectors" in capsys.readouterr().err

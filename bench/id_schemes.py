@@ -1,0 +1,121 @@
+"""How much of what a continuous action carries do its ids keep? Ids of one checkpoint, several ways.
+
+    python -m bench.id_schemes RUN/checkpoint_epoch0004
+    python -m bench.id_schemes CKPT --out ids.json --seed 1
+
+For a checkpoint of a continuous bottleneck (`quantizer: gaussian`) and its data's test split
+(true actions needed), each row is a way to turn the pre-quantisation action vectors into ids,
+scored by the code-map probe that `bench.quality` reports (ids -> majority action, fitted on half
+of the test files and scored on the other half):
+  - the model's own ids (the checkpoint's k-means centroids);
+  - k-means with k = 9, 16, 32 fitted on training-split vectors;
+  - with a shifted prediction, k-means (k = the model's ids) on the shift kernels the vectors
+    pick, and on the kernels' expected (dy, dx);
+and, as the reference no id scheme can beat by much, a linear probe on the vectors themselves.
+The same rows for the untrained model of the run's seed are the floor. If the ids score well
+below the linear probe, discretisation loses the action; if both are low, the vectors do not
+carry it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lam.data.manifest import load_manifest
+from lam.errors import UserError
+from lam.eval.evaluate import evaluate_windows, split_batches
+from lam.eval.metrics import split_by_group
+from lam.eval.probes import kmeans_ids, linear_probe_accuracy, mapping_probe_accuracy
+from lam.model import LatentActionModel
+from lam.runtime.checkpoint import load_model
+
+TRAIN_WINDOWS = 512  # training-split windows the k-means rows are fitted on, as the untrained floor of bench.quality
+
+
+def split_vectors(model: LatentActionModel, cfg, split: str, max_windows: int | None = None) -> dict:
+    """Ids, pre-quantisation vectors, true actions and files of every scored transition of a split."""
+    manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
+    acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, split, 16, max_windows=max_windows))
+    return {"ids": np.concatenate(acc.ids), "z": np.concatenate(acc.z_pre), "files": np.concatenate(acc.files),
+            "labels": np.concatenate(acc.labels) if acc.labels else None}
+
+
+@torch.no_grad()
+def shift_kernels(model: LatentActionModel, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The vertical and horizontal shift distributions each vector picks `[N, 2 * H]`, and their means `[N, 2]`."""
+    shift = model.shift
+    logits = shift.RATE * shift.to_shift(torch.from_numpy(z).float())
+    p = F.softmax(logits.unflatten(-1, (2, shift.size)), dim=-1)  # (N, 2, H)
+    offsets = torch.arange(shift.size, dtype=torch.float32) - shift.size // 2
+    return p.flatten(1).numpy(), (p * offsets).sum(-1).numpy()
+
+
+def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
+    train = split_vectors(model, cfg, "train", TRAIN_WINDOWS)
+    test = split_vectors(model, cfg, "test")
+    if test["labels"] is None:
+        raise UserError(f"the test split of {cfg.data.data_dir} has no true actions to score ids against")
+    y = test["labels"]
+    fit, held = split_by_group(test["files"], 0.5, seed)
+
+    def probe(ids: np.ndarray) -> float:
+        return mapping_probe_accuracy(ids[fit], y[fit], ids[held], y[held])
+
+    k = cfg.model.num_embeddings
+    rows = {"model_ids": probe(test["ids"])}
+    for clusters in sorted({k, 16, 32}):
+        rows[f"kmeans_{clusters}"] = probe(kmeans_ids(train["z"], test["z"], clusters, seed))
+    if model.shift is not None:
+        kernels_fit, means_fit = shift_kernels(model, train["z"])
+        kernels, means = shift_kernels(model, test["z"])
+        rows[f"kmeans_{k}_shift_kernel"] = probe(kmeans_ids(kernels_fit, kernels, k, seed))
+        rows[f"kmeans_{k}_shift_mean"] = probe(kmeans_ids(means_fit, means, k, seed))
+    rows["linear_probe_on_vectors"] = linear_probe_accuracy(test["z"][fit], y[fit], test["z"][held], y[held])
+    return {name: float(v) for name, v in rows.items()}
+
+
+def run(checkpoint: str, seed: int = 0) -> dict:
+    model, cfg = load_model(checkpoint)
+    if not model.quantizer.continuous:
+        raise UserError(f"{checkpoint}: quantizer {cfg.model.quantizer!r} has no continuous vectors to cluster "
+                        "(this compares id schemes of a continuous bottleneck, e.g. --quantizer gaussian)")
+    torch.manual_seed(cfg.train.seed)
+    floor = LatentActionModel(cfg.model).eval()
+    with torch.no_grad():  # the floor's own ids, fitted the way bench.quality fits them
+        manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
+        for x, *_ in split_batches(cfg.data.sequence_length, manifest, "train", 16, max_windows=TRAIN_WINDOWS):
+            floor.quantizer.remember(floor.encode_actions(x)[1])
+        floor.quantizer.fit_centroids()
+    return {"checkpoint": str(checkpoint), "data_dir": cfg.data.data_dir, "seed": seed,
+            "trained": scheme_scores(model, cfg, seed), "untrained": scheme_scores(floor, cfg, seed)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.id_schemes", description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="a checkpoint folder of `lam train` with a continuous bottleneck")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the probe's file split and of k-means (default 0)")
+    parser.add_argument("--out", default=None, help="also write the scores here as JSON")
+    args = parser.parse_args(argv)
+    try:
+        report = run(args.checkpoint, args.seed)
+    except (UserError, FileNotFoundError) as e:
+        print(f"id_schemes: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{'ids from':<32} {'trained':>8} {'untrained':>10}")
+    for name, value in report["trained"].items():
+        print(f"{name:<32} {value:>8.3f} {report['untrained'][name]:>10.3f}")
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
