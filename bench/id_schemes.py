@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from lam.data.manifest import load_manifest
 from lam.errors import UserError
@@ -36,7 +35,7 @@ from lam.eval.probes import kmeans_ids, linear_probe_accuracy, mapping_probe_acc
 from lam.model import LatentActionModel
 from lam.runtime.checkpoint import load_model
 
-TRAIN_WINDOWS = 512  # training-split windows the k-means rows are fitted on, as the untrained floor of bench.quality
+from bench.quality import UNTRAINED_FIT_WINDOWS, untrained_model
 
 
 def split_vectors(model: LatentActionModel, cfg, split: str, max_windows: int | None = None) -> dict:
@@ -50,15 +49,13 @@ def split_vectors(model: LatentActionModel, cfg, split: str, max_windows: int | 
 @torch.no_grad()
 def shift_kernels(model: LatentActionModel, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The vertical and horizontal shift distributions each vector picks `[N, 2 * H]`, and their means `[N, 2]`."""
-    shift = model.shift
-    logits = shift.RATE * shift.to_shift(torch.from_numpy(z).float())
-    p = F.softmax(logits.unflatten(-1, (2, shift.size)), dim=-1)  # (N, 2, H)
-    offsets = torch.arange(shift.size, dtype=torch.float32) - shift.size // 2
+    p = torch.stack(model.shift.shift_weights(torch.from_numpy(z)), dim=1)  # (N, 2, H)
+    offsets = torch.arange(p.shape[-1], dtype=torch.float32) - p.shape[-1] // 2
     return p.flatten(1).numpy(), (p * offsets).sum(-1).numpy()
 
 
 def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
-    train = split_vectors(model, cfg, "train", TRAIN_WINDOWS)
+    train = split_vectors(model, cfg, "train", UNTRAINED_FIT_WINDOWS)
     test = split_vectors(model, cfg, "test")
     if test["labels"] is None:
         raise UserError(f"the test split of {cfg.data.data_dir} has no true actions to score ids against")
@@ -86,13 +83,7 @@ def run(checkpoint: str, seed: int = 0) -> dict:
     if not model.quantizer.continuous:
         raise UserError(f"{checkpoint}: quantizer {cfg.model.quantizer!r} has no continuous vectors to cluster "
                         "(this compares id schemes of a continuous bottleneck, e.g. --quantizer gaussian)")
-    torch.manual_seed(cfg.train.seed)
-    floor = LatentActionModel(cfg.model).eval()
-    with torch.no_grad():  # the floor's own ids, fitted the way bench.quality fits them
-        manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
-        for x, *_ in split_batches(cfg.data.sequence_length, manifest, "train", 16, max_windows=TRAIN_WINDOWS):
-            floor.quantizer.remember(floor.encode_actions(x)[1])
-        floor.quantizer.fit_centroids()
+    floor = untrained_model(cfg)
     return {"checkpoint": str(checkpoint), "data_dir": cfg.data.data_dir, "seed": seed,
             "trained": scheme_scores(model, cfg, seed), "untrained": scheme_scores(floor, cfg, seed)}
 

@@ -146,23 +146,32 @@ def evaluate(checkpoint: str, cfg: RunConfig) -> dict:
                                       out_dir=Path(checkpoint) / "eval_test"))
 
 
-def untrained(cfg: RunConfig, folder: Path) -> dict:
-    """The floor: the recipe's model with the seed's random weights, through the same evaluation."""
+UNTRAINED_FIT_WINDOWS = 512  # training-split windows the untrained model's k-means ids are fitted on
+
+
+def untrained_model(cfg: RunConfig):
+    """The recipe's model with the seed's random weights, in eval mode; a continuous bottleneck
+    gets its ids from k-means on training vectors, as after a trained epoch."""
     from lam.model import LatentActionModel
-    from lam.runtime.checkpoint import save_checkpoint
 
     torch.manual_seed(cfg.train.seed)
-    model = LatentActionModel(cfg.model)
-    if model.quantizer.continuous:  # its ids come from k-means on training vectors, as after a trained epoch
+    model = LatentActionModel(cfg.model).eval()
+    if model.quantizer.continuous:
         from lam.eval.evaluate import split_batches
 
         manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
-        model.eval()
         with torch.no_grad():
-            for x, *_ in split_batches(cfg.data.sequence_length, manifest, "train", 16, max_windows=512):
+            for x, *_ in split_batches(cfg.data.sequence_length, manifest, "train", 16, max_windows=UNTRAINED_FIT_WINDOWS):
                 model.quantizer.remember(model.encode_actions(x)[1])
         model.quantizer.fit_centroids()
-    save_checkpoint(folder, model=model.state_dict(), config=cfg.to_dict(), epoch=0, step=0)
+    return model
+
+
+def untrained(cfg: RunConfig, folder: Path) -> dict:
+    """The floor: the recipe's model with the seed's random weights, through the same evaluation."""
+    from lam.runtime.checkpoint import save_checkpoint
+
+    save_checkpoint(folder, model=untrained_model(cfg).state_dict(), config=cfg.to_dict(), epoch=0, step=0)
     return evaluate(str(folder), cfg)
 
 

@@ -60,26 +60,14 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 
 
 def untrained_checkpoint(world, folder, **model_keys):
-    """The tiny recipe's model on `world`, untrained (its seed's weights), with centroids fitted
-    the way bench.id_schemes fits its floor's: a checkpoint whose scores must equal the floor's."""
-    import torch
-
-    from bench.id_schemes import TRAIN_WINDOWS
+    """The tiny recipe's model on `world`, untrained (its seed's weights, ids fitted as bench.quality
+    fits its floor's): a checkpoint whose scores must equal the floor's."""
+    from bench.quality import untrained_model
     from helpers import tiny_config
-    from lam.eval.evaluate import split_batches
-    from lam.model import LatentActionModel
     from lam.runtime.checkpoint import save_checkpoint
 
     cfg = tiny_config(world, folder, **model_keys)
-    torch.manual_seed(cfg.train.seed)
-    model = LatentActionModel(cfg.model).eval()
-    if model.quantizer.continuous:
-        with torch.no_grad():
-            for x, *_ in split_batches(cfg.data.sequence_length, load_manifest(world / "manifest.json"), "train", 16,
-                                       max_windows=TRAIN_WINDOWS):
-                model.quantizer.remember(model.encode_actions(x)[1])
-            model.quantizer.fit_centroids()
-    return save_checkpoint(folder / "checkpoint", model=model.state_dict(), config=cfg.to_dict(), epoch=0, step=0).parent
+    return save_checkpoint(folder / "checkpoint", model=untrained_model(cfg).state_dict(), config=cfg.to_dict(), epoch=0, step=0).parent
 
 
 def test_id_schemes_of_an_untrained_checkpoint_equal_its_floor(small_world, tmp_path, capsys):

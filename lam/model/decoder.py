@@ -88,10 +88,15 @@ class ActionShift(nn.Module):
         if self.where is not None:
             nn.init.zeros_(self.where.deconv.bias)  # a mask of 0.5 everywhere until the decoder learns where
 
+    def shift_weights(self, flat_actions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(..., K * D) -> the weights of the vertical shifts (..., H) and of the horizontal ones (..., W), centred."""
+        logits = self.RATE * self.to_shift(flat_actions.float())  # (..., 2H)
+        dy, dx = F.softmax(logits.unflatten(-1, (2, self.size)), dim=-1).unbind(dim=-2)
+        return dy, dx
+
     def kernel(self, actions: torch.Tensor) -> torch.Tensor:
         """(B, S, K, D) -> (B, S, H, W): the weight of each shift, centred (index [H//2 + dy, W//2 + dx]); sums to 1."""
-        logits = self.RATE * self.to_shift(actions.flatten(2).float())  # (B, S, 2H)
-        dy, dx = F.softmax(logits.unflatten(-1, (2, self.size)), dim=-1).unbind(dim=-2)  # (B, S, H), (B, S, W)
+        dy, dx = self.shift_weights(actions.flatten(2))  # (B, S, H), (B, S, W)
         return dy[..., :, None] * dx[..., None, :]
 
     def forward(self, frames: torch.Tensor, actions: torch.Tensor, decoded: torch.Tensor | None = None) -> torch.Tensor:
