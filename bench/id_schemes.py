@@ -12,9 +12,12 @@ of the test files and scored on the other half):
   - with a shifted prediction, k-means (k = the model's ids) on the shift kernels the vectors
     pick, and on the kernels' expected (dy, dx);
 and, as the reference no id scheme can beat by much, a linear probe on the vectors themselves.
-The same rows for the untrained model of the run's seed are the floor. If the ids score well
-below the linear probe, discretisation loses the action; if both are low, the vectors do not
-carry it.
+Two more linear probes look further back, into the encoder: on the stem's motion features
+(what the encoder sees of a transition) and on the action head's features (what the last
+layer projects down to the vector). The same rows for the untrained model of the run's seed
+are the floor. If the ids score well below the linear probe on the vectors, discretisation
+loses the action; if the vectors score well below the head's features, the projection to
+`codebook_dim` drops it; if the features are low too, the encoder does not compute it.
 """
 
 from __future__ import annotations
@@ -47,6 +50,27 @@ def split_vectors(model: LatentActionModel, cfg, split: str, max_windows: int | 
 
 
 @torch.no_grad()
+def encoder_features(model: LatentActionModel, cfg, split: str) -> dict:
+    """Per scored transition of a split, in `split_vectors`' order: the stem's motion features
+    `[N, E]`, the action head's features `[N, F]` (all its parts, concatenated), true actions
+    and files."""
+    manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
+    rows = {"motion": [], "head": [], "labels": [], "files": []}
+    for x, labels, file_ids, *counted in split_batches(cfg.data.sequence_length, manifest, split, 16):
+        b, t = x.shape[:2]
+        flat = np.ones(b * (t - 1), dtype=bool) if not counted else np.asarray(counted[0], dtype=bool).reshape(-1)
+        patches = model.in_adapter(x)
+        motion = model.encoder.motion(patches, x)  # (B, T-1, E)
+        head = torch.cat([f.float() for f in model.encoder.head.features(patches, motion)], dim=-1)  # (B, T-1, F)
+        rows["motion"].append(motion.float().reshape(b * (t - 1), -1).numpy()[flat])
+        rows["head"].append(head.reshape(b * (t - 1), -1).numpy()[flat])
+        rows["files"].append(np.repeat(np.asarray(file_ids), t - 1)[flat])
+        if labels is not None:
+            rows["labels"].append(np.asarray(labels).reshape(-1)[flat])
+    return {name: np.concatenate(parts) if parts else None for name, parts in rows.items()}
+
+
+@torch.no_grad()
 def shift_kernels(model: LatentActionModel, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The vertical and horizontal shift distributions each vector picks `[N, 2 * H]`, and their means `[N, 2]`."""
     p = torch.stack(model.shift.shift_weights(torch.from_numpy(z)), dim=1)  # (N, 2, H)
@@ -75,6 +99,11 @@ def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
         rows[f"kmeans_{k}_shift_kernel"] = probe(kmeans_ids(kernels_fit, kernels, k, seed))
         rows[f"kmeans_{k}_shift_mean"] = probe(kmeans_ids(means_fit, means, k, seed))
     rows["linear_probe_on_vectors"] = linear_probe_accuracy(test["z"][fit], y[fit], test["z"][held], y[held])
+    inner = encoder_features(model, cfg, "test")
+    if not (np.array_equal(inner["files"], test["files"]) and np.array_equal(inner["labels"], y)):
+        raise RuntimeError("the encoder's features and the vectors came from different transitions")
+    for name in ("head", "motion"):
+        rows[f"linear_probe_on_{name}_features"] = linear_probe_accuracy(inner[name][fit], y[fit], inner[name][held], y[held])
     return {name: float(v) for name, v in rows.items()}
 
 
