@@ -13,9 +13,14 @@ from lam.train.metrics import MeanTracker
 from lam.train.step import TrainStep
 
 
+# The `real` recipe's parts, on the small model.
+REAL_PARTS = dict(quantizer="gaussian", whiten=True, stem="diff", motion_moments=True, action_head="token+motion",
+                  frame_correlation="phase", prediction="shifted-local")
+
+
 def make_step(**model_overrides) -> tuple[TrainStep, LatentActionModel, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = LatentActionModel(small_model_config(quantizer="vq", dead_code_steps=1, **model_overrides))
+    model = LatentActionModel(small_model_config(**({"quantizer": "vq", "dead_code_steps": 1} | model_overrides)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return TrainStep(model, model, optimizer, scheduler, nullcontext(), grad_clip=1.0), model, optimizer
@@ -32,8 +37,11 @@ def snapshot(model, optimizer) -> dict:
     return state
 
 
-def test_a_step_reads_nothing_back_from_the_device():
-    step, _, _ = make_step()
+@pytest.mark.parametrize("parts", [{}, {"quantizer": "fsq"}, REAL_PARTS, {"use_rollout": True, "rollout_horizon": 2},
+                                   {"quantizer": "gaussian", "label_classes": 3}],
+                         ids=["vq", "fsq", "real", "rollout", "gaussian-labels"])
+def test_a_step_reads_nothing_back_from_the_device(parts):
+    step, _, _ = make_step(**parts)
     step(batch(0))  # VQ revival reads its stored check count once per process
     bad = batch(1)
     bad[0, 1, 0, 0, 0] = float("nan")
@@ -43,8 +51,9 @@ def test_a_step_reads_nothing_back_from_the_device():
     assert applied.dtype == torch.bool and grad_norm.dim() == 0
 
 
-def test_a_non_finite_step_changes_no_parameter_optimizer_state_or_buffer():
-    step, model, optimizer = make_step()
+@pytest.mark.parametrize("parts", [{}, REAL_PARTS], ids=["vq", "real"])
+def test_a_non_finite_step_changes_no_parameter_optimizer_state_or_buffer(parts):
+    step, model, optimizer = make_step(**parts)
     step(batch(0))
     before = snapshot(model, optimizer)
     bad = batch(1)
@@ -57,7 +66,18 @@ def test_a_non_finite_step_changes_no_parameter_optimizer_state_or_buffer():
         if key != "model.quantizer.revive_calls":  # counts revival checks, skipped steps' too: it seeds the draws
             assert torch.equal(value, after[key]), key  # the AdamW step count and the VQ bookkeeping too
     _, _, applied = step(batch(2))
-    assert applied and not torch.equal(model.state_dict()["quantizer.codebook"], before["model.quantizer.codebook"])
+    changed = "quantizer.codebook" if model.config.quantizer == "vq" else "whiten.mean"
+    assert applied and not torch.equal(model.state_dict()[changed], before[f"model.{changed}"])
+
+
+def test_a_skipped_step_leaves_no_vector_in_the_k_means_fit():
+    step, model, _ = make_step(**REAL_PARTS)
+    bad = batch(1)
+    bad[0, 1, 0, 0, 0] = float("nan")
+    for x in (batch(0), bad, batch(2)):
+        step(x)
+    assert model.quantizer.fit_centroids()
+    assert torch.isfinite(model.quantizer.centroids).all()
 
 
 def test_the_step_needs_a_fused_optimizer():

@@ -44,7 +44,10 @@ class Whitening(nn.Module):
     def _whiten(self, z: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor) -> torch.Tensor:
         """z (..., K, D), mean (K, D), cov (K, D, D) -> L^-1 (z - mean) per code."""
         d = cov.shape[-1]
-        chol = torch.linalg.cholesky(cov + self.eps * torch.eye(d, device=cov.device))  # (K, D, D)
+        # `_ex`: no check of the factorisation's status, which would read it back from the device
+        # every step. cov + eps I is positive definite whenever cov is finite; a non-finite one
+        # gives a non-finite output, a non-finite loss and a skipped step.
+        chol = torch.linalg.cholesky_ex(cov + self.eps * torch.eye(d, device=cov.device)).L  # (K, D, D)
         centred = (z - mean).unsqueeze(-1)  # (..., K, D, 1)
         return torch.linalg.solve_triangular(chol.expand(*centred.shape[:-2], d, d), centred, upper=False).squeeze(-1)
 
@@ -80,6 +83,9 @@ class Whitening(nn.Module):
         mean, cov = self._moments(z)
         penalty = self._penalty(mean, cov) if z_head is None else self._penalty(*self._moments(z_head.float()))
         with torch.no_grad():
-            self.mean.lerp_(mean.detach(), self.momentum)
-            self.cov.lerp_(cov.detach(), self.momentum)
+            # A non-finite batch (its step will be skipped) leaves the running statistics as they
+            # were, decided on the device.
+            finite = torch.isfinite(mean).all() & torch.isfinite(cov).all()
+            self.mean.copy_(torch.where(finite, self.mean.lerp(mean.detach(), self.momentum), self.mean))
+            self.cov.copy_(torch.where(finite, self.cov.lerp(cov.detach(), self.momentum), self.cov))
         return self._whiten(z, mean, cov), penalty

@@ -71,6 +71,9 @@ class FiniteScalarQuantizer(Quantizer):
         levels = self._levels.to(z.dtype)
         s = torch.tanh(z)
         digits = torch.minimum(((s + 1) * 0.5 * levels).floor(), levels - 1).clamp_min(0)
+        # A non-finite z (a step that will be skipped) must still give valid digits: as a long,
+        # NaN is out of every range, and indexing with it fails (on a GPU, a device-side assert).
+        digits = digits.nan_to_num(0.0)
         half = (levels - 1) / 2
         values = (digits - half) / half
         smooth = s * levels / (levels - 1)

@@ -48,7 +48,10 @@ class GaussianBottleneck(Quantizer):
         # This epoch's vectors, per rank; not saved (a fit only uses its own epoch's).
         self.register_buffer("recent", torch.zeros(num_codes, kmeans_samples, code_dim), persistent=False)
         self.register_buffer("recent_count", torch.zeros((), dtype=torch.long), persistent=False)
-        self._next_row = 0  # ring position in `recent`
+        # Ring position in `recent` and how many rows are filled, kept in Python as well, so that
+        # a training step never reads them back from the device.
+        self._next_row = 0
+        self._count = 0
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "GaussianBottleneck":
@@ -81,9 +84,11 @@ class GaussianBottleneck(Quantizer):
         return QuantizerOutput(quantized=out, indices=indices, usage=usage, perplexity=perplexity,
                                losses={"kl_loss": kl_loss}, loss=self.kl_weight * kl_loss if self.kl_weight > 0 else None)
 
+    @torch.compiler.disable  # bookkeeping with Python state: run as is, outside a compiled graph
     @torch.no_grad()
     def remember(self, z: torch.Tensor) -> None:
-        """Keep vectors z (..., K, D) for the next fit (a ring of the latest `kmeans_samples`)."""
+        """Keep vectors z (..., K, D) for the next fit (a ring of the latest `kmeans_samples`).
+        Reads nothing back from the device."""
         vecs = z.detach().float().reshape(-1, self.num_codes, self.code_dim).transpose(0, 1)  # (K, n, D)
         size = self.recent.shape[1]
         vecs = vecs[:, -size:]
@@ -91,7 +96,8 @@ class GaussianBottleneck(Quantizer):
         rows = (torch.arange(n, device=vecs.device) + self._next_row) % size
         self.recent[:, rows] = vecs
         self._next_row = (self._next_row + n) % size
-        self.recent_count.fill_(min(size, int(self.recent_count) + n))
+        self._count = min(size, self._count + n)
+        self.recent_count.fill_(self._count)
 
     # ----------------------------------------------------------------- k-means
     def after_epoch(self) -> None:
@@ -106,6 +112,8 @@ class GaussianBottleneck(Quantizer):
         fitted = torch.zeros((), dtype=torch.bool, device=self.centroids.device)
         if rank() == 0:
             pool = torch.cat([b[:, : int(c)] for b, c in zip(buffers, counts)], dim=1)  # (K, n, D)
+            # A step that was skipped as non-finite still passed its vectors here; leave them out.
+            pool = pool[:, torch.isfinite(pool).all(-1).all(0)]
             if pool.shape[1] >= self.num_embeddings:
                 self.centroids.copy_(self._kmeans(pool.cpu().double().numpy()).to(self.centroids))
                 fitted.fill_(True)
@@ -115,7 +123,7 @@ class GaussianBottleneck(Quantizer):
             self.fitted.fill_(True)
             self.fits += 1
         self.recent_count.zero_()
-        self._next_row = 0
+        self._next_row = self._count = 0
         return bool(fitted)
 
     def _kmeans(self, pool: np.ndarray) -> torch.Tensor:
