@@ -72,6 +72,30 @@ def test_the_buffer_keeps_the_latest_vectors():
     assert q.centroids.abs().max() < 10  # only the 150 latest vectors (all of `new`) were used
 
 
+def test_the_real_recipes_model_is_one_graph_and_remembers_under_compile():
+    """Nothing in a training forward breaks torch.compile's graph (the ring of remembered vectors
+    lives in device buffers, not in Python), and compiled, it remembers what eager does."""
+    import torch._dynamo as dynamo
+
+    cfg = small_model_config(quantizer="gaussian", whiten=True, stem="diff", motion_moments=True,
+                             action_head="token+motion", frame_correlation="phase", prediction="shifted-local",
+                             num_codes=1, codebook_dim=2, num_embeddings=3, kmeans_samples=6)
+    x = torch.randn(2, 3, 4, 16, 16)
+    torch.manual_seed(0)
+    eager, compiled = LatentActionModel(cfg).train(), LatentActionModel(cfg).train()
+    compiled.load_state_dict(eager.state_dict())
+    assert dynamo.explain(LatentActionModel(cfg).train())(x).graph_break_count == 0
+    step = torch.compile(compiled, backend="aot_eager")
+    for _ in range(2):  # 4 vectors a forward into a ring of 6: the second wraps around
+        torch.manual_seed(1)
+        eager(x)
+        torch.manual_seed(1)
+        step(x)
+    for model in (eager, compiled):
+        assert int(model.quantizer.recent_count) == 6 and int(model.quantizer.next_row) == 2
+    torch.testing.assert_close(compiled.quantizer.recent, eager.quantizer.recent)
+
+
 def test_centroids_are_in_the_checkpoint():
     cfg = small_model_config(quantizer="gaussian", num_codes=1, codebook_dim=2, num_embeddings=3)
     model = LatentActionModel(cfg)

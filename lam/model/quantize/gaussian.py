@@ -47,11 +47,10 @@ class GaussianBottleneck(Quantizer):
         self.register_buffer("fits", torch.zeros((), dtype=torch.long))  # seeds the next fit's k-means
         # This epoch's vectors, per rank; not saved (a fit only uses its own epoch's).
         self.register_buffer("recent", torch.zeros(num_codes, kmeans_samples, code_dim), persistent=False)
+        # How many rows of `recent` are filled, and where the next vectors go (a ring). Both stay
+        # on the device, so a training step never reads them back and compiles into one graph.
         self.register_buffer("recent_count", torch.zeros((), dtype=torch.long), persistent=False)
-        # Ring position in `recent` and how many rows are filled, kept in Python as well, so that
-        # a training step never reads them back from the device.
-        self._next_row = 0
-        self._count = 0
+        self.register_buffer("next_row", torch.zeros((), dtype=torch.long), persistent=False)
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "GaussianBottleneck":
@@ -84,7 +83,6 @@ class GaussianBottleneck(Quantizer):
         return QuantizerOutput(quantized=out, indices=indices, usage=usage, perplexity=perplexity,
                                losses={"kl_loss": kl_loss}, loss=self.kl_weight * kl_loss if self.kl_weight > 0 else None)
 
-    @torch.compiler.disable  # bookkeeping with Python state: run as is, outside a compiled graph
     @torch.no_grad()
     def remember(self, z: torch.Tensor) -> None:
         """Keep vectors z (..., K, D) for the next fit (a ring of the latest `kmeans_samples`).
@@ -93,11 +91,10 @@ class GaussianBottleneck(Quantizer):
         size = self.recent.shape[1]
         vecs = vecs[:, -size:]
         n = vecs.shape[1]
-        rows = (torch.arange(n, device=vecs.device) + self._next_row) % size
+        rows = (torch.arange(n, device=vecs.device) + self.next_row) % size
         self.recent[:, rows] = vecs
-        self._next_row = (self._next_row + n) % size
-        self._count = min(size, self._count + n)
-        self.recent_count.fill_(self._count)
+        self.next_row.copy_((self.next_row + n) % size)
+        self.recent_count.copy_((self.recent_count + n).clamp_max(size))
 
     # ----------------------------------------------------------------- k-means
     def after_epoch(self) -> None:
@@ -123,7 +120,7 @@ class GaussianBottleneck(Quantizer):
             self.fitted.fill_(True)
             self.fits += 1
         self.recent_count.zero_()
-        self._next_row = self._count = 0
+        self.next_row.zero_()
         return bool(fitted)
 
     def _kmeans(self, pool: np.ndarray) -> torch.Tensor:
