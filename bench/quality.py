@@ -3,6 +3,7 @@
     python -m bench.quality --recipe demo --seeds 3
     python -m bench.quality --recipe spec --set embed_dim=128 encoder_depth=2 decoder_depth=2 --seeds 3
     python -m bench.quality --datasets synthetic --seeds 1 --minutes 1        # a quick look
+    python -m bench.quality --recipe real --seeds 3 --epochs 4 --extend screen.json --out full.json   # seeds 1, 2 added
 
 For every dataset and seed it trains the recipe (`lam.train.launch.train`, as `lam train`
 does), evaluates the final checkpoint on the test split (`lam.eval`, as `lam eval` does),
@@ -279,6 +280,30 @@ def parse_set(items: list[str]) -> dict:
     return out
 
 
+def load_earlier(path: str, recipe: str, overrides: dict) -> dict:
+    """The report that `--extend` names, checked to be of the same recipe and --set."""
+    try:
+        earlier = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--extend {path}: cannot read the report: {e}") from None
+    if earlier.get("recipe") != recipe or earlier.get("overrides") != overrides:
+        raise UserError(f"--extend {path}: it is of recipe {earlier.get('recipe')!r} with --set {earlier.get('overrides')}, "
+                        f"not {recipe!r} with --set {overrides}")
+    return earlier
+
+
+def kept_seeds(earlier: dict, name: str, epochs: int, seeds: int, path: str) -> list[dict]:
+    """The runs of dataset `name` in the extended report that this run keeps (seeds < `seeds`),
+    each with the commit it was measured at."""
+    if name not in earlier["datasets"]:
+        return []
+    d = earlier["datasets"][name]
+    if d["epochs"] != epochs:
+        raise UserError(f"--extend {path}: {name} was trained {d['epochs']} epochs a run there, {epochs} here")
+    commit = earlier["machine"]["commit"]
+    return [{"commit": commit, **r} for r in d["per_seed"] if r["seed"] < seeds]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.quality", description=__doc__.split("\n\n")[0],
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -292,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="", help="where runs go (default: a new temporary folder, kept: "
                         "every run's checkpoint and evaluation report)")
     parser.add_argument("--out", default="", help="JSON report (default: bench/quality-RECIPE.json)")
+    parser.add_argument("--extend", default="", metavar="REPORT", help="an earlier report of the same recipe, --set and "
+                        "epochs: its seeds are kept and only the missing ones of 0..SEEDS-1 are run (runs are seeded, "
+                        "so a seed run again gives the same numbers)")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -315,6 +343,10 @@ def run(args) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-quality-"))
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "recipe": args.recipe, "overrides": overrides,
               "seeds": args.seeds, "minutes": args.minutes, "datasets": {}}
+    earlier = load_earlier(args.extend, args.recipe, overrides) if args.extend else {"datasets": {}}
+    if args.extend:
+        report["extends"] = {"report": args.extend, "commit": earlier["machine"]["commit"]}
+        report["datasets"] = {name: d for name, d in earlier["datasets"].items() if name not in datasets}
     for name in datasets:
         data_dir = ensure_dataset(name, root)
         manifest = load_manifest(data_dir / "manifest.json", data_dir)
@@ -323,18 +355,19 @@ def run(args) -> int:
         step_s = seconds_per_step(probe_cfg)
         epochs = args.epochs or epochs_for(probe_cfg, args.minutes, step_s)
         print(f"[quality] {name}: {epochs} epochs per run ({step_s:.2f} s a step of batch {probe_cfg.train.batch_size})", flush=True)
-        per_seed = []
-        for seed in range(args.seeds):
+        per_seed = kept_seeds(earlier, name, epochs, args.seeds, args.extend)
+        for seed in sorted(set(range(args.seeds)) - {r["seed"] for r in per_seed}):
             ceiling = cached_ceiling(data_dir, manifest, seed, args.minutes)
             print(f"[quality] {name}, seed {seed}: floor (untrained)", flush=True)
             cfg = run_config(args.recipe, overrides, data_dir, workdir / "runs", seed)
             floor = untrained(cfg, workdir / "untrained" / f"{name}-s{seed}")
             print(f"[quality] {name}, seed {seed}: training {epochs} epochs", flush=True)
             ours = trained(cfg, epochs, f"{name}-{args.recipe}-s{seed}")
-            per_seed.append({"seed": seed, "ceiling": ceiling, "untrained": floor, "ours": ours})
+            per_seed.append({"seed": seed, "commit": report["machine"]["commit"], "ceiling": ceiling, "untrained": floor, "ours": ours})
             print(f"[quality] {name}, seed {seed}: probe {ours['probe_accuracy']:.3f} (untrained {floor['probe_accuracy']:.3f}, "
                   f"ceiling {ceiling['test_accuracy']:.3f}, chance {ours['chance']:.3f}), NMI {ours['nmi']:.3f}, "
                   f"ids {ours['action_ids_used']}", flush=True)
+        per_seed.sort(key=lambda r: r["seed"])
         report["datasets"][name] = {"epochs": epochs, "seconds_per_step": step_s, "per_seed": per_seed, "summary": summarise(per_seed)}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # after every dataset: a long run keeps what it has
     print("")

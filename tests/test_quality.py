@@ -49,6 +49,20 @@ def test_one_seed_end_to_end_writes_the_report_and_the_table(ray_session, small_
     table = capsys.readouterr().out.split("[quality] report")[0]
     assert any(line.startswith("synthetic ") for line in table.splitlines())  # the table's row
 
+    # --extend keeps seed 0 as it was and runs seed 1 only
+    extended = tmp_path / "extended.json"
+    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "2", "--epochs", "1", "--extend", str(out),
+                 "--data_root", str(small_world), "--workdir", str(tmp_path / "work2"), "--out", str(extended)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "seed 1: training" in printed and "seed 0: training" not in printed
+    both = json.loads(extended.read_text())
+    runs = both["datasets"]["synthetic"]["per_seed"]
+    assert [r["seed"] for r in runs] == [0, 1] and runs[0] == seed
+    assert runs[0]["commit"] == report["machine"]["commit"] and both["extends"]["report"] == str(out)
+    assert both["datasets"]["synthetic"]["summary"]["ours"]["probe_accuracy"]["mean"] == pytest.approx(
+        (seed["ours"]["probe_accuracy"] + runs[1]["ours"]["probe_accuracy"]) / 2)
+
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     from bench.quality import main
@@ -57,6 +71,12 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert "unknown datasets ['nope']" in capsys.readouterr().err
     assert main(["--set", "embed_dim=30", "num_heads=8", "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
     assert "divisible" in capsys.readouterr().err
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps({"recipe": "tiny", "overrides": {"embed_dim": "64"}, "machine": {"commit": "x"}, "datasets": {}}))
+    assert main(["--recipe", "tiny", "--extend", str(earlier), "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
+    assert f"--extend {earlier}: it is of recipe 'tiny' with --set {{'embed_dim': '64'}}" in capsys.readouterr().err
+    assert main(["--recipe", "tiny", "--extend", str(tmp_path / "none.json"), "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
+    assert "cannot read the report" in capsys.readouterr().err
 
 
 def untrained_checkpoint(world, folder, **model_keys):
