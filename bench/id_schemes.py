@@ -17,9 +17,10 @@ split's transitions (its true actions: a diagnostic, never part of training) and
 whole test split, because the encoder's features have too many dimensions for half the test
 files: on the vectors, on the action head's features (what the last layer projects down to
 the vector) and on the stem's motion features (what the encoder sees of a transition). The
-same rows for the untrained model of the run's seed are the floor. If the ids score well below the linear probe on the vectors, discretisation
-loses the action; if the vectors score well below the head's features, the projection to
-`codebook_dim` drops it; if the features are low too, the encoder does not compute it.
+same rows for the untrained model of the run's seed are the floor. If the ids score well below
+the linear probe on the vectors, discretisation loses the action; if the vectors score well
+below the head's features, the projection to `codebook_dim` drops it; if the features are low
+too, the encoder does not compute it.
 """
 
 from __future__ import annotations
