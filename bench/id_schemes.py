@@ -35,7 +35,7 @@ import torch
 
 from lam.data.manifest import load_manifest
 from lam.errors import UserError
-from lam.eval.evaluate import evaluate_windows, split_batches
+from lam.eval.evaluate import split_batches
 from lam.eval.metrics import split_by_group
 from lam.eval.probes import kmeans_ids, linear_probe_accuracy, mapping_probe_accuracy
 from lam.model import LatentActionModel
@@ -44,34 +44,28 @@ from lam.runtime.checkpoint import load_model
 from bench.quality import UNTRAINED_FIT_WINDOWS, untrained_model
 
 
-def split_vectors(model: LatentActionModel, cfg, split: str, max_windows: int | None = None) -> dict:
-    """Ids, pre-quantisation vectors, true actions and files of every scored transition of a split."""
-    manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
-    acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, split, 16, max_windows=max_windows))
-    return {"ids": np.concatenate(acc.ids), "z": np.concatenate(acc.z_pre), "files": np.concatenate(acc.files),
-            "labels": np.concatenate(acc.labels) if acc.labels else None}
-
-
 @torch.no_grad()
-def encoder_features(model: LatentActionModel, cfg, split: str, max_windows: int | None = None) -> dict:
-    """Per scored transition of a split, in `split_vectors`' order: the pre-quantisation vectors
-    `[N, K*D]`, the action head's features `[N, F]` (all its parts, concatenated), the stem's
-    motion features `[N, E]`, true actions and files."""
+def transitions(model: LatentActionModel, cfg, split: str, max_windows: int | None = None) -> dict:
+    """Per scored transition of a split (`split_batches`' windows, each transition once): the
+    model's action ids `[N]`, its pre-quantisation vectors `[N, K*D]`, the action head's features
+    `[N, F]` (all its parts, concatenated), the stem's motion features `[N, E]`, true actions
+    (None without them) and file ids."""
     manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
-    rows = {"vectors": [], "head": [], "motion": [], "labels": [], "files": []}
-    batches = split_batches(cfg.data.sequence_length, manifest, split, 16, max_windows=max_windows)
-    for x, labels, file_ids, *counted in batches:
-        b, t = x.shape[:2]
-        flat = np.ones(b * (t - 1), dtype=bool) if not counted else np.asarray(counted[0], dtype=bool).reshape(-1)
+    rows = {"ids": [], "z": [], "head": [], "motion": [], "labels": [], "files": []}
+    for x, labels, file_ids, counted in split_batches(cfg.data.sequence_length, manifest, split, 16, max_windows=max_windows):
+        n = x.shape[0] * (x.shape[1] - 1)
+        flat = counted.reshape(-1).numpy()
         patches = model.in_adapter(x)
         motion = model.encoder.motion(patches, x)  # (B, T-1, E)
         head = torch.cat([f.float() for f in model.encoder.head.features(patches, motion)], dim=-1)  # (B, T-1, F)
-        rows["vectors"].append(model.encode_actions(x)[1].reshape(b * (t - 1), -1).numpy()[flat])
-        rows["motion"].append(motion.float().reshape(b * (t - 1), -1).numpy()[flat])
-        rows["head"].append(head.reshape(b * (t - 1), -1).numpy()[flat])
-        rows["files"].append(np.repeat(np.asarray(file_ids), t - 1)[flat])
+        indices, z = model.encode_actions(x)
+        rows["ids"].append(model.action_ids(indices).reshape(n).numpy()[flat])
+        rows["z"].append(z.reshape(n, -1).numpy()[flat])
+        rows["head"].append(head.reshape(n, -1).numpy()[flat])
+        rows["motion"].append(motion.float().reshape(n, -1).numpy()[flat])
+        rows["files"].append(np.repeat(np.asarray(file_ids), x.shape[1] - 1)[flat])
         if labels is not None:
-            rows["labels"].append(np.asarray(labels).reshape(-1)[flat])
+            rows["labels"].append(np.asarray(labels).reshape(n)[flat])
     return {name: np.concatenate(parts) if parts else None for name, parts in rows.items()}
 
 
@@ -84,8 +78,8 @@ def shift_kernels(model: LatentActionModel, z: np.ndarray) -> tuple[np.ndarray, 
 
 
 def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
-    train = split_vectors(model, cfg, "train", UNTRAINED_FIT_WINDOWS)
-    test = split_vectors(model, cfg, "test")
+    train = transitions(model, cfg, "train", UNTRAINED_FIT_WINDOWS)  # what the k-means rows are fitted on
+    test = transitions(model, cfg, "test")
     if test["labels"] is None:
         raise UserError(f"the test split of {cfg.data.data_dir} has no true actions to score ids against")
     y = test["labels"]
@@ -104,11 +98,11 @@ def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
         rows[f"kmeans_{k}_shift_kernel"] = probe(kmeans_ids(kernels_fit, kernels, k, seed))
         rows[f"kmeans_{k}_shift_mean"] = probe(kmeans_ids(means_fit, means, k, seed))
     rows["linear_probe_on_vectors"] = linear_probe_accuracy(test["z"][fit], y[fit], test["z"][held], y[held])
-    inner_fit, inner = encoder_features(model, cfg, "train"), encoder_features(model, cfg, "test")
-    if inner_fit["labels"] is None:
+    whole_train = transitions(model, cfg, "train")
+    if whole_train["labels"] is None:
         raise UserError(f"the train split of {cfg.data.data_dir} has no true actions to fit the encoder's probes on")
-    for name in ("vectors", "head", "motion"):
-        rows[f"train_fit_linear_probe_on_{name}"] = linear_probe_accuracy(inner_fit[name], inner_fit["labels"], inner[name], inner["labels"])
+    for name, key in (("vectors", "z"), ("head", "head"), ("motion", "motion")):
+        rows[f"train_fit_linear_probe_on_{name}"] = linear_probe_accuracy(whole_train[key], whole_train["labels"], test[key], y)
     return {name: float(v) for name, v in rows.items()}
 
 
