@@ -66,6 +66,16 @@ def small_model_config(**overrides) -> ModelConfig:
     return cfg.validate()
 
 
+# The config keys that choose the model's parts (not its sizes).
+PART_KEYS = ("stem", "motion_moments", "frame_correlation", "action_head", "quantizer", "whiten", "prediction")
+
+
+def recipe_parts(name: str) -> dict:
+    """The model parts that recipe `name` chooses, to put on `small_model_config`."""
+    model = recipe_config(name).model
+    return {key: getattr(model, key) for key in PART_KEYS}
+
+
 # -----------------------------------------------------------------------------
 # H5 files
 

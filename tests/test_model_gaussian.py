@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from helpers import run_two_ranks, small_model_config, tiny_config
+from helpers import recipe_parts, run_two_ranks, small_model_config, tiny_config
 
 from lam.model import LatentActionModel
 from lam.model.quantize import GaussianBottleneck
@@ -77,9 +77,7 @@ def test_the_real_recipes_model_is_one_graph_and_remembers_under_compile():
     lives in device buffers, not in Python), and compiled, it remembers what eager does."""
     import torch._dynamo as dynamo
 
-    cfg = small_model_config(quantizer="gaussian", whiten=True, stem="diff", motion_moments=True,
-                             action_head="token+motion", frame_correlation="phase", prediction="shifted-local",
-                             num_codes=1, codebook_dim=2, num_embeddings=3, kmeans_samples=6)
+    cfg = small_model_config(**recipe_parts("real"), num_codes=1, codebook_dim=2, num_embeddings=3, kmeans_samples=6)
     x = torch.randn(2, 3, 4, 16, 16)
     torch.manual_seed(0)
     eager, compiled = LatentActionModel(cfg).train(), LatentActionModel(cfg).train()

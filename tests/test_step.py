@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from helpers import no_host_reads, small_model_config
+from helpers import no_host_reads, recipe_parts, small_model_config
 from lam.model import LatentActionModel
 from lam.train.health import NonFiniteLoss, SkippedSteps
 from lam.train.metrics import MeanTracker
@@ -14,8 +14,7 @@ from lam.train.step import TrainStep
 
 
 # The `real` recipe's parts, on the small model.
-REAL_PARTS = dict(quantizer="gaussian", whiten=True, stem="diff", motion_moments=True, action_head="token+motion",
-                  frame_correlation="phase", prediction="shifted-local")
+REAL_PARTS = recipe_parts("real")
 
 
 def make_step(**model_overrides) -> tuple[TrainStep, LatentActionModel, torch.optim.Optimizer]:
