@@ -34,7 +34,8 @@ def add_field_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, default
     if kind is bool:
         add_flag(group, f.name, action=argparse.BooleanOptionalAction, default=default, help=helptext)
     elif f.metadata["choices"]:
-        add_flag(group, f.name, choices=f.metadata["choices"], default=default, help=helptext)
+        choices = [*f.metadata["choices"], *f.metadata.get("aliases", {})]  # older words for a choice still parse
+        add_flag(group, f.name, choices=choices, default=default, help=helptext)
     elif f.metadata.get("aliases"):  # a number or a word for one: the config turns the word into its value
         metavar = "|".join([kind.__name__.upper(), *f.metadata["aliases"]])
         add_flag(group, f.name, type=str, default=default, metavar=metavar, help=helptext)

@@ -33,7 +33,7 @@ DEMO = {
     # The stem sees frame differences, so a static background cancels, and their spatial
     # moments, which are linear in how far and which way something moved; its features also
     # feed the codes directly, so codes follow motion from the first step.
-    "stem": "diff", "motion_moments": True, "action_head": "token+motion",
+    "stem": "diff", "motion_moments": "patches", "action_head": "token+motion",
     # FSQ on whitened vectors cannot collapse to one code; one code of 9 entries, because
     # every extra id that a true action is split over lowers NMI.
     "quantizer": "fsq", "whiten": True, "num_codes": 1, "num_embeddings": 9,

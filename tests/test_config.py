@@ -41,7 +41,7 @@ def test_recipes_are_valid_configs_and_the_spec_recipe_is_the_defaults():
         cfg.data.data_dir = "D"
         cfg.validate()
     demo = recipe_config("demo").model
-    assert (demo.stem, demo.action_head, demo.quantizer, demo.whiten, demo.motion_moments) == ("diff", "token+motion", "fsq", True, True)
+    assert (demo.stem, demo.action_head, demo.quantizer, demo.whiten, demo.motion_moments) == ("diff", "token+motion", "fsq", True, "patches")
     real = recipe_config("real")  # the demo's model and training, with the continuous bottleneck and the shifts
     assert real.model.quantizer == "gaussian" and real.model.noise_std > 0
     assert (real.model.frame_correlation, real.model.prediction) == ("phase", "shifted-local")
@@ -90,6 +90,16 @@ def test_an_old_yaml_config_still_loads(tmp_path):
     cfg_file.write_text(yaml.safe_dump({"model": {"fsq": True, "motion_code_only": True, "num_codes": 1}}))
     cfg = parse("--config", str(cfg_file))
     assert (cfg.model.quantizer, cfg.model.action_head, cfg.model.num_codes) == ("fsq", "motion", 1)
+
+
+@pytest.mark.parametrize("given, expected", [(True, "patches"), (False, "none"), ("true", "patches"), ("false", "none"),
+                                             ("pixels", "pixels"), ("patches+pixels", "patches+pixels")])
+def test_motion_moments_takes_its_names_and_the_booleans_it_once_was(given, expected, tmp_path):
+    assert apply_overrides(recipe_config("spec"), {"motion_moments": given}, source="test").model.motion_moments == expected
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": {"motion_moments": given}}))
+    assert parse("--config", str(cfg_file)).model.motion_moments == expected
+    assert parse("--motion_moments", str(given).lower()).model.motion_moments == expected
 
 
 def test_an_unknown_part_name_is_refused_by_the_command_line(capsys):

@@ -14,7 +14,7 @@ from helpers import small_model_config
 
 import lam.config
 from lam.model import (
-    CORRELATIONS, HEADS, PREDICTIONS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
+    CORRELATIONS, HEADS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
     VVAEtoLAMAdapter,
 )
 
@@ -22,11 +22,12 @@ SPEC_METRICS = {
     "loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity",
 }
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
-# the whitening, the motion moments, a frame correlation and a shifted prediction (phase and
-# shifted-local with the diff stem, cross and shifted with the pair stem) and the (opt-in)
-# label head on.
+# the whitening, the motion moments, a frame correlation and a shifted prediction (both moments,
+# phase and shifted-local with the diff stem; pixel moments, cross and shifted with the pair
+# stem) and the (opt-in) label head on.
 PARTS = [
-    dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras, motion_moments=extras,
+    dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras,
+         motion_moments=("patches+pixels" if stem == "diff" else "pixels") if extras else "none",
          frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
          prediction=("shifted-local" if stem == "diff" else "shifted") if extras else "residual",
          label_classes=3 if extras else 0)
@@ -35,7 +36,7 @@ PARTS = [
 
 
 def part_id(p: dict) -> str:
-    extras = f"-whiten-moments-{p['frame_correlation']}-{p['prediction']}-labels" if p["whiten"] else ""
+    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels" if p["whiten"] else ""
     return f"{p['stem']}-{p['action_head']}-{p['quantizer']}{extras}"
 
 
@@ -79,7 +80,7 @@ def test_config_defaults_are_the_spec():
     assert (c.patch_dim, c.num_patches, c.embed_dim, c.encoder_depth, c.decoder_depth) == (256, 256, 512, 3, 3)
     assert (c.codebook_dim, c.num_embeddings, c.num_codes, c.commitment_weight) == (128, 12, 3, 0.25)
     assert (c.stem, c.action_head, c.quantizer, c.whiten, c.motion_moments, c.frame_correlation, c.prediction) == \
-        ("pair", "token", "vq", False, False, "none", "residual")
+        ("pair", "token", "vq", False, "none", "none", "residual")
     assert c.num_actions == 1728 and c.rollout_horizon == 2 and c.patch_size == 4
     c.validate()
 
@@ -95,12 +96,13 @@ def test_built_with_no_arguments_it_is_the_spec_model_under_both_names():
 def test_every_name_the_config_accepts_names_a_class_in_the_registries():
     assert tuple(STEMS) == lam.config.STEMS
     assert tuple(CORRELATIONS) == lam.config.CORRELATIONS
+    assert tuple(MOMENTS) == lam.config.MOMENTS
     assert tuple(PREDICTIONS) == lam.config.PREDICTIONS
     assert tuple(HEADS) == lam.config.ACTION_HEADS
     assert tuple(QUANTIZERS) == lam.config.QUANTIZERS
 
 
-@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("frame_correlation", "none, phase, cross"), ("prediction", "residual, shifted, shifted-local"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
+@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("motion_moments", "none, patches, pixels, patches+pixels"), ("frame_correlation", "none, phase, cross"), ("prediction", "residual, shifted, shifted-local"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
 def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, valid):
     with pytest.raises(ValueError, match=re.escape(f"model.{field} must be one of {valid}; got 'nope'")):
         LatentActionModel(ModelConfig(**{field: "nope"}))

@@ -108,7 +108,7 @@ def test_fsq_model_shapes_ids_and_gradients():
 
 @pytest.mark.parametrize("parts", [
     dict(),
-    dict(whiten=True, stem="diff", action_head="token+motion", motion_moments=True),  # the demo recipe's
+    dict(whiten=True, stem="diff", action_head="token+motion", motion_moments="patches"),  # the demo recipe's
 ], ids=["fsq", "demo-recipe"])
 def test_compiled_fsq_model_keeps_its_loss_graph_and_gradients(parts):
     """Two torch.compile (inductor) failures with FSQ that the model avoids:

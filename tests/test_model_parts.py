@@ -40,7 +40,7 @@ def test_head_view_has_the_same_value_and_no_gradient_into_the_body(head):
 
 
 def test_motion_moments_are_linear_in_displacement_and_blind_to_background():
-    cfg = small_model_config(stem="diff", motion_moments=True, action_head="token+motion", patch_dim=8)
+    cfg = small_model_config(stem="diff", motion_moments="patches", action_head="token+motion", patch_dim=8)
     torch.manual_seed(0)
     encoder = LatentActionModel(cfg).encoder.eval()
     coords = encoder.moments.patch_coords  # (N, 2), patch grid 4x4 in [-1, 1]
@@ -64,6 +64,28 @@ def test_motion_moments_are_linear_in_displacement_and_blind_to_background():
         torch.testing.assert_close(moments[1 - axis, 0], torch.tensor(0.0))
         torch.testing.assert_close(moments[:, 1:], torch.zeros(2, 7))  # other channels: the background cancels
         torch.testing.assert_close(feats[2 * 8 :], torch.zeros(8))  # total mass unchanged
+
+
+def test_pixel_moments_give_a_small_objects_move_anywhere_and_are_blind_to_background():
+    cfg = small_model_config(stem="diff", motion_moments="pixels", latent_size=32, patch_grid=4)
+    moments = LatentActionModel(cfg).encoder.pixel_moments
+    background = torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(0))  # the same in every frame
+    spacing = 2.0 / 31  # between latent pixels, coordinates in [-1, 1]
+    for (y, x), (dy, dx) in (((3, 4), (0, 3)), ((20, 25), (-2, 0)), ((10, 6), (5, -4))):  # anywhere, any move
+        before, after = background.clone(), background.clone()
+        before[1:3, y:y + 2, x:x + 2] += 4.0  # a 2x2 object in channels 1 and 2, of the same contrast everywhere
+        after[1:3, y + dy:y + dy + 2, x + dx:x + dx + 2] += 4.0
+        features = moments.features(torch.stack([before, after])[None])[0, 0]  # (3C + 4,)
+        c = 4
+        y_moments, x_moments, totals = features[:c], features[c:2 * c], features[2 * c:3 * c]
+        appeared, went = features[3 * c:3 * c + 2], features[3 * c + 2:]
+        for channel in (1, 2):  # the object's channels: half its move, wherever it is
+            torch.testing.assert_close(y_moments[channel], torch.tensor(dy * spacing / 2), atol=1e-4, rtol=0)
+            torch.testing.assert_close(x_moments[channel], torch.tensor(dx * spacing / 2), atol=1e-4, rtol=0)
+        torch.testing.assert_close(features[[0, 3, 4, 7, 8, 11]], torch.zeros(6))  # channels without it: no change at all
+        torch.testing.assert_close(totals[1:3], torch.zeros(2), atol=1e-5, rtol=0)  # it appeared as much as it went
+        torch.testing.assert_close(appeared - went, torch.tensor([dy, dx]) * spacing, atol=0.5 * spacing, rtol=0)
+    assert moments.features(torch.stack([background, background])[None]).abs().max() == 0  # no change: zeros, not NaN
 
 
 @pytest.mark.parametrize("correlation", ["phase", "cross"])

@@ -54,6 +54,7 @@ class DataConfig:
 
 
 STEMS = ("pair", "diff")
+MOMENTS = ("none", "patches", "pixels", "patches+pixels")
 CORRELATIONS = ("none", "phase", "cross")
 ACTION_HEADS = ("token", "token+motion", "motion")
 QUANTIZERS = ("vq", "fsq", "gaussian")
@@ -77,8 +78,11 @@ class ModelConfig:
     mlp_ratio: float = option(4.0, "transformer MLP width as a multiple of embed_dim")
     stem: str = option("pair", "what the encoder's motion stem sees: pair = (patch at t, patch at t-1), "
                        "diff = their difference (a static background cancels)", choices=STEMS)
-    motion_moments: bool = option(False, "add spatial moments of the frame difference to the stem's features "
-                                  "(linear in how far and which way things moved)")
+    motion_moments: str = option("none", "add spatial moments of the frame difference to the stem's features (linear in how far "
+                                 "and which way things moved): patches = over the patch grid, of the patch features; "
+                                 "pixels = over the latent pixels, per channel, scaled by how much changed (a small "
+                                 "object's move anywhere in the frame); patches+pixels = both; none = off (true/false "
+                                 "in older configs: patches/none)", choices=MOMENTS, aliases={"true": "patches", "false": "none"})
     frame_correlation: str = option("none", "add where the whole picture moved to the stem's features: the correlation of "
                                     "frames t-1 and t under every shift (camera motion, scrolling, a pointer); "
                                     "phase = phase correlation (sharp peaks), cross = plain cross-correlation, none = off",
@@ -240,6 +244,8 @@ def field_type(f: dataclasses.Field) -> type:
 def _coerce(name: str, f: dataclasses.Field, value):
     kind = field_type(f)
     aliases = f.metadata.get("aliases", {})
+    if isinstance(value, bool) and kind is str:  # a component that was a boolean once: its aliases say what true/false name
+        value = str(value).lower()
     if isinstance(value, str) and value in aliases:
         return aliases[value]
     if kind is bool:

@@ -19,7 +19,7 @@ from lam.model.decoder import PREDICTIONS
 from lam.model.heads import HEADS
 from lam.model.lam import LAMOutput, LatentActionModel, VVAELatentActionVQVAE
 from lam.model.quantize import QUANTIZERS, QuantizerOutput
-from lam.model.stems import CORRELATIONS, STEMS
+from lam.model.stems import CORRELATIONS, MOMENTS, STEMS
 
 __all__ = [
     "ModelConfig",
@@ -30,6 +30,7 @@ __all__ = [
     "LAMOutput",
     "QuantizerOutput",
     "STEMS",
+    "MOMENTS",
     "CORRELATIONS",
     "PREDICTIONS",
     "HEADS",

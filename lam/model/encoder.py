@@ -2,7 +2,7 @@
 
     patches (B, T, N, P) [and frames (B, T, C, H, W)] -> motion (B, T-1, E) -> z (B, T-1, K, D)
 
-The action of t-1 -> t is computed from frames <= t only: stems and the frame correlation
+The action of t-1 -> t is computed from frames <= t only: stems, moments and the frame correlation
 look at frames t-1 and t, and the token head's temporal attention is causal.
 """
 
@@ -13,7 +13,7 @@ from torch import nn
 
 from lam.config import ModelConfig
 from lam.model.heads import HEADS
-from lam.model.stems import CORRELATIONS, STEMS, MotionMoments
+from lam.model.stems import CORRELATIONS, MOMENTS, STEMS, MotionMoments, PixelMoments
 
 
 class LatentActionEncoder(nn.Module):
@@ -21,7 +21,9 @@ class LatentActionEncoder(nn.Module):
         super().__init__()
         self.num_codes, self.code_dim = cfg.num_codes, code_dim
         self.stem = STEMS[cfg.stem](cfg)
-        self.moments = MotionMoments(cfg) if cfg.motion_moments else None
+        patch_moments, pixel_moments = MOMENTS[cfg.motion_moments]
+        self.moments = MotionMoments(cfg) if patch_moments else None
+        self.pixel_moments = PixelMoments(cfg) if pixel_moments else None
         correlation = CORRELATIONS[cfg.frame_correlation]
         self.correlation = correlation(cfg) if correlation else None
         self.head = HEADS[cfg.action_head](cfg, code_dim)
@@ -33,10 +35,11 @@ class LatentActionEncoder(nn.Module):
         motion = self.stem(patches, change)
         if self.moments is not None:
             motion = motion + self.moments(change)
-        if self.correlation is not None:
-            if frames is None:
-                raise ValueError("frame_correlation needs the latent frames: call the encoder with frames=")
-            motion = motion + self.correlation(frames).to(motion.dtype)
+        for part, name in ((self.pixel_moments, "motion_moments: pixels"), (self.correlation, "frame_correlation")):
+            if part is not None:
+                if frames is None:
+                    raise ValueError(f"{name} needs the latent frames: call the encoder with frames=")
+                motion = motion + part(frames).to(motion.dtype)
         return motion
 
     def forward(self, patches: torch.Tensor, frames: torch.Tensor | None = None, head_view: bool = False):

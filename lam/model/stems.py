@@ -10,8 +10,16 @@ slowly. `STEMS` maps the config's `stem` names to classes:
     diff   a per-patch MLP on the difference (patch at t minus at t-1), mean and max
            over patches: a static background cancels
 
-`MotionMoments` (`motion_moments: true`) adds the spatial moments of the difference,
-which are linear in how far and which way an object moved, wherever it is.
+`motion_moments` adds spatial moments of the difference, which are linear in how far and
+which way an object moved, wherever it is (`MOMENTS` maps the config's names to parts):
+
+    none            nothing added
+    patches         `MotionMoments`: over the patch grid, of the patch features' difference
+    pixels          `PixelMoments`: over the latent pixels, per channel, each divided by how
+                    much that channel changed, so a small object's move (a pointer, an agent
+                    one cell on) counts as much as a large one's, and is seen to a fraction of
+                    a patch
+    patches+pixels  both
 
 `FrameCorrelation` (`frame_correlation: phase | cross`) adds where the picture as a whole
 moved: the correlation of frame t with frame t-1 under every shift, on the latent pixels
@@ -82,6 +90,50 @@ class MotionMoments(nn.Module):
         return self.proj(torch.cat([moments.flatten(-2), change.mean(dim=2)], dim=-1))  # (B, T-1, E)
 
 
+class PixelMoments(nn.Module):
+    """Frames (B, T, C, H, W) -> (B, T-1, E): where the change of each transition is, at the
+    resolution of the latent pixels, whatever its size.
+
+    For the difference d = frame t - frame t-1 of each channel c: its moments sum(y d_c) and
+    sum(x d_c) and its sum, each divided by the channel's change mass sum|d_c|; and the
+    centroids (y, x) of what appeared (the positive part of d summed over channels) and of
+    what went (the negative part). Coordinates span [-1, 1]. An object that moves by a
+    vector v on a static background, with the same contrast against it everywhere, gives
+    v / 2 in the moments of every channel it shows in (its mass counts twice in sum|d_c|:
+    where it was and where it is) and v between the two centroids, wherever it is and
+    however small; a static background cancels. An MLP maps the
+    3C + 4 numbers to the stem's width: which way a move went depends on the sign of the
+    object's contrast in each channel, so it is not a linear function of them."""
+
+    MASS_FLOOR = 1e-3  # a transition with no change gives features of 0, not 0 / 0
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        g = torch.linspace(-1.0, 1.0, cfg.latent_size)
+        ys, xs = torch.meshgrid(g, g, indexing="ij")
+        self.register_buffer("pixel_coords", torch.stack([ys, xs]), persistent=False)  # (2, H, W)
+        self.mlp = _mlp(3 * cfg.in_channels + 4, cfg.embed_dim)
+
+    def features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, C, H, W) -> (B, T-1, 3C + 4): y-moments (C), x-moments (C), sums (C), each over
+        sum|d_c|; then the centroid (y, x) of what appeared and of what went."""
+        with torch.autocast(frames.device.type, enabled=False):
+            d = (frames[:, 1:] - frames[:, :-1]).float()  # (B, T-1, C, H, W)
+            coords = self.pixel_coords.float()
+            mass = d.abs().sum(dim=(-2, -1)).clamp_min(self.MASS_FLOOR)  # (B, T-1, C)
+            moments = torch.einsum("btchw,khw->btkc", d, coords) / mass[:, :, None]  # (B, T-1, 2, C)
+            totals = d.sum(dim=(-2, -1)) / mass  # (B, T-1, C)
+            centroids = []
+            for part in (d.clamp_min(0).sum(dim=2), (-d).clamp_min(0).sum(dim=2)):  # appeared, went: (B, T-1, H, W)
+                part_mass = part.sum(dim=(-2, -1)).clamp_min(self.MASS_FLOOR)[..., None]  # (B, T-1, 1)
+                centroids.append(torch.einsum("bthw,khw->btk", part, coords) / part_mass)  # (B, T-1, 2)
+            return torch.cat([moments.flatten(-2), totals, *centroids], dim=-1)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        features = self.features(frames)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))  # (B, T-1, E)
+
+
 class FrameCorrelation(nn.Module):
     """Frames (B, T, C, H, W) -> (B, T-1, E): the correlation surface of each transition,
     pooled to at most 32x32 shifts and projected to the stem's width.
@@ -121,5 +173,7 @@ class FrameCorrelation(nn.Module):
 
 
 STEMS: dict[str, type[nn.Module]] = {"pair": PairStem, "diff": DiffStem}
+# Which moments `motion_moments` adds: (patch-grid moments?, pixel moments?)
+MOMENTS = {"none": (False, False), "patches": (True, False), "pixels": (False, True), "patches+pixels": (True, True)}
 CORRELATIONS = {"none": None, "phase": partial(FrameCorrelation, normalise_phase=True),
                 "cross": partial(FrameCorrelation, normalise_phase=False)}
