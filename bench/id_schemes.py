@@ -21,6 +21,11 @@ same rows for the untrained model of the run's seed are the floor. If the ids sc
 the linear probe on the vectors, discretisation loses the action; if the vectors score well
 below the head's features, the projection to `codebook_dim` drops it; if the features are low
 too, the encoder does not compute it.
+Two MLP probes (one hidden layer, same fit and score) ask whether the action is there to be
+computed at all: on the stem's motion features, and on the pixel moments of each transition's
+change (`PixelMoments.features`, which have no weights: the same for any checkpoint). A high
+MLP probe with a low linear one means the action is in what the encoder sees, but training has
+not made it a direction of its features.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +45,7 @@ from lam.eval.evaluate import split_batches
 from lam.eval.metrics import split_by_group
 from lam.eval.probes import kmeans_ids, linear_probe_accuracy, mapping_probe_accuracy
 from lam.model import LatentActionModel
+from lam.model.stems import PixelMoments
 from lam.runtime.checkpoint import load_model
 
 from bench.quality import UNTRAINED_FIT_WINDOWS, untrained_model
@@ -48,10 +55,11 @@ from bench.quality import UNTRAINED_FIT_WINDOWS, untrained_model
 def transitions(model: LatentActionModel, cfg, split: str, max_windows: int | None = None) -> dict:
     """Per scored transition of a split (`split_batches`' windows, each transition once): the
     model's action ids `[N]`, its pre-quantisation vectors `[N, K*D]`, the action head's features
-    `[N, F]` (all its parts, concatenated), the stem's motion features `[N, E]`, true actions
-    (None without them) and file ids."""
+    `[N, F]` (all its parts, concatenated), the stem's motion features `[N, E]`, the pixel
+    moments of the change `[N, 3C + 4]`, true actions (None without them) and file ids."""
     manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
-    rows = {"ids": [], "z": [], "head": [], "motion": [], "labels": [], "files": []}
+    rows = {"ids": [], "z": [], "head": [], "motion": [], "pixel_moments": [], "labels": [], "files": []}
+    pixel_moments = PixelMoments(cfg.model)  # its features have no weights
     for x, labels, file_ids, counted in split_batches(cfg.data.sequence_length, manifest, split, 16, max_windows=max_windows):
         n = x.shape[0] * (x.shape[1] - 1)
         flat = counted.reshape(-1).numpy()
@@ -63,6 +71,7 @@ def transitions(model: LatentActionModel, cfg, split: str, max_windows: int | No
         rows["z"].append(z.reshape(n, -1).numpy()[flat])
         rows["head"].append(head.reshape(n, -1).numpy()[flat])
         rows["motion"].append(motion.float().reshape(n, -1).numpy()[flat])
+        rows["pixel_moments"].append(pixel_moments.features(x).reshape(n, -1).numpy()[flat])
         rows["files"].append(np.repeat(np.asarray(file_ids), x.shape[1] - 1)[flat])
         if labels is not None:
             rows["labels"].append(np.asarray(labels).reshape(n)[flat])
@@ -75,6 +84,22 @@ def shift_kernels(model: LatentActionModel, z: np.ndarray) -> tuple[np.ndarray, 
     p = torch.stack(model.shift.shift_weights(torch.from_numpy(z)), dim=1)  # (N, 2, H)
     offsets = torch.arange(p.shape[-1], dtype=torch.float32) - p.shape[-1] // 2
     return p.flatten(1).numpy(), (p * offsets).sum(-1).numpy()
+
+
+def mlp_probe_accuracy(features_fit: np.ndarray, labels_fit: np.ndarray, features_eval: np.ndarray,
+                       labels_eval: np.ndarray, seed: int = 0) -> float:
+    """Accuracy on the eval part of a one-hidden-layer MLP (128 units) fitted on standardised
+    features: what a small nonlinear read-out can get from them, where a linear probe cannot."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    mlp = make_pipeline(StandardScaler(), MLPClassifier((128,), max_iter=500, random_state=seed))
+    with warnings.catch_warnings():  # a probe stopped at max_iter is still a probe; its score says how good
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        mlp.fit(features_fit, labels_fit)
+    return float(np.mean(mlp.predict(features_eval) == labels_eval))
 
 
 def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
@@ -103,6 +128,8 @@ def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
         raise UserError(f"the train split of {cfg.data.data_dir} has no true actions to fit the encoder's probes on")
     for name, key in (("vectors", "z"), ("head", "head"), ("motion", "motion")):
         rows[f"train_fit_linear_probe_on_{name}"] = linear_probe_accuracy(whole_train[key], whole_train["labels"], test[key], y)
+    for name in ("motion", "pixel_moments"):
+        rows[f"train_fit_mlp_probe_on_{name}"] = mlp_probe_accuracy(whole_train[name], whole_train["labels"], test[name], y, seed)
     return {name: float(v) for name, v in rows.items()}
 
 

@@ -101,7 +101,8 @@ def test_id_schemes_of_an_untrained_checkpoint_equal_its_floor(small_world, tmp_
     rows = report["trained"]
     assert set(rows) == {"model_ids", "kmeans_5", "kmeans_16", "kmeans_32", "kmeans_5_shift_kernel",
                          "kmeans_5_shift_mean", "linear_probe_on_vectors", "train_fit_linear_probe_on_vectors",
-                         "train_fit_linear_probe_on_head", "train_fit_linear_probe_on_motion"}
+                         "train_fit_linear_probe_on_head", "train_fit_linear_probe_on_motion",
+                         "train_fit_mlp_probe_on_motion", "train_fit_mlp_probe_on_pixel_moments"}
     assert all(0 <= v <= 1 for v in rows.values())
     assert rows == report["untrained"]  # the same weights, ids and split: the same scores
     assert "linear_probe_on_vectors" in capsys.readouterr().out
