@@ -59,7 +59,7 @@ def transitions(model: LatentActionModel, cfg, split: str, max_windows: int | No
     moments of the change `[N, 3C + 4]`, true actions (None without them) and file ids."""
     manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
     rows = {"ids": [], "z": [], "head": [], "motion": [], "pixel_moments": [], "labels": [], "files": []}
-    pixel_moments = PixelMoments(cfg.model)  # its features have no weights
+    pixel_moments = PixelMoments(cfg.model, project=False)  # its features have no weights
     for x, labels, file_ids, counted in split_batches(cfg.data.sequence_length, manifest, split, 16, max_windows=max_windows):
         n = x.shape[0] * (x.shape[1] - 1)
         flat = counted.reshape(-1).numpy()

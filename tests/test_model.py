@@ -24,19 +24,19 @@ SPEC_METRICS = {
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
 # the whitening, the motion moments, a frame correlation and a shifted prediction (both moments,
 # phase and shifted-local with the diff stem; pixel moments, cross and shifted with the pair
-# stem) and the (opt-in) label head on.
+# stem), the (opt-in) label head and the moments loss on.
 PARTS = [
     dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras,
          motion_moments=("patches+pixels" if stem == "diff" else "pixels") if extras else "none",
          frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
          prediction=("shifted-local" if stem == "diff" else "shifted") if extras else "residual",
-         label_classes=3 if extras else 0)
+         label_classes=3 if extras else 0, moments_weight=0.5 if extras else 0.0)
     for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
 ]
 
 
 def part_id(p: dict) -> str:
-    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels" if p["whiten"] else ""
+    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels-moments-loss" if p["whiten"] else ""
     return f"{p['stem']}-{p['action_head']}-{p['quantizer']}{extras}"
 
 

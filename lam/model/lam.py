@@ -47,6 +47,7 @@ from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
 from lam.model.decoder import PREDICTIONS, LatentActionDecoder
 from lam.model.encoder import LatentActionEncoder
 from lam.model.quantize import build_quantizer
+from lam.model.stems import PixelMoments
 from lam.model.whiten import Whitening
 
 
@@ -84,6 +85,13 @@ class LatentActionModel(nn.Module):
         # vector to them (a few labels steer what the action codes carry). Registered last, so
         # the parameter order of models without it stays as it was.
         self.label_head = nn.Linear(cfg.num_codes * code_dim, cfg.label_classes) if cfg.label_classes else None
+        # With `moments_weight`: a map from the action alone to the pixel moments of its transition's
+        # change. Registered after everything else, for the same reason.
+        self.moments_head = None
+        if cfg.moments_weight > 0:
+            self.change_moments = PixelMoments(cfg, project=False)
+            self.moments_head = nn.Sequential(nn.Linear(cfg.num_codes * code_dim, cfg.embed_dim), nn.GELU(),
+                                              nn.Linear(cfg.embed_dim, self.change_moments.num_features))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -103,6 +111,7 @@ class LatentActionModel(nn.Module):
         whitening penalty); the quantizer's own terms follow under their names."""
         names = ["loss", "mse_loss", "mae_loss", "vq_loss", *self.quantizer.loss_names, "codebook_usage", "perplexity"]
         names += ["label_loss", "label_accuracy"] if self.label_head is not None else []
+        names += ["moments_loss"] if self.moments_head is not None else []
         return names + (["rollout_loss"] if self.config.use_rollout else [])
 
     def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
@@ -199,6 +208,10 @@ class LatentActionModel(nn.Module):
             rollout_loss = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
             loss = loss + cfg.rollout_weight * rollout_loss
             metrics["rollout_loss"] = rollout_loss
+        if self.moments_head is not None:
+            moments_loss = self._moments_loss(q.quantized, x)
+            loss = loss + cfg.moments_weight * moments_loss
+            metrics["moments_loss"] = moments_loss
         if self.label_head is not None:
             label_loss, label_accuracy = self._label_terms(q.quantized, labels)
             loss = loss + cfg.label_weight * label_loss
@@ -224,6 +237,22 @@ class LatentActionModel(nn.Module):
         loss = (ce * known.flatten()).sum() / count
         accuracy = ((logits.argmax(-1) == labels) & known).sum() / count
         return loss, accuracy.float()
+
+    def _moments_loss(self, actions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Squared error of the moments head's prediction from the actions (B, T-1, K, D) against the
+        pixel moments of each transition of x (`PixelMoments.features`), each feature standardised
+        over the batch (a pointer's move of a few pixels and a camera pan count alike). A channel's
+        moments weigh by its share of the transition's change, so a channel that hardly changed,
+        whose moments are a ratio of near-zeros, asks nothing of the action."""
+        with torch.autocast(x.device.type, enabled=False):
+            target = self.change_moments.features(x)  # (B, T-1, F): no weights, nothing to train
+            mass = (x[:, 1:] - x[:, :-1]).float().abs().sum(dim=(-2, -1))  # (B, T-1, C)
+            share = mass / mass.sum(dim=-1, keepdim=True).clamp_min(PixelMoments.MASS_FLOOR)
+            flat = target.reshape(-1, target.shape[-1])
+            target = (target - flat.mean(0)) / flat.std(0, unbiased=False).clamp_min(1e-6)
+            weight = torch.cat([share, share, share, torch.ones_like(share[..., :4])], dim=-1)  # (B, T-1, F)
+            err = self.moments_head(actions.flatten(2).float()) - target
+            return (weight * err.pow(2)).sum(-1).mean() / weight.sum(-1).mean().clamp_min(1e-6)
 
     def _change_weighted(self, err: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Squared error weighted towards what changed: w = 1 + change_weight * |x_t - x_t-1| / its

@@ -103,16 +103,18 @@ class PixelMoments(nn.Module):
     where it was and where it is) and v between the two centroids, wherever it is and
     however small; a static background cancels. An MLP maps the
     3C + 4 numbers to the stem's width: which way a move went depends on the sign of the
-    object's contrast in each channel, so it is not a linear function of them."""
+    object's contrast in each channel, so it is not a linear function of them. With
+    `project=False` it has no weights and only computes `features` (a loss's target)."""
 
     MASS_FLOOR = 1e-3  # a transition with no change gives features of 0, not 0 / 0
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, project: bool = True):
         super().__init__()
         g = torch.linspace(-1.0, 1.0, cfg.latent_size)
         ys, xs = torch.meshgrid(g, g, indexing="ij")
         self.register_buffer("pixel_coords", torch.stack([ys, xs]), persistent=False)  # (2, H, W)
-        self.mlp = _mlp(3 * cfg.in_channels + 4, cfg.embed_dim)
+        self.num_features = 3 * cfg.in_channels + 4
+        self.mlp = _mlp(self.num_features, cfg.embed_dim) if project else None
 
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, T-1, 3C + 4): y-moments (C), x-moments (C), sums (C), each over
