@@ -110,8 +110,8 @@ class ModelConfig:
                              choices=PREDICTIONS)
     change_weight: float = option(0.0, "weight the prediction loss towards latent pixels that changed: 1 + change_weight * |x_t - x_t-1| / its mean (0: plain MSE)")
     moments_weight: float = option(0.0, "weight of a second prediction from the action alone: the pixel moments of the change "
-                                   "t-1 -> t (see motion_moments: pixels), standardised over the batch, so a small object's "
-                                   "move asks as much of the action as the whole view's (0: off)")
+                                   "t-1 -> t that do not depend on where it is (see motion_moments: pixels), standardised over "
+                                   "the batch, so a small object's move asks as much of the action as the whole view's (0: off)")
     use_rollout: bool = option(False, "add a multi-step rollout loss (the decoder fed its own predictions)")
     rollout_horizon: int = option(2, "frames predicted by the rollout loss")
     rollout_weight: float = option(1.0, "weight of the rollout loss")

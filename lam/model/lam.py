@@ -91,7 +91,7 @@ class LatentActionModel(nn.Module):
         if cfg.moments_weight > 0:
             self.change_moments = PixelMoments(cfg, project=False)
             self.moments_head = nn.Sequential(nn.Linear(cfg.num_codes * code_dim, cfg.embed_dim), nn.GELU(),
-                                              nn.Linear(cfg.embed_dim, self.change_moments.num_features))
+                                              nn.Linear(cfg.embed_dim, self.change_moments.num_features - 2))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -240,17 +240,21 @@ class LatentActionModel(nn.Module):
 
     def _moments_loss(self, actions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Squared error of the moments head's prediction from the actions (B, T-1, K, D) against the
-        pixel moments of each transition of x (`PixelMoments.features`), each feature standardised
-        over the batch (a pointer's move of a few pixels and a camera pan count alike). A channel's
-        moments weigh by its share of the transition's change, so a channel that hardly changed,
-        whose moments are a ratio of near-zeros, asks nothing of the action."""
+        pixel moments of each transition of x (`PixelMoments.features`) that do not depend on where
+        the change is: the channels' moments and sums, and the vector from what went to what
+        appeared (not the two centroids, which would ask the action where things are). Each is
+        standardised over the batch (a pointer's move of a few pixels and a camera pan count
+        alike); a channel's weigh by its share of the transition's change, so a channel that
+        hardly changed, whose moments are a ratio of near-zeros, asks nothing of the action."""
         with torch.autocast(x.device.type, enabled=False):
-            target = self.change_moments.features(x)  # (B, T-1, F): no weights, nothing to train
+            features = self.change_moments.features(x)  # (B, T-1, 3C + 4): no weights, nothing to train
+            appeared, went = features[..., -4:-2], features[..., -2:]
+            target = torch.cat([features[..., :-4], appeared - went], dim=-1)  # (B, T-1, 3C + 2)
             mass = (x[:, 1:] - x[:, :-1]).float().abs().sum(dim=(-2, -1))  # (B, T-1, C)
             share = mass / mass.sum(dim=-1, keepdim=True).clamp_min(PixelMoments.MASS_FLOOR)
             flat = target.reshape(-1, target.shape[-1])
             target = (target - flat.mean(0)) / flat.std(0, unbiased=False).clamp_min(1e-6)
-            weight = torch.cat([share, share, share, torch.ones_like(share[..., :4])], dim=-1)  # (B, T-1, F)
+            weight = torch.cat([share, share, share, torch.ones_like(share[..., :2])], dim=-1)  # (B, T-1, 3C + 2)
             err = self.moments_head(actions.flatten(2).float()) - target
             return (weight * err.pow(2)).sum(-1).mean() / weight.sum(-1).mean().clamp_min(1e-6)
 
