@@ -163,11 +163,20 @@ class RayHead:
         """`ray ARGS...` from the repo root with this cluster's env (addresses, token); output captured."""
         return subprocess.run([RAY, *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
 
+    NO_AGENT_YET = "No available agent to submit job"  # the head answers before its node's agent has registered
+
     def submit(self, job_id: str, *entrypoint: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """Submit this checkout as a job and wait: the CLI tails the job's logs and exits 1 if the job failed."""
-        return self.ray("job", "submit", "--address", self.dashboard_url, "--log-color", "false", "--submission-id", job_id,
-                        "--working-dir", ".", "--runtime-env", "ray_jobs/runtime_env.yaml", "--", *entrypoint,
-                        timeout=timeout)  # fmt: skip
+        """Submit this checkout as a job and wait: the CLI tails the job's logs and exits 1 if the job failed.
+        A submission refused because the node's job agent has not registered yet (a loaded machine)
+        created no job, so it is tried again, for up to `startup_timeout` seconds."""
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            out = self.ray("job", "submit", "--address", self.dashboard_url, "--log-color", "false", "--submission-id", job_id,
+                           "--working-dir", ".", "--runtime-env", "ray_jobs/runtime_env.yaml", "--", *entrypoint,
+                           timeout=timeout)  # fmt: skip
+            if out.returncode == 0 or self.NO_AGENT_YET not in out.stdout + out.stderr or time.monotonic() > deadline:
+                return out
+            time.sleep(2)
 
     def job_status(self, job_id: str) -> str:
         """SUCCEEDED, FAILED or STOPPED as `ray job status` reports it; else the CLI's output, for assertion messages."""
