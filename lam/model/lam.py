@@ -247,10 +247,9 @@ class LatentActionModel(nn.Module):
         alike); a channel's weigh by its share of the transition's change, so a channel that
         hardly changed, whose moments are a ratio of near-zeros, asks nothing of the action."""
         with torch.autocast(x.device.type, enabled=False):
-            features = self.change_moments.features(x)  # (B, T-1, 3C + 4): no weights, nothing to train
+            features, mass = self.change_moments.features_and_mass(x)  # (B, T-1, 3C + 4), (B, T-1, C): no weights
             appeared, went = features[..., -4:-2], features[..., -2:]
             target = torch.cat([features[..., :-4], appeared - went], dim=-1)  # (B, T-1, 3C + 2)
-            mass = (x[:, 1:] - x[:, :-1]).float().abs().sum(dim=(-2, -1))  # (B, T-1, C)
             share = mass / mass.sum(dim=-1, keepdim=True).clamp_min(PixelMoments.MASS_FLOOR)
             flat = target.reshape(-1, target.shape[-1])
             target = (target - flat.mean(0)) / flat.std(0, unbiased=False).clamp_min(1e-6)

@@ -119,17 +119,23 @@ class PixelMoments(nn.Module):
     def features(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, T-1, 3C + 4): y-moments (C), x-moments (C), sums (C), each over
         sum|d_c|; then the centroid (y, x) of what appeared and of what went."""
+        return self.features_and_mass(frames)[0]
+
+    def features_and_mass(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`features`, and each channel's change mass sum|d_c| (B, T-1, C) they were divided by
+        (before the floor)."""
         with torch.autocast(frames.device.type, enabled=False):
             d = (frames[:, 1:] - frames[:, :-1]).float()  # (B, T-1, C, H, W)
             coords = self.pixel_coords.float()
-            mass = d.abs().sum(dim=(-2, -1)).clamp_min(self.MASS_FLOOR)  # (B, T-1, C)
+            raw_mass = d.abs().sum(dim=(-2, -1))  # (B, T-1, C)
+            mass = raw_mass.clamp_min(self.MASS_FLOOR)
             moments = torch.einsum("btchw,khw->btkc", d, coords) / mass[:, :, None]  # (B, T-1, 2, C)
             totals = d.sum(dim=(-2, -1)) / mass  # (B, T-1, C)
             centroids = []
             for part in (d.clamp_min(0).sum(dim=2), (-d).clamp_min(0).sum(dim=2)):  # appeared, went: (B, T-1, H, W)
                 part_mass = part.sum(dim=(-2, -1)).clamp_min(self.MASS_FLOOR)[..., None]  # (B, T-1, 1)
                 centroids.append(torch.einsum("bthw,khw->btk", part, coords) / part_mass)  # (B, T-1, 2)
-            return torch.cat([moments.flatten(-2), totals, *centroids], dim=-1)
+            return torch.cat([moments.flatten(-2), totals, *centroids], dim=-1), raw_mass
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         features = self.features(frames)
