@@ -398,3 +398,27 @@ def test_flop_count_covers_the_model():
     assert flops["total"] > 0 and parts == pytest.approx(flops["total"], rel=1e-6)
     with_backward = count_flops(small_model_config(), frames=4, backward=True)["total"]
     assert 2 * flops["total"] < with_backward < 4 * flops["total"]
+
+
+def test_attention_over_more_sequences_than_one_kernel_launch_takes_is_sliced_with_the_same_result(monkeypatch):
+    from lam.model import transformer
+
+    torch.manual_seed(0)
+    block = transformer.SpaceTimeBlock(dim=16, num_heads=2, mlp_ratio=2.0)
+    x = torch.randn(3, 4, 5, 16, requires_grad=True)  # spatial: 12 sequences, temporal: 15
+    whole = block(x)
+    (grad_whole,) = torch.autograd.grad(whole.square().sum(), x)
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+
+    def counted(q, *args, **kwargs):
+        calls.append(q.shape[0])
+        return real_sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(transformer, "MAX_SEQUENCES_PER_CALL", 4)
+    monkeypatch.setattr(transformer.F, "scaled_dot_product_attention", counted)
+    sliced = block(x)
+    (grad_sliced,) = torch.autograd.grad(sliced.square().sum(), x)
+    assert calls == [4, 4, 4, 4, 4, 4, 3] and max(calls) <= 4  # 12 spatial sequences in 3 calls, 15 temporal in 4
+    torch.testing.assert_close(sliced, whole)
+    torch.testing.assert_close(grad_sliced, grad_whole)

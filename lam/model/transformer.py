@@ -18,6 +18,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# The fused attention kernels on CUDA launch one grid row per sequence, and a grid dimension holds
+# at most 65535 rows; past that the call fails ("invalid argument", or cuDNN's "mha_graph.execute"),
+# e.g. the temporal attention of 256 windows of 256 patches. Larger batches of sequences are
+# attended in slices of at most this many (a power of two, so even batches split evenly).
+MAX_SEQUENCES_PER_CALL = 32768
+
+
 class Attention(nn.Module):
     """Multi-head self-attention over `(B', L, E)` sequences."""
 
@@ -30,7 +37,12 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, l, e = x.shape
         q, k, v = self.qkv(x).view(b, l, 3, self.num_heads, e // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B', H, L, Dh)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B', H, L, Dh)
+        if b <= MAX_SEQUENCES_PER_CALL:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B', H, L, Dh)
+        else:
+            step = MAX_SEQUENCES_PER_CALL
+            y = torch.cat([F.scaled_dot_product_attention(q[i : i + step], k[i : i + step], v[i : i + step], is_causal=self.causal)
+                           for i in range(0, b, step)])
         return self.proj(y.transpose(1, 2).reshape(b, l, e))
 
 
