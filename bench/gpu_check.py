@@ -20,6 +20,10 @@ others still run):
   overfit     the spec's overfit mode (`test_mode`: one batch, PASS when MSE < 0.01, MAE < 0.05)
   checkpoint  the default model with AdamW state: size, the copy into host memory that an
               asynchronous checkpoint waits for, and the file write that a synchronous one adds
+  batch       the bare bf16 loop (one process, no Ray, batches in memory) at growing batch sizes:
+              samples/s, MFU and peak memory, i.e. how much of the card the default batch fills
+
+`--sections` runs a subset (the versions section always runs: it measures the MFU denominator).
 
 The dry run (`--cpu-dry-run`) uses the tiny recipe, few steps, fp32 and bf16 without compile
 (compiling on CPU builds C++ for minutes), so the script is exercised between GPU loans.
@@ -37,6 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -47,10 +52,13 @@ REPO = Path(__file__).resolve().parent.parent
 # What each mode runs: the model's recipe, batch, steps per epoch, variants, and the overfit run.
 PLANS = {
     "gpu": {"recipe": "spec", "batch_size": 32, "steps": 16, "epochs": 2, "variants": [("bf16", False), ("fp32", False), ("bf16", True), ("fp32", True)],
-            "matmul_n": 8192, "overfit": {"num_epochs": 300, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 20}},
+            "matmul_n": 8192, "overfit": {"num_epochs": 300, "batch_size": 4, "learning_rate": 1e-3, "warmup_steps": 20},
+            "batch_sizes": [32, 64, 128, 256, 512], "batch_steps": 6},
     "cpu-dry-run": {"recipe": "tiny", "batch_size": 4, "steps": 3, "epochs": 2, "variants": [("bf16", False)],
-                    "matmul_n": 512, "overfit": {"num_epochs": 20, "batch_size": 4, "learning_rate": 2e-3, "warmup_steps": 2}},
+                    "matmul_n": 512, "overfit": {"num_epochs": 20, "batch_size": 4, "learning_rate": 2e-3, "warmup_steps": 2},
+                    "batch_sizes": [2, 4], "batch_steps": 2},
 }
+SECTIONS = ["versions", "attention", "train", "overfit", "checkpoint", "ingest", "batch"]
 
 
 def first_line(error: BaseException) -> str:
@@ -202,6 +210,58 @@ def checkpoint(model_cfg, frames: int, device: torch.device, workdir: Path) -> d
                     "the run directory, not timed here)"}
 
 
+def batch_scaling(plan: dict, cfg, batches: list[torch.Tensor], device: torch.device, peak: dict, deadline: float) -> dict:
+    """The bare bf16 loop (eager) at each of the plan's batch sizes.
+
+    The windows in memory are regrouped into batches of each size and cycled, so every size trains on
+    the same data. A size the card cannot hold is recorded as such and ends the sweep."""
+    from bench.run import variant_config
+    from bench.train_step import bare_loop, flops_per_sample
+
+    flops = flops_per_sample(cfg.model, cfg.data.sequence_length)
+    windows = torch.cat(batches)
+    rows: list[dict] = []
+
+    def row(batch_size: int, attention: str) -> dict:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        label = f"batch {batch_size}, attention {attention}"
+        base = {"batch_size": batch_size, "attention": attention}
+        if time.time() > deadline:
+            return {**base, "skipped": "over the time budget (--budget_s)"}
+        print(f"[gpu-check] batch: bare bf16 loop, {label}", flush=True)
+        groups = [windows[i : i + batch_size] for i in range(0, len(windows) - batch_size + 1, batch_size)]
+        if not groups:
+            return {**base, "skipped": f"fewer than {batch_size} windows in memory"}
+        c = variant_config(cfg, "bf16", False, 1, 1, f"gpu-check-batch-{batch_size}")
+        c.train.batch_size = batch_size
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        backends = (nullcontext() if attention == "any"
+                    else sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]))
+        try:
+            with backends:
+                r = bare_loop(c, groups, 2, plan["batch_steps"], device)
+        except torch.OutOfMemoryError as e:  # a finding (the card's limit for this model), not a failure
+            return {**base, "out_of_memory": first_line(e)}
+        except RuntimeError as e:  # a kernel that refuses this size: recorded, and the sweep tries without it
+            return {**base, "error": first_line(e)}
+        memory = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+        return {**base, "samples_per_s": r["samples_per_s"], "mfu": flops * r["samples_per_s"] / peak["bf16"],
+                "step_s": r["step_s"], "peak_memory_gb": memory}
+
+    attention = "any"
+    for batch_size in plan["batch_sizes"]:
+        rows.append(row(batch_size, attention))
+        if "error" in rows[-1] and attention == "any":
+            attention = "no_cudnn"
+            rows.append(row(batch_size, attention))
+        if "samples_per_s" not in rows[-1]:
+            break
+    return {"model": plan["recipe"], "precision": "bf16", "rows": rows}
+
+
 # ----------------------------------------------------------------------------- report
 
 
@@ -224,6 +284,16 @@ def print_table(report: dict) -> None:
             gb = f"{r['peak_memory_gb']:.1f}" if r.get("peak_memory_gb") is not None else "-"
             stall = f"{r['checkpoint_stall_s']:.3f}" if r.get("checkpoint_stall_s") is not None else "-"
             print(f"{label:<16}{r['samples_per_s']:>10.1f}{r['mfu']:>8.1%}{gb:>9}{r['data_wait_fraction']:>10.1%}{stall:>14}")
+    batch_rows = report.get("batch", {}).get("rows", [])
+    if batch_rows:
+        print(f"\n{'bare bf16 loop':<22}{'samples/s':>10}{'MFU':>8}{'peak GB':>9}")
+        for r in batch_rows:
+            label = f"batch {r['batch_size']}{', no cuDNN' if r['attention'] != 'any' else ''}"
+            if "samples_per_s" not in r:
+                print(f"{label:<22}  {r.get('error') or r.get('out_of_memory') or r['skipped']}")
+                continue
+            gb = f"{r['peak_memory_gb']:.1f}" if r.get("peak_memory_gb") is not None else "-"
+            print(f"{label:<22}{r['samples_per_s']:>10.1f}{r['mfu']:>8.1%}{gb:>9}")
     for name in ("ingest", "overfit", "checkpoint"):
         section = report.get(name)
         if section is not None:
@@ -236,11 +306,16 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--cpu-dry-run", action="store_true", help="run every section on CPU with the tiny recipe (no GPU needed)")
     parser.add_argument("--out", default=None, help="JSON report (default: bench/results-gpu.json; bench/results-gpu-dry-run.json for a dry run)")
-    parser.add_argument("--budget_s", type=float, default=330,
-                        help="sections and rows not started by then are skipped (recorded as such); default 330 s, so the "
-                             "whole check with its set-up fits in 6 minutes")
+    parser.add_argument("--budget_s", type=float, default=420,
+                        help="sections and rows not started by then are skipped (recorded as such); default 420 s, so the "
+                             "whole check with its set-up fits in about 8 minutes")
     parser.add_argument("--workdir", default=None, help="where data and runs go (default: a temporary folder, removed)")
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {', '.join(SECTIONS)} (default: all; versions always runs)")
     args = parser.parse_args(argv)
+    wanted = {name for name in args.sections.split(",") if name} | {"versions"}
+    if wanted - set(SECTIONS):
+        parser.error(f"--sections: unknown {', '.join(sorted(wanted - set(SECTIONS)))} (known: {', '.join(SECTIONS)})")
     mode = "cpu-dry-run" if args.cpu_dry_run else "gpu"
     plan = PLANS[mode]
     if mode == "gpu" and not torch.cuda.is_available():
@@ -264,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     deadline = start + args.budget_s
 
     def section(name: str, fn, *fn_args):
+        if name not in wanted:
+            return {}
         if time.time() > deadline:
             report[name] = {"skipped": "over the time budget (--budget_s)"}
             return report[name]
@@ -288,15 +365,19 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(Path(cfg.data.data_dir) / "manifest.json")
         section("attention", attention, device, cfg.model, cfg.data.sequence_length)
         peak = info.get("peak_flops") or {"bf16": float("nan"), "fp32": float("nan")}
-        eager = [v for v in plan["variants"] if not v[1]]
-        compiled = [v for v in plan["variants"] if v[1]]
-        train = report["train"] = {"model": plan["recipe"], "batch_size": plan["batch_size"], "steps_per_epoch": plan["steps"],
-                                   "epochs": plan["epochs"], "rows": train_rows(eager, plan, cfg, device, peak, deadline)}
+        eager = [v for v in plan["variants"] if not v[1]] if "train" in wanted else []
+        compiled = [v for v in plan["variants"] if v[1]] if "train" in wanted else []
+        if "train" in wanted:
+            report["train"] = {"model": plan["recipe"], "batch_size": plan["batch_size"], "steps_per_epoch": plan["steps"],
+                               "epochs": plan["epochs"], "rows": train_rows(eager, plan, cfg, device, peak, deadline)}
         section("overfit", overfit, plan, cfg)
         section("checkpoint", checkpoint, ModelConfig() if mode == "gpu" else cfg.model, cfg.data.sequence_length, device, workdir)
         section("ingest", ingest, plan, cfg, manifest, batches, device, workdir)
-        train["rows"] += train_rows(compiled, plan, cfg, device, peak, deadline)  # last: compiling takes the longest
-        report["errors"] += ["train"] if any("error" in r for r in train["rows"]) else []
+        section("batch", batch_scaling, plan, cfg, batches, device, peak, deadline)
+        report["errors"] += ["batch"] if any("error" in r for r in report.get("batch", {}).get("rows", [])) else []
+        if "train" in wanted:
+            report["train"]["rows"] += train_rows(compiled, plan, cfg, device, peak, deadline)  # compiling takes the longest
+            report["errors"] += ["train"] if any("error" in r for r in report["train"]["rows"]) else []
     finally:
         import ray
 

@@ -44,7 +44,10 @@ def test_the_cpu_dry_run_runs_every_section_and_writes_the_report(tmp_path):
     ckpt = report["checkpoint"]
     assert positive(ckpt["size_mb"]) and positive(ckpt["snapshot_s"]) and ckpt["sync_stall_s"] > ckpt["async_stall_s"]
 
-    assert "# GPU check (cpu-dry-run)" in proc.stdout and "bf16" in proc.stdout
+    batch = report["batch"]["rows"]
+    assert [r["batch_size"] for r in batch] == [2, 4] and all(positive(r["samples_per_s"]) and 0 < r["mfu"] for r in batch)
+
+    assert "# GPU check (cpu-dry-run)" in proc.stdout and "bf16" in proc.stdout and "bare bf16 loop" in proc.stdout
 
 
 def test_without_a_gpu_the_real_mode_says_so_and_exits_2():
