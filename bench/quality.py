@@ -4,6 +4,8 @@
     python -m bench.quality --recipe spec --set embed_dim=128 encoder_depth=2 decoder_depth=2 --seeds 3
     python -m bench.quality --datasets synthetic --seeds 1 --minutes 1        # a quick look
     python -m bench.quality --recipe real --seeds 3 --epochs 4 --extend screen.json --out full.json   # seeds 1, 2 added
+    python -m bench.quality --recipe real --seeds 3 --epochs 4 --datasets minigrid,crafter --extend a.json --extend b.json
+                                                          # the runs of two reports in one, missing seeds run
 
 For every dataset and seed it trains the recipe (`lam.train.launch.train`, as `lam train`
 does), evaluates the final checkpoint on the test split (`lam.eval`, as `lam eval` does),
@@ -292,16 +294,38 @@ def load_earlier(path: str, recipe: str, overrides: dict) -> dict:
     return earlier
 
 
-def kept_seeds(earlier: dict, name: str, epochs: int, seeds: int, path: str) -> list[dict]:
-    """The runs of dataset `name` in the extended report that this run keeps (seeds < `seeds`),
-    each with the commit it was measured at."""
-    if name not in earlier["datasets"]:
-        return []
-    d = earlier["datasets"][name]
-    if d["epochs"] != epochs:
-        raise UserError(f"--extend {path}: {name} was trained {d['epochs']} epochs a run there, {epochs} here")
-    commit = earlier["machine"]["commit"]
-    return [{"commit": commit, **r} for r in d["per_seed"] if r["seed"] < seeds]
+def kept_seeds(earlier: list[tuple[str, dict]], name: str, epochs: int, seeds: int) -> list[dict]:
+    """The runs of dataset `name` in the extended reports that this run keeps (seeds < `seeds`),
+    each with the commit it was measured at. A seed in two reports must be the same run there."""
+    kept: dict[int, tuple[str, dict]] = {}
+    for path, report in earlier:
+        d = report["datasets"].get(name)
+        if d is None:
+            continue
+        if d["epochs"] != epochs:
+            raise UserError(f"--extend {path}: {name} was trained {d['epochs']} epochs a run there, {epochs} here")
+        for r in d["per_seed"]:
+            run = {"commit": report["machine"]["commit"], **r}
+            if r["seed"] >= seeds:
+                continue
+            if r["seed"] in kept and kept[r["seed"]][1] != run:
+                raise UserError(f"--extend {path}: {name} seed {r['seed']} differs from the run of that seed in {kept[r['seed']][0]}")
+            kept.setdefault(r["seed"], (path, run))
+    return [run for _, run in kept.values()]
+
+
+def unlisted_datasets(earlier: list[tuple[str, dict]], listed: list[str]) -> dict:
+    """The datasets of the extended reports that this run does not list, kept as they were; one that
+    two reports hold must be listed, so that its seeds are merged."""
+    kept: dict[str, tuple[str, dict]] = {}
+    for path, report in earlier:
+        for name, d in report["datasets"].items():
+            if name in listed:
+                continue
+            if name in kept and kept[name][1] != d:
+                raise UserError(f"--extend {path}: {name} is also in {kept[name][0]}; list it in --datasets to merge its seeds")
+            kept.setdefault(name, (path, d))
+    return {name: d for name, (_, d) in kept.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -317,9 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="", help="where runs go (default: a new temporary folder, kept: "
                         "every run's checkpoint and evaluation report)")
     parser.add_argument("--out", default="", help="JSON report (default: bench/quality-RECIPE.json)")
-    parser.add_argument("--extend", default="", metavar="REPORT", help="an earlier report of the same recipe, --set and "
-                        "epochs: its seeds are kept and only the missing ones of 0..SEEDS-1 are run (runs are seeded, "
-                        "so a seed run again gives the same numbers)")
+    parser.add_argument("--extend", action="append", default=[], metavar="REPORT",
+                        help="an earlier report of the same recipe, --set and epochs: its seeds are kept and only the "
+                        "missing ones of 0..SEEDS-1 are run (runs are seeded, so a seed run again gives the same "
+                        "numbers); repeat it to merge the runs of several reports")
     args = parser.parse_args(argv)
     try:
         return run(args)
@@ -343,10 +368,10 @@ def run(args) -> int:
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-quality-"))
     report = {"date": dt.date.today().isoformat(), "machine": machine(), "recipe": args.recipe, "overrides": overrides,
               "seeds": args.seeds, "minutes": args.minutes, "datasets": {}}
-    earlier = load_earlier(args.extend, args.recipe, overrides) if args.extend else {"datasets": {}}
-    if args.extend:
-        report["extends"] = {"report": args.extend, "commit": earlier["machine"]["commit"]}
-        report["datasets"] = {name: d for name, d in earlier["datasets"].items() if name not in datasets}
+    earlier = [(path, load_earlier(path, args.recipe, overrides)) for path in args.extend]
+    if earlier:
+        report["extends"] = [{"report": path, "commit": e["machine"]["commit"]} for path, e in earlier]
+        report["datasets"] = unlisted_datasets(earlier, datasets)
     for name in datasets:
         data_dir = ensure_dataset(name, root)
         manifest = load_manifest(data_dir / "manifest.json", data_dir)
@@ -355,7 +380,7 @@ def run(args) -> int:
         step_s = seconds_per_step(probe_cfg)
         epochs = args.epochs or epochs_for(probe_cfg, args.minutes, step_s)
         print(f"[quality] {name}: {epochs} epochs per run ({step_s:.2f} s a step of batch {probe_cfg.train.batch_size})", flush=True)
-        per_seed = kept_seeds(earlier, name, epochs, args.seeds, args.extend)
+        per_seed = kept_seeds(earlier, name, epochs, args.seeds)
         for seed in sorted(set(range(args.seeds)) - {r["seed"] for r in per_seed}):
             ceiling = cached_ceiling(data_dir, manifest, seed, args.minutes)
             print(f"[quality] {name}, seed {seed}: floor (untrained)", flush=True)

@@ -60,8 +60,25 @@ def test_one_seed_end_to_end_writes_the_report_and_the_table(ray_session, small_
     assert "training" not in capsys.readouterr().out
     kept = json.loads(extended.read_text())
     assert kept["datasets"]["synthetic"]["per_seed"] == [seed]  # seed 5 is not among 0..0
-    assert seed["commit"] == report["machine"]["commit"] and kept["extends"]["commit"] == report["machine"]["commit"]
+    assert seed["commit"] == report["machine"]["commit"] and kept["extends"] == [{"report": str(tmp_path / "earlier.json"),
+                                                                                  "commit": report["machine"]["commit"]}]
     assert kept["datasets"]["synthetic"]["summary"] == run["summary"]
+
+    # two reports merge: the same run of a seed in both is kept once; a different one is an error
+    seed1 = dict(seed, seed=1, ours=dict(seed["ours"], probe_accuracy=0.5))
+    (tmp_path / "other.json").write_text(json.dumps(dict(report, datasets={"synthetic": dict(run, per_seed=[seed, seed1])})))
+    merged_path = tmp_path / "merged.json"
+    assert main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "2", "--epochs", "1", "--minutes", "0.1",
+                 "--extend", str(tmp_path / "earlier.json"), "--extend", str(tmp_path / "other.json"), "--data_root", str(small_world),
+                 "--workdir", str(tmp_path / "work3"), "--out", str(merged_path)]) == 0
+    assert "training" not in capsys.readouterr().out
+    merged = json.loads(merged_path.read_text())["datasets"]["synthetic"]
+    assert merged["per_seed"] == [seed, seed1]
+    assert merged["summary"]["ours"]["probe_accuracy"]["mean"] == (seed["ours"]["probe_accuracy"] + 0.5) / 2
+    (tmp_path / "clash.json").write_text(json.dumps(dict(report, datasets={"synthetic": dict(run, per_seed=[dict(seed, nmi_note=1)])})))
+    assert main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1", "--extend", str(tmp_path / "earlier.json"),
+                 "--extend", str(tmp_path / "clash.json"), "--data_root", str(small_world), "--out", str(tmp_path / "x.json")]) == 2
+    assert "synthetic seed 0 differs from the run of that seed in" in capsys.readouterr().err
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
