@@ -84,6 +84,7 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, max_steps: int = 300
     model = InverseDynamics(train_x.shape[2], num_actions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     best = {"val_accuracy": -1.0, "step": 0, "state": None}
+    stopped = "max_steps"
     start = time.time()
     for step in range(1, max_steps + 1):
         model.train()
@@ -99,7 +100,11 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, max_steps: int = 300
             best = {"val_accuracy": val_acc, "step": step, "state": {k: v.clone() for k, v in model.state_dict().items()}}
         if progress:
             print(f"[idm] step {step}: val accuracy {val_acc:.3f} (best {best['val_accuracy']:.3f} at {best['step']})", flush=True)
-        if step - best["step"] >= patience * eval_every or time.time() - start > 60 * minutes:
+        if step - best["step"] >= patience * eval_every:
+            stopped = "patience"
+            break
+        if time.time() - start > 60 * minutes:
+            stopped = "time"
             break
     model.load_state_dict(best["state"])
     return {
@@ -107,6 +112,7 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, max_steps: int = 300
         "val_accuracy": best["val_accuracy"],
         "best_step": best["step"],
         "steps_run": step,
+        "stopped": stopped,  # patience: it stopped improving; time or max_steps: it may have had more to learn
         "transitions": {"train": len(train_y), "val": len(val_y), "test": len(test_y)},
         "seconds": time.time() - start,
     }

@@ -24,6 +24,7 @@ def small_world(tmp_path_factory):
 def test_the_ceiling_beats_chance_on_a_small_dataset(small_world):
     manifest = load_manifest(small_world / "synthetic" / "manifest.json")
     result = fit_inverse_dynamics(manifest, seed=0, max_steps=120, eval_every=20, progress=False)
+    assert result["stopped"] in ("patience", "max_steps")  # no time cap reached on a small dataset
     assert result["transitions"] == {"train": 90, "val": 45, "test": 45}
     chance = 1 / 5 + 0.15  # five actions; the majority class of 45 held-out transitions stays well under this
     assert result["test_accuracy"] > chance, result
@@ -35,7 +36,7 @@ def test_one_seed_end_to_end_writes_the_report_and_the_table(ray_session, small_
 
     out = tmp_path / "quality.json"
     code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1", "--minutes", "0.1",
-                 "--data_root", str(small_world), "--workdir", str(tmp_path / "work"), "--out", str(out)])
+                 "--ceiling_minutes", "0.1", "--data_root", str(small_world), "--workdir", str(tmp_path / "work"), "--out", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     run = report["datasets"]["synthetic"]
@@ -131,3 +132,16 @@ def test_id_schemes_refuse_a_discrete_bottleneck(small_world, tmp_path, capsys):
     ckpt = untrained_checkpoint(small_world / "synthetic", tmp_path, quantizer="fsq", num_embeddings=5)
     assert main([str(ckpt)]) == 2
     assert "no continuous vectors" in capsys.readouterr().err
+
+
+def test_a_ceiling_stopped_by_its_time_cap_is_reported(tmp_path, capsys):
+    from bench.quality import cached_ceiling
+
+    capped = {"test_accuracy": 0.7, "val_accuracy": 0.72, "best_step": 400, "steps_run": 400, "stopped": "time"}
+    (tmp_path / "ceiling_seed1.json").write_text(json.dumps(capped))
+    assert cached_ceiling(tmp_path, None, 1, 3.0) == capped  # read from the cache, not fitted again
+    out = capsys.readouterr().out
+    assert "ceiling stopped at its time cap (3 min) at step 400" in out and str(tmp_path / "ceiling_seed1.json") in out
+    (tmp_path / "ceiling_seed0.json").write_text(json.dumps(dict(capped, stopped="patience")))
+    cached_ceiling(tmp_path, None, 0, 3.0)
+    assert "warning" not in capsys.readouterr().out
