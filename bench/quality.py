@@ -209,6 +209,9 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, minutes: float) -> dict:
     return result
 
 
+# ----------------------------------------------------------------------------- the table
+
+
 def mean_std(values: list) -> dict:
     values = [v for v in values if v is not None and math.isfinite(v)]
     if not values:
@@ -308,9 +311,9 @@ def kept_seeds(earlier: list[tuple[str, dict]], name: str, epochs: int, seeds: i
         if d["epochs"] != epochs:
             raise UserError(f"--extend {path}: {name} was trained {d['epochs']} epochs a run there, {epochs} here")
         for r in d["per_seed"]:
-            run = {"commit": report["machine"]["commit"], **r}
             if r["seed"] >= seeds:
                 continue
+            run = {"commit": report["machine"]["commit"], **r}
             if r["seed"] in kept and kept[r["seed"]][1] != run:
                 raise UserError(f"--extend {path}: {name} seed {r['seed']} differs from the run of that seed in {kept[r['seed']][0]}")
             kept.setdefault(r["seed"], (path, run))
