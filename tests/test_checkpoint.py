@@ -67,6 +67,7 @@ def test_a_format_1_run_resumes_with_the_same_next_step(name):
 
     ref = torch.load(FORMAT_1 / name / "reference.pt", weights_only=True)
     x = np.random.default_rng(ref["next_step_batch_seed"]).standard_normal((4, 4, 16, 64, 64)).astype(np.float32)
+    before = {n: p.detach().double().clone() for n, p in model.named_parameters()}
     out = model.train()(torch.from_numpy(x))
     optimizer.zero_grad()
     out.loss.backward()
@@ -75,8 +76,13 @@ def test_a_format_1_run_resumes_with_the_same_next_step(name):
     model.after_optimizer_step()
     params = dict(model.named_parameters())
     for old_name, (total, squares) in ref["next_step_params"].items():
-        p = params[_rename(old_name)].double()
-        assert (p.sum().item(), p.pow(2).sum().item()) == pytest.approx((total, squares), rel=1e-5, abs=1e-6), old_name
+        name = _rename(old_name)
+        p, step = params[name].detach().double(), params[name].detach().double() - before[name]
+        # Tolerances are 1% of what the step moved (and 1e-6 for weights that hardly move): another
+        # CPU's kernels round the gradient's long sums differently, while a wrong optimizer state
+        # changes the step itself.
+        assert p.sum().item() == pytest.approx(total, rel=0, abs=0.01 * step.abs().sum().item() + 1e-6), old_name
+        assert p.pow(2).sum().item() == pytest.approx(squares, rel=0, abs=0.02 * (p * step).abs().sum().item() + 1e-6), old_name
 
 
 def test_lam_eval_runs_on_a_format_1_checkpoint(tiny_data, tmp_path, capsys):
