@@ -93,7 +93,8 @@ def versions(device: torch.device, plan: dict) -> dict:
         info["cudnn"] = torch.backends.cudnn.version()
     n = plan["matmul_n"]
     info["peak_flops"] = {"bf16": matmul_peak(torch.bfloat16, device, n=n), "fp32": matmul_peak(torch.float32, device, n=n)}
-    info["peak_method"] = f"best of timed {n}x{n} torch.matmul bursts in this process"
+    info["peak_method"] = (f"best of timed {n}x{n} torch.matmul bursts in this process; smaller matrices on a CPU "
+                           "where one such product takes over half a second")
     return info
 
 

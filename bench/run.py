@@ -243,7 +243,8 @@ def run_mfu(args, cfg, train: dict) -> dict:
         "flop_counter": "torch.utils.flop_counter.FlopCounterMode, forward + backward, batch 1; matmul, conv and "
                         "attention only (2 FLOPs per multiply-add), elementwise ops not counted",
         "peak_flops": peak,
-        "peak_method": "best of timed 2048x2048 torch.matmul bursts in this process, per dtype",
+        "peak_method": "best of timed 2048x2048 torch.matmul bursts in this process, per dtype; smaller matrices on a "
+                       "CPU where one such product takes over half a second (bf16 without native support)",
         "params": ts.param_count(cfg.model),
         "rows": rows,
         "note": "bf16 rows are divided by the bf16 matmul peak, though autocast leaves norms, losses and the "

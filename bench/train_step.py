@@ -124,7 +124,10 @@ def flops_per_sample(model_cfg: ModelConfig, frames: int) -> float:
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds: float = 1.0) -> float:
-    """Dense n x n matmul FLOP/s, best of a few timed bursts after warm-up."""
+    """Dense n x n matmul FLOP/s, best of a few timed bursts after warm-up. On a CPU, n shrinks
+    where one product would take more than half of `seconds`."""
+    if device.type == "cpu":
+        n = affordable_matmul_size(dtype, n, seconds / 2)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     for _ in range(2):
@@ -139,6 +142,18 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, seconds
         sync(device)
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
     return best
+
+
+def affordable_matmul_size(dtype: torch.dtype, n: int, seconds: float, probe: int = 256) -> int:
+    """The largest size up to n whose CPU matmul takes about `seconds` at most, from the speed of a
+    small one. CPUs without native bf16 emulate it, up to a hundred times slower than fp32, and a
+    full-size product would then hold the benchmark for minutes."""
+    a = torch.randn(probe, probe).to(dtype)
+    a @ a
+    start = time.perf_counter()
+    a @ a
+    flops_per_s = 2 * probe**3 / max(time.perf_counter() - start, 1e-9)
+    return max(probe, min(n, int((flops_per_s * seconds / 2) ** (1 / 3))))
 
 
 def param_count(model_cfg: ModelConfig) -> int:
