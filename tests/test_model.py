@@ -157,13 +157,13 @@ def test_adapters_default_shapes_per_frame():
 # ----------------------------------------------------------------------------- shapes / dtypes
 
 
-@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
-def test_default_config_forward_backward(bf16):
+def test_default_config_forward_backward():
+    # In fp32 only: bf16 autocast is checked on the small configs below, and on the default
+    # model by the GPU check, because CPUs without native bf16 take a minute over this one.
     cfg = ModelConfig()
     model = make_model(cfg).train()
     x = frames(cfg, b=1, t=3)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        out = model(x)
+    out = model(x)
     assert isinstance(out, LAMOutput)
     assert out.predictions.shape == (1, 2, 16, 64, 64)
     assert out.indices.shape == (1, 2, 3) and out.indices.dtype == torch.long
