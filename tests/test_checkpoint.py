@@ -77,7 +77,8 @@ def test_a_format_1_run_resumes_with_the_same_next_step(name):
     params = dict(model.named_parameters())
     for old_name, (total, squares) in ref["next_step_params"].items():
         name = _rename(old_name)
-        p, step = params[name].detach().double(), params[name].detach().double() - before[name]
+        p = params[name].detach().double()
+        step = p - before[name]
         # Tolerances are 1% of what the step moved (and 1e-6 for weights that hardly move): another
         # CPU's kernels round the gradient's long sums differently, while a wrong optimizer state
         # changes the step itself.
