@@ -113,6 +113,7 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, max_steps: int = 300
         "best_step": best["step"],
         "steps_run": step,
         "stopped": stopped,  # patience: it stopped improving; time or max_steps: it may have had more to learn
+        "minutes": minutes,  # the time cap it ran under
         "transitions": {"train": len(train_y), "val": len(val_y), "test": len(test_y)},
         "seconds": time.time() - start,
     }

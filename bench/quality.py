@@ -202,10 +202,15 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, minutes: float) -> dict:
         print(f"[quality] {data_dir.name}, seed {seed}: fitting the ceiling (inverse dynamics with the true actions)", flush=True)
         result = fit_inverse_dynamics(manifest, seed=seed, minutes=minutes, progress=False)
         path.write_text(json.dumps(result, indent=2) + "\n")
+    refit = f"delete {path} and give a larger --ceiling_minutes"
     if result.get("stopped") == "time":
-        print(f"[quality] warning: {data_dir.name}, seed {seed}: the ceiling stopped at its time cap ({minutes:g} min) at step "
-              f"{result['steps_run']}, best at {result['best_step']}: it may be too low; delete {path} and give a larger "
-              "--ceiling_minutes", flush=True)
+        cap = f" ({result['minutes']:g} min)" if "minutes" in result else ""  # the cap the fit ran under, not today's flag
+        print(f"[quality] warning: {data_dir.name}, seed {seed}: the ceiling stopped at its time cap{cap} at step "
+              f"{result['steps_run']}, best at {result['best_step']}: it may be too low; {refit}", flush=True)
+    elif "stopped" not in result:
+        print(f"[quality] warning: {data_dir.name}, seed {seed}: the cached ceiling does not say why its fit stopped "
+              f"(written by an older version; it ran {result['steps_run']} steps, best at {result['best_step']}): a time cap "
+              f"may have cut it short; {refit}", flush=True)
     return result
 
 

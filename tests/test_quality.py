@@ -23,8 +23,8 @@ def small_world(tmp_path_factory):
 
 def test_the_ceiling_beats_chance_on_a_small_dataset(small_world):
     manifest = load_manifest(small_world / "synthetic" / "manifest.json")
-    result = fit_inverse_dynamics(manifest, seed=0, max_steps=120, eval_every=20, progress=False)
-    assert result["stopped"] in ("patience", "max_steps")  # no time cap reached on a small dataset
+    result = fit_inverse_dynamics(manifest, seed=0, max_steps=120, eval_every=20, minutes=4.0, progress=False)
+    assert result["stopped"] in ("patience", "max_steps") and result["minutes"] == 4.0  # no time cap reached on a small dataset
     assert result["transitions"] == {"train": 90, "val": 45, "test": 45}
     chance = 1 / 5 + 0.15  # five actions; the majority class of 45 held-out transitions stays well under this
     assert result["test_accuracy"] > chance, result
@@ -137,11 +137,16 @@ def test_id_schemes_refuse_a_discrete_bottleneck(small_world, tmp_path, capsys):
 def test_a_ceiling_stopped_by_its_time_cap_is_reported(tmp_path, capsys):
     from bench.quality import cached_ceiling
 
-    capped = {"test_accuracy": 0.7, "val_accuracy": 0.72, "best_step": 400, "steps_run": 400, "stopped": "time"}
+    capped = {"test_accuracy": 0.7, "val_accuracy": 0.72, "best_step": 400, "steps_run": 400, "stopped": "time", "minutes": 3.0}
     (tmp_path / "ceiling_seed1.json").write_text(json.dumps(capped))
-    assert cached_ceiling(tmp_path, None, 1, 3.0) == capped  # read from the cache, not fitted again
-    out = capsys.readouterr().out
+    assert cached_ceiling(tmp_path, None, 1, 15.0) == capped  # read from the cache, not fitted again
+    out = capsys.readouterr().out  # the cap the fit ran under, not the one asked for now
     assert "ceiling stopped at its time cap (3 min) at step 400" in out and str(tmp_path / "ceiling_seed1.json") in out
     (tmp_path / "ceiling_seed0.json").write_text(json.dumps(dict(capped, stopped="patience")))
-    cached_ceiling(tmp_path, None, 0, 3.0)
+    cached_ceiling(tmp_path, None, 0, 15.0)
     assert "warning" not in capsys.readouterr().out
+    # a file from before fits recorded why they stopped: it cannot be trusted blindly
+    (tmp_path / "ceiling_seed2.json").write_text(json.dumps({k: v for k, v in capped.items() if k not in ("stopped", "minutes")}))
+    cached_ceiling(tmp_path, None, 2, 15.0)
+    out = capsys.readouterr().out
+    assert "does not say why its fit stopped" in out and "ran 400 steps" in out and str(tmp_path / "ceiling_seed2.json") in out
