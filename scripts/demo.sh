@@ -3,6 +3,6 @@
 # evaluation, wandb offline unless an API key is configured. Extra arguments go to `lam demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh run  # the project alone: the demo needs no test tools or benchmark environments
 . .venv/bin/activate
 exec lam demo "$@"

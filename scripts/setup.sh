@@ -1,16 +1,24 @@
 #!/usr/bin/env bash
-# Set up .venv with the project and its test tools. Safe to re-run; fast when already set up.
+# Set up .venv. Safe to re-run; fast when already set up.
+#
+#   bash scripts/setup.sh        the project, its test tools and the benchmark environments (scripts/test.sh)
+#   bash scripts/setup.sh run    the project alone: what `lam` needs (scripts/demo.sh)
 #
 # torch is installed first, pinned to a build that is quick to get (LAM_TORCH_SPEC, default
 # torch==2.13.0; on machines that keep a CPU wheel of it on disk this takes seconds). The
 # project itself only asks for a range, so a GPU user's own torch build is kept.
 #
-# The `bench` extra (the environments of bench.realplay) comes too; where this runs as root with
-# apt-get, so does Debian's chromium + chromium-driver for its GUI environment (LAM_SETUP_NO_APT=1
-# skips that). Without them bench.realplay's tests are skipped, saying what to install (under CI,
-# where they must run, they fail).
+# Without `run`, the `bench` extra (the environments of bench.realplay) comes too; where this runs
+# as root with apt-get, so does Debian's chromium + chromium-driver for its GUI environment
+# (LAM_SETUP_NO_APT=1 skips that). Without them bench.realplay's tests are skipped, saying what to
+# install (under CI, where they must run, they fail).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-test}
+case "$MODE" in
+  run|test) ;;
+  *) echo "usage: bash scripts/setup.sh [run|test]" >&2; exit 2 ;;
+esac
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
@@ -21,7 +29,13 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing ${LAM_TORCH_SPEC:-torch==2.13.0}"
   python -m pip install -q "${LAM_TORCH_SPEC:-torch==2.13.0}" || python -m pip install -q "torch>=2.4,<3"
 fi
-echo "[setup] installing lam and its dependencies"
+if [ "$MODE" = run ]; then
+  echo "[setup] installing lam and its dependencies"
+  python -m pip install -q -e . 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
+  python -c "import lam, torch, ray, h5py, wandb" || { echo "[setup] install failed" >&2; exit 1; }
+  exit 0
+fi
+echo "[setup] installing lam, its dependencies, test tools and benchmark environments"
 python -m pip install -q -e ".[test,bench]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
 if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium" 2>/dev/null; then
   echo "[setup] warning: the bench extra did not install; bench.realplay's tests will be skipped (under CI: fail)" >&2
