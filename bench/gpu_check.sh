@@ -8,7 +8,7 @@
 #
 # Which Python and torch, in this order:
 #   1. .venv (made by scripts/setup.sh) when its torch sees a CUDA device (always, for --cpu-dry-run;
-#      created with scripts/setup.sh if missing);
+#      created with `scripts/setup.sh run`, the project alone, if missing);
 #   2. else the machine's own python3 (LAM_PYTHON) when its torch sees a CUDA device: its CUDA build
 #      is kept, and what the project needs beyond it goes to .gpu-site/ (on PYTHONPATH): from the
 #      wheels in .whl/ when that folder exists (an offline machine; bench/gpu_wheels.sh prepares
@@ -25,7 +25,7 @@ sees_gpu() { "$1" -c "import torch, sys; sys.exit(not torch.cuda.is_available())
 has_deps() { "$1" -c "import ray.train, ray.data, ray.tune, h5py, sklearn, pyarrow, pandas, yaml, tqdm" 2>/dev/null; }
 
 if [ "$DRY_RUN" = 1 ]; then
-  if ! { [ -x .venv/bin/python ] && has_deps .venv/bin/python; }; then bash scripts/setup.sh; fi
+  if ! { [ -x .venv/bin/python ] && has_deps .venv/bin/python; }; then bash scripts/setup.sh run; fi
   PY=.venv/bin/python
   echo "[gpu-check] dry run on CPU with $($PY -c 'import torch; print("torch", torch.__version__)')"
 elif [ -x .venv/bin/python ] && sees_gpu .venv/bin/python && has_deps .venv/bin/python; then
