@@ -29,19 +29,21 @@ if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing ${LAM_TORCH_SPEC:-torch==2.13.0}"
   python -m pip install -q "${LAM_TORCH_SPEC:-torch==2.13.0}" || python -m pip install -q "torch>=2.4,<3"
 fi
+# pip, without its notes about the local wheel folders it was pointed at
+pip_install() { python -m pip install -q "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true; }
 if [ "$MODE" = run ]; then
   echo "[setup] installing lam and its dependencies"
-  python -m pip install -q -e . 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
-  python -c "import lam, torch, ray, h5py, wandb" || { echo "[setup] install failed" >&2; exit 1; }
-  exit 0
-fi
-echo "[setup] installing lam, its dependencies, test tools and benchmark environments"
-python -m pip install -q -e ".[test,bench]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
-if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium" 2>/dev/null; then
-  echo "[setup] warning: the bench extra did not install; bench.realplay's tests will be skipped (under CI: fail)" >&2
-  python -m pip install -q -e ".[test]" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true
+  pip_install -e .
+else
+  echo "[setup] installing lam, its dependencies, test tools and benchmark environments"
+  pip_install -e ".[test,bench]"
+  if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium" 2>/dev/null; then
+    echo "[setup] warning: the bench extra did not install; bench.realplay's tests will be skipped (under CI: fail)" >&2
+    pip_install -e ".[test]"
+  fi
 fi
 python -c "import lam, torch, ray, h5py, wandb" || { echo "[setup] install failed" >&2; exit 1; }
+[ "$MODE" = run ] && exit 0
 if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
     && [ -z "${LAM_SETUP_NO_APT:-}" ]; then
   echo "[setup] installing chromium and chromium-driver (apt) for bench.realplay's GUI environment"
