@@ -33,7 +33,9 @@ def test_the_cpu_dry_run_runs_every_section_and_writes_the_report(tmp_path):
 
     (row,) = report["train"]["rows"]
     assert row["precision"] == "bf16" and row["compile"] is False
-    assert positive(row["samples_per_s"]) and 0 < row["mfu"] < 1
+    # On a CPU the MFU has no ceiling of 1: bf16 autocast leaves many ops in fp32, and a CPU without
+    # native bf16 emulates the bf16 matmul that the peak is measured with, so training can beat it.
+    assert positive(row["samples_per_s"]) and positive(row["mfu"])
     assert 0 <= row["data_wait_fraction"] <= 1
     assert positive(row["checkpoint_stall_s"])  # a checkpoint every epoch: the first one's stall, logged with the second
 
