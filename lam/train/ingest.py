@@ -20,12 +20,13 @@ execution (on the driver when the dataset is built, then for planning and for
 running each execution), and after a restart or a resume Ray Train builds a new
 split coordinator holding a fresh copy of the source, which knows nothing of
 the epochs before. So the training loop, which knows its epoch (restored from
-the checkpoint), says it: an `EpochClock` actor holds the epoch, rank 0 sets it
-before it starts iterating an epoch, and every `get_read_tasks` call reads it.
+the checkpoint), says it: the run's ledger (`lam.train.ledger.RunLedger`) holds the
+epoch, rank 0 sets it before it starts iterating an epoch, and every `get_read_tasks`
+call reads it.
 Ray Train's `streaming_split` starts an epoch's execution only when every
 worker has asked for that epoch, so the execution (and with it every call of
-`get_read_tasks`) comes after rank 0 set the clock and before it can set the
-next epoch. A dataset iterated without anyone setting the clock reads epoch 0's
+`get_read_tasks`) comes after rank 0 set the epoch and before it can set the
+next one. A dataset iterated without anyone setting the epoch reads epoch 0's
 order every time.
 
 Within an epoch the order is kept by `data_config()`: with `preserve_order`
@@ -37,7 +38,7 @@ locality. Each worker then gets the same blocks in the same order every time.
 Bad windows. A window that cannot be read mid-run (NaN or Inf values written after the
 manifest was made, or missed by its sampled check; damaged chunks) must not end a long
 run. With `max_bad_windows` > 0 a read task leaves it out of its block and reports it to
-the run's `BadWindows` actor; the training loop collects each epoch's reports, prints one
+the run's ledger; the training loop collects each epoch's reports, prints one
 warning per window (file and latent frames) and logs the count as
 `data/skipped_windows`. The read task that finds the run's (max_bad_windows + 1)-th
 distinct bad window fails the run with that window's error. With 0 the first bad window
@@ -65,7 +66,6 @@ import os
 
 import numpy as np
 import ray
-import ray.train
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
@@ -111,42 +111,8 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(epoch,))).permutation(n)
 
 
-@ray.remote(num_cpus=0)
-class EpochClock:
-    """The epoch the training loop is in, for the train source to read (see the module docstring)."""
-
-    def __init__(self):
-        self.epoch = 0
-
-    def set(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def get(self) -> int:
-        return self.epoch
-
-
-@ray.remote(num_cpus=0)
-class BadWindows:
-    """The windows of a run that could not be read: read tasks report them, the training loop
-    collects each epoch's (see the module docstring)."""
-
-    def __init__(self):
-        self.seen: set[tuple[str, int]] = set()
-        self.by_epoch: dict[int, dict[tuple[str, int], str]] = {}
-
-    def add(self, epoch: int, file: str, start: int, problem: str) -> int:
-        """Record one; returns how many distinct bad windows the run has met."""
-        self.seen.add((file, start))
-        self.by_epoch.setdefault(epoch, {})[file, start] = problem  # a retried read task reports again
-        return len(self.seen)
-
-    def take(self, epoch: int) -> list[tuple[str, int, str]]:
-        """The epoch's bad windows as (file, start frame, "PATH: problem"), in the order first met."""
-        return [(file, start, problem) for (file, start), problem in self.by_epoch.pop(epoch, {}).items()]
-
-
 def _read_task(files: list[str], starts: list[int], rows_per_block: int, epoch: int = 0,
-               bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
+               ledger: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
                labelled: frozenset[str] | None = None, **read_kwargs):
     """One read task: its windows, in order, as blocks of `rows_per_block` windows (fewer where a
     bad window was left out); with `labelled` files (the opt-in label head), each block also
@@ -154,13 +120,13 @@ def _read_task(files: list[str], starts: list[int], rows_per_block: int, epoch: 
     left_out: set[int] = set()  # rows of the current block
 
     def leave_out(row: int, file: str, start: int, error: DataError) -> None:
-        total = ray.get(bad_windows.add.remote(epoch, file, start, str(error)))
+        total = ray.get(ledger.add_bad_window.remote(epoch, file, start, str(error)))
         if total > max_bad_windows:
             raise DataError(error.path, f"{error.problem} (the run's bad window number {total}, more than "
                                         f"--max_bad_windows {max_bad_windows}; `lam validate --full` lists them all)")
         left_out.add(row)
 
-    skipping = bad_windows is not None and max_bad_windows > 0
+    skipping = ledger is not None and max_bad_windows > 0
     for i in range(0, len(starts), rows_per_block):
         rows = {"file": files[i : i + rows_per_block], "start": starts[i : i + rows_per_block]}
         left_out.clear()
@@ -176,7 +142,7 @@ def _read_task(files: list[str], starts: list[int], rows_per_block: int, epoch: 
 
 class WindowDatasource(Datasource):
     """The windows of a `WindowIndex` as a Ray Data source; with `shuffle`, in the order of the
-    epoch that `clock` shows (`epoch_order`), otherwise in index order.
+    epoch that the run's `ledger` shows (`epoch_order`), otherwise in index order.
 
     Every block holds `rows_per_block` windows (the last one of an epoch may hold
     fewer), and every read task a whole number of blocks, so when `rows_per_block`
@@ -187,17 +153,15 @@ class WindowDatasource(Datasource):
 
     Ray Data may call `get_read_tasks` more than once per execution (planning, then
     running); every call covers every window exactly once, and every call of one
-    execution reads the same epoch from the clock, so all of them give the same tasks.
+    execution reads the same epoch from the ledger, so all of them give the same tasks.
     """
 
     def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
-                 seed: int = 0, clock: ray.actor.ActorHandle | None = None,
-                 bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
+                 seed: int = 0, ledger: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
                  labelled: frozenset[str] | None = None):
         self.files, self.file_ids, self.starts = list(index.files), index.file_ids, index.starts
         self.shuffle, self.rows_per_block = shuffle, rows_per_block
-        self.seed, self.clock = seed, clock
-        self.bad_windows, self.max_bad_windows, self.labelled = bad_windows, max_bad_windows, labelled
+        self.seed, self.ledger, self.max_bad_windows, self.labelled = seed, ledger, max_bad_windows, labelled
         shape = manifest.latent_shape
         self.read_kwargs = {
             "data_dir": str(manifest.data_dir),
@@ -225,9 +189,9 @@ class WindowDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
         # `parallelism` is ignored: the task size follows from the block size (see __init__).
         n = len(self.starts)
-        epoch = ray.get(self.clock.get.remote()) if self.clock is not None else 0
+        epoch = ray.get(self.ledger.epoch.remote()) if self.ledger is not None else 0
         order = epoch_order(n, self.seed, epoch) if self.shuffle else np.arange(n)
-        per_task = {"epoch": epoch, "bad_windows": self.bad_windows, "max_bad_windows": self.max_bad_windows, "labelled": self.labelled}
+        per_task = {"epoch": epoch, "ledger": self.ledger, "max_bad_windows": self.max_bad_windows, "labelled": self.labelled}
         tasks = []
         for first in range(0, n, self.rows_per_task):
             ids = order[first : first + self.rows_per_task]
@@ -240,15 +204,14 @@ class WindowDatasource(Datasource):
 
 
 def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
-                   seed: int = 0, clock: ray.actor.ActorHandle | None = None,
-                   bad_windows: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
+                   seed: int = 0, ledger: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
                    labelled: frozenset[str] | None = None) -> ray.data.Dataset:
     """A Ray dataset of windows in blocks of `rows_per_block`. With `shuffle`, every iteration
-    reads the order of the epoch that `clock` shows (epoch 0 without a clock). With a
-    `BadWindows` actor and `max_bad_windows` > 0, windows that cannot be read are reported
-    to it and left out; otherwise the first one fails the read. With `labelled` files, blocks
+    reads the order of the epoch that the run's `ledger` (a `RunLedger`) shows (epoch 0
+    without one). With a ledger and `max_bad_windows` > 0, windows that cannot be read are
+    reported to it and left out; otherwise the first one fails the read. With `labelled` files, blocks
     carry the windows' true actions too (`lam.train.labels`)."""
-    source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, clock, bad_windows, max_bad_windows, labelled)
+    source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, ledger, max_bad_windows, labelled)
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks)
     # Ray Data merges a task's consecutive blocks until they pass target_max_block_size
     # (128 MiB by default) and slices blocks of 1.5x it or more. Just under one block,
@@ -265,14 +228,14 @@ def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_p
     return ds
 
 
-def build_datasets(cfg: RunConfig, manifest: Manifest, clock: ray.actor.ActorHandle | None = None,
-                   bad_windows: ray.actor.ActorHandle | None = None) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
+def build_datasets(cfg: RunConfig, manifest: Manifest,
+                   ledger: ray.actor.ActorHandle | None = None) -> tuple[dict[str, ray.data.Dataset], dict[str, int]]:
     """The train and val datasets for a run, and their window counts.
 
-    The train windows come in the order of `cfg.train.seed` and the epoch `clock` (an
-    `EpochClock`) shows; whoever iterates the dataset sets the clock before each epoch.
-    Windows that cannot be read are reported to `bad_windows` (a `BadWindows`) and left out,
-    up to `cfg.train.max_bad_windows`.
+    The train windows come in the order of `cfg.train.seed` and the epoch the run's `ledger`
+    (a `RunLedger`) shows; whoever iterates the dataset sets the ledger's epoch before each
+    epoch. Windows that cannot be read are reported to the ledger and left out, up to
+    `cfg.train.max_bad_windows`.
     In test mode both are the same first `batch_size` windows of the train split,
     unshuffled: the spec's single-batch overfit check.
     """
@@ -283,7 +246,7 @@ def build_datasets(cfg: RunConfig, manifest: Manifest, clock: ray.actor.ActorHan
         one_batch = WindowIndex(train_index.files, train_index.file_ids[:n], train_index.starts[:n], T)
         return {"train": window_dataset(one_batch, manifest, shuffle=False, rows_per_block=n)}, {"train": n, "val": 0}
     rows_per_block = cfg.train.read_batch_size or cfg.train.batch_size // cfg.train.num_workers  # 0: one batch per block
-    skipping = {"clock": clock, "bad_windows": bad_windows, "max_bad_windows": cfg.train.max_bad_windows}
+    skipping = {"ledger": ledger, "max_bad_windows": cfg.train.max_bad_windows}
     labelled = labelled_files(manifest, cfg.train.label_fraction, cfg.train.seed)  # train files only
     datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_block=rows_per_block,
                                         seed=cfg.train.seed, labelled=frozenset(labelled) if labelled else None, **skipping)}
@@ -299,6 +262,10 @@ def data_config() -> ray.train.DataConfig:
     """How Ray Train feeds the datasets to its workers: Ray Train's defaults, plus
     `preserve_order`, so every worker gets the same blocks in the same order every
     time the epoch is read (see the module docstring)."""
+    # Imported here, not with the module: the processes that run the read tasks and split the
+    # datasets import this module for its source and read function, and need no Ray Train.
+    import ray.train
+
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
     return ray.train.DataConfig(execution_options=options)

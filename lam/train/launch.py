@@ -30,7 +30,8 @@ from lam.runtime.cluster import cpus_needed, init_ray
 from lam.runtime.console import route_console
 from lam.runtime.run_lock import run_lock
 from lam.runtime.run_log import resolve_wandb_mode
-from lam.train.ingest import BadWindows, EpochClock, build_datasets, data_config
+from lam.train.ingest import build_datasets, data_config
+from lam.train.ledger import RunLedger
 from lam.train.labels import label_fraction_note, resolve_label_classes
 from lam.train.loop import train_loop_per_worker
 
@@ -84,11 +85,11 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     Writes the run's config.yaml first. `callbacks` are Ray Train callbacks (a Tune sweep
     passes the one that forwards each report to Tune).
 
-    The training loop tells the train dataset which epoch it is in through an `EpochClock`
-    (lam/train/ingest.py), so a restored or resumed run reads each epoch in that epoch's
-    order, and the datasets report the windows they could not read to a `BadWindows` actor,
-    which the loop reads at the end of each epoch. Both actors live as long as this process
-    holds the trainer.
+    The training loop tells the train dataset which epoch it is in through the run's ledger
+    (`RunLedger`, see lam/train/ingest.py), so a restored or resumed run reads each epoch in
+    that epoch's order, and the datasets report the windows they could not read to it, which
+    the loop reads at the end of each epoch. The ledger lives as long as this process holds
+    the trainer.
     """
     t = cfg.train
     storage_path, run_dir, local_dir = run_dirs(cfg)
@@ -97,8 +98,8 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
 
     init_ray(min_cpus=cpus_needed(cfg))
     ray.data.DataContext.get_current().enable_progress_bars = False  # here too: a Tune trial is another process
-    epoch_clock, bad_windows = EpochClock.remote(), BadWindows.remote()
-    datasets, sizes = build_datasets(cfg, manifest, clock=epoch_clock, bad_windows=bad_windows)
+    ledger = RunLedger.remote()
+    datasets, sizes = build_datasets(cfg, manifest, ledger=ledger)
     if verbose:
         print(f"[lam] run {t.run_name}: outputs in {run_dir}", flush=True)
         if labelled:
@@ -107,7 +108,7 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir, "local_dir": local_dir, "sizes": sizes,
-                           "epoch_clock": epoch_clock, "bad_windows": bad_windows},
+                           "ledger": ledger},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
         ),

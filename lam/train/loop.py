@@ -7,7 +7,7 @@ has side effects (metrics file, wandb, console lines, checkpoint files).
 Reproducibility: `seed` fixes everything a run draws. The initial weights come
 from `seed` (the same on every rank). Every epoch starts by seeding Python,
 NumPy and torch from (seed, epoch, rank) and by telling the train dataset its
-epoch (`lam.train.ingest.EpochClock`), whose order is drawn from (seed, epoch).
+epoch (`lam.train.ledger.RunLedger`), whose order is drawn from (seed, epoch).
 So an epoch draws the same numbers whether the run got there straight, after a
 worker died and Ray Train restored the last checkpoint, or after a resume: the
 checkpoint's model, optimizer and scheduler carry the rest. VQ's dead-code
@@ -50,8 +50,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     cfg = RunConfig.from_dict(loop_config["config"])
     run_dir, local_dir = loop_config["run_dir"], loop_config["local_dir"]
     sizes = loop_config["sizes"]
-    epoch_clock = loop_config.get("epoch_clock")  # the train dataset reads the epoch's order from it
-    bad_windows = loop_config.get("bad_windows")  # the datasets report the windows they left out to it
+    # The train dataset reads the epoch's order from the ledger; the datasets report the windows they left out to it.
+    ledger = loop_config.get("ledger")
     t = cfg.train
 
     # ---------------------------------------------------------------- setup
@@ -59,6 +59,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()  # ray:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()  # ray:
+    # ray: this worker's share of each epoch. Asked for first: rank 0's request starts the
+    # datasets' split coordinators (new processes), which then start up while this worker
+    # builds its model, joins DDP and opens its logger.
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("val") if sizes.get("val") else None
     torch.manual_seed(t.seed)  # identical initial weights on every rank
 
     model = LatentActionModel(cfg.model).to(device)
@@ -108,8 +113,6 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 print(f"[lam] warning: {problem}; passed over", flush=True)
             print(f"[lam] resumed {t.run_name} from {resumed_from} at epoch {start_epoch + 1}, step {step}, lr {scheduler.get_last_lr()[0]:.3g}", flush=True)
 
-    train_shard = ray.train.get_dataset_shard("train")  # ray: this worker's share of the epoch
-    val_shard = ray.train.get_dataset_shard("val") if sizes.get("val") else None
     keys = raw_model.metric_names
     eval_manifest = None  # rank 0's action-quality checks read val windows directly; load the manifest once
     if rank == 0 and val_shard is not None and t.eval_every and not t.test_mode:
@@ -137,10 +140,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # --------------------------------------------------------------- epochs
     for epoch in range(start_epoch, t.num_epochs):
         seed_epoch(t.seed, epoch, rank)
-        if epoch_clock is not None and rank == 0:
+        if ledger is not None and rank == 0:
             # Before this rank asks for the epoch's data; the other ranks' requests wait for
             # this one (see lam/train/ingest.py), so no rank can start the epoch before it is set.
-            ray.get(epoch_clock.set.remote(epoch))  # ray:
+            ray.get(ledger.set_epoch.remote(epoch))  # ray:
         epoch_start, samples = time.time(), 0
         tracker, grad_norms, skipped_before = MeanTracker(), MeanTracker(), skips.reported
         # Throughput bookkeeping: time spent blocked on the data iterator, and the rate after the
@@ -200,8 +203,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if val_shard is not None:
             val_keys = [k for k in keys if not k.startswith("label_")]  # val files are never read for labels
             record |= evaluate(model, val_shard, per_worker_batch, val_keys, device, autocast, to_device)
-        if rank == 0 and bad_windows is not None:
-            record["data/skipped_windows"] = report_bad_windows(ray.get(bad_windows.take.remote(epoch)), epoch)  # ray:
+        if rank == 0 and ledger is not None:
+            record["data/skipped_windows"] = report_bad_windows(ray.get(ledger.take_bad_windows.remote(epoch)), epoch)  # ray:
         if t.test_mode:
             record |= evaluate_batch(model, fixed_batch, keys, device, autocast)
         elif eval_manifest is not None and (epoch + 1) % t.eval_every == 0:

@@ -1,0 +1,40 @@
+"""The run's ledger: what the training loop and its Ray Data read tasks tell each other.
+
+One small actor per run holds two things (lam/train/ingest.py says why each is needed):
+- the epoch the training loop is in: rank 0 sets it before it reads the epoch, and the train
+  source reads it to order that epoch's windows;
+- the windows the read tasks could not read: they report them, and the loop collects each
+  epoch's at its end.
+
+It is one actor, not two, and this module imports nothing but Ray: every run starts it in a
+process of its own, and each actor process (and each module it imports) adds to the run's
+start-up.
+"""
+
+from __future__ import annotations
+
+import ray
+
+
+@ray.remote(num_cpus=0)
+class RunLedger:
+    def __init__(self):
+        self.current_epoch = 0
+        self.seen: set[tuple[str, int]] = set()
+        self.by_epoch: dict[int, dict[tuple[str, int], str]] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.current_epoch = epoch
+
+    def epoch(self) -> int:
+        return self.current_epoch
+
+    def add_bad_window(self, epoch: int, file: str, start: int, problem: str) -> int:
+        """Record one window that could not be read; returns how many distinct bad windows the run has met."""
+        self.seen.add((file, start))
+        self.by_epoch.setdefault(epoch, {})[file, start] = problem  # a retried read task reports again
+        return len(self.seen)
+
+    def take_bad_windows(self, epoch: int) -> list[tuple[str, int, str]]:
+        """The epoch's bad windows as (file, start frame, "PATH: problem"), in the order first met."""
+        return [(file, start, problem) for (file, start), problem in self.by_epoch.pop(epoch, {}).items()]
