@@ -69,13 +69,14 @@ def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, 
     from ray.train.torch import TorchTrainer
 
     from lam.data.manifest import load_manifest
-    from lam.train.ingest import EpochClock, build_datasets, data_config
+    from lam.train.ingest import build_datasets, data_config
+    from lam.train.ledger import RunLedger
 
     cfg = tiny_config(tiny_data, tmp_path)
     cfg.data.stride = 1
     manifest = load_manifest(tiny_data / "manifest.json")
-    clock = EpochClock.remote()
-    datasets, sizes = build_datasets(cfg, manifest, clock=clock)
+    ledger = RunLedger.remote()
+    datasets, sizes = build_datasets(cfg, manifest, ledger=ledger)
     datasets["train"] = datasets["train"].map_batches(_tag_windows, batch_format="numpy")
 
     def loop(config):
@@ -83,11 +84,11 @@ def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, 
         shard = ray.train.get_dataset_shard("train")
         for epoch in range(2):
             if rank == 0:  # as lam.train.loop does
-                ray.get(config["clock"].set.remote(epoch))
+                ray.get(config["ledger"].set_epoch.remote(epoch))
             seen = [tag for batch in shard.iter_batches(batch_size=3) for tag in batch["tag"].tolist()]
             Path(config["out"], f"rank{rank}_epoch{epoch}.json").write_text(json.dumps(seen))
 
-    TorchTrainer(loop, train_loop_config={"out": str(tmp_path), "clock": clock}, datasets=datasets, dataset_config=data_config(),
+    TorchTrainer(loop, train_loop_config={"out": str(tmp_path), "ledger": ledger}, datasets=datasets, dataset_config=data_config(),
                  scaling_config=ray.train.ScalingConfig(num_workers=2),
                  run_config=ray.train.RunConfig(name="shards", storage_path=str(tmp_path))).fit()
     n = sizes["train"]
@@ -96,7 +97,7 @@ def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, 
         a, b = (json.loads((tmp_path / f"rank{r}_epoch{epoch}.json").read_text()) for r in range(2))
         assert len(a) == len(b) == n // 2
         assert not set(a) & set(b) and len(set(a) | set(b)) == n
-    # and a new order every epoch (the source reads the epoch's order from the clock)
+    # and a new order every epoch (the source reads the epoch's order from the ledger)
     epochs = [json.loads((tmp_path / f"rank0_epoch{e}.json").read_text()) for e in range(2)]
     assert epochs[0] != epochs[1]
 
@@ -137,6 +138,21 @@ def test_blocks_are_whole_per_worker_batches(ray_session, tiny_data, tmp_path, m
 def _tag_windows(batch):
     # Identify each window by its content: the mean of frame 0 is unique per window here.
     return {"tag": [f"{float(x[0].astype('float64').sum()):.6f}" for x in batch["x"]]}
+
+
+def test_an_injected_fault_fails_once_on_rank_0_at_its_step(tmp_path):
+    """`--inject_fault_at_step` (for exercising `--max_failures`): one failure, remembered in the
+    run directory, so the restored run goes past that step. (A real restart, after a killed
+    worker: tests/test_kill.py.)"""
+    from lam.train.loop import maybe_inject_fault
+
+    for at_step, step, rank in [(0, 0, 0), (3, 2, 0), (3, 3, 1)]:  # off; another step; another rank
+        maybe_inject_fault(at_step, step, rank, str(tmp_path))
+    assert not (tmp_path / ".fault_injected").exists()
+    with pytest.raises(RuntimeError, match="injected fault at step 3"):
+        maybe_inject_fault(3, 3, 0, str(tmp_path))
+    assert (tmp_path / ".fault_injected").read_text() == "step 3\n"
+    maybe_inject_fault(3, 3, 0, str(tmp_path))  # after the restart: no second failure
 
 
 def test_learning_rate_warms_up_linearly_then_decays_to_its_floor():
