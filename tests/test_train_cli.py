@@ -57,6 +57,15 @@ def test_bad_train_settings_exit_2_before_anything_starts(tmp_path, capsys, args
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("args, message", [(["--num_epochs", "0"], "num_epochs must be >= 1"),
+                                           (["--num_workers", "0"], "num_workers must be >= 1")])
+def test_bad_demo_settings_exit_2_before_any_data_is_written(tmp_path, capsys, args, message):
+    code = main(["demo", "--workdir", str(tmp_path), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_config_key_is_refused(tmp_path, capsys):
     cfg_file = tmp_path / "bad.yaml"
     cfg_file.write_text("embed_dimm: 3\n")

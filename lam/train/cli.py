@@ -76,7 +76,7 @@ def register(sub) -> None:
     )
     p.add_argument("--workdir", default=".", help="where demo_data/ and runs/ go (default: the current folder)")
     p.add_argument("--num_workers", "--num-workers", type=int, default=2, help="DDP workers (default: 2)")
-    p.add_argument("--num_epochs", "--num-epochs", type=int, default=None, help=f"epochs (default: {DEMO_EPOCHS})")
+    p.add_argument("--num_epochs", "--num-epochs", type=int, default=DEMO_EPOCHS, help=f"epochs (default: {DEMO_EPOCHS})")
     p.add_argument("--wandb_mode", "--wandb-mode", default="auto", choices=["auto", "online", "offline", "disabled"],
                    help="wandb mode (default: auto, online when an API key is configured)")
     add_verbose_flag(p)
@@ -109,8 +109,9 @@ def run_demo(args) -> int:
     cfg.data.data_dir = str(workdir / "demo_data")
     cfg.train.storage_path = str(workdir / "runs")
     cfg.train.num_workers = args.num_workers
-    cfg.train.num_epochs = args.num_epochs or DEMO_EPOCHS
+    cfg.train.num_epochs = args.num_epochs
     cfg.train.wandb_mode = args.wandb_mode
+    cfg.validate()  # a bad flag fails here, before any data is written
     data_dir = Path(cfg.data.data_dir)
 
     print(f"[demo] 1/3 synthesising data in {data_dir}", flush=True)
