@@ -185,12 +185,13 @@ def test_eval_writes_report_and_figures(tiny_data, tmp_path):
     assert [r["horizon"] for r in saved["rollout"]] == [1, 2, 3]
     assert saved["action_ids_used"] == saved["codebook"]["distinct_actions"] and isinstance(saved["warnings"], list)
     gt = saved["ground_truth"]
-    assert gt["transitions"] == 15 and gt["probe_split"] == "by transition (one file)"
+    assert gt["transitions"] == gt["scored_transitions"] == 15  # cross-fitted: every transition scored once
+    assert gt["probe_split"] == "cross-fitted over 5 folds by transition (one file)"
     for key in ("nmi", "chance_accuracy", "code_map_accuracy", "linear_probe_accuracy", "frame_t_minus_1_probe_accuracy",
                 "frame_t_probe_accuracy", "best_frame_probe_accuracy"):
         assert 0 <= gt[key] <= 1 and gt[key + ("_std" if key != "best_frame_probe_accuracy" else "")] >= 0, key
     assert gt["code_map_margin"] == pytest.approx(gt["code_map_accuracy"] - gt["best_frame_probe_accuracy"])
-    assert gt["kmeans"]["k"] == 2 and 0 <= gt["kmeans"]["nmi"] <= 1  # min(64 ids, max(2, 8 fit transitions // 10))
+    assert gt["kmeans"]["k"] == 2 and 0 <= gt["kmeans"]["nmi"] <= 1  # min(64 ids, max(2, 15 transitions // 10))
     assert gt["action_names"][:2] == ["stay", "up"]
     assert {Path(p).name for p in report["figures"]} == {"changes.png", "action_atlas.png", "code_usage.png", "confusion.png"}
     assert all(Path(p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in report["figures"])

@@ -11,6 +11,8 @@ import torch
 from lam.eval.metrics import (
     code_usage,
     confusion_matrix,
+    cross_fit,
+    folds_by_group,
     majority_chance,
     normalized_mutual_information,
     psnr_from_mse,
@@ -157,6 +159,31 @@ def test_split_fit_eval(n, frac):
     np.testing.assert_array_equal(ev, ev2)
     if n >= 2:
         assert fit.size >= 1 and ev.size >= 1
+
+
+@pytest.mark.parametrize("n_groups,n_folds", [(23, 5), (3, 5), (1, 5), (10, 2)])
+def test_folds_by_group_keep_groups_whole_and_cover_every_sample(n_groups, n_folds):
+    groups = np.repeat([f"f{i:02d}.h5" for i in range(n_groups)], 7)
+    folds = folds_by_group(groups, n_folds, seed=0)
+    k = min(n_folds, n_groups) if n_groups > 1 else n_folds
+    assert folds.shape == groups.shape and set(folds.tolist()) == set(range(k))
+    if n_groups > 1:
+        for g in np.unique(groups):
+            assert np.unique(folds[groups == g]).size == 1  # a file lies in one fold
+        sizes = np.bincount([folds[groups == g][0] for g in np.unique(groups)])
+        assert sizes.max() - sizes.min() <= 1  # folds differ by one file at most
+        order = np.random.default_rng(1).permutation(groups.size)  # independent of the samples' order
+        np.testing.assert_array_equal(folds_by_group(groups[order], n_folds, seed=0), folds[order])
+    # cross_fit: each fold predicted from the others, every sample once
+    seen = np.zeros(groups.size, int)
+
+    def predict(fit, held):
+        assert np.intersect1d(fit, held).size == 0 and fit.size + held.size == groups.size
+        seen[held] += 1
+        return held
+
+    np.testing.assert_array_equal(cross_fit(predict, folds), np.arange(groups.size))
+    assert np.all(seen == 1)
 
 
 def test_split_by_group_keeps_groups_whole():

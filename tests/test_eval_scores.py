@@ -37,7 +37,7 @@ def test_a_label_written_in_frame_t_is_read_by_the_frame_t_probe():
     rng, labels, files, noise = hand_made()
     random_ids = rng.integers(0, 6, labels.size)  # codes that mean nothing
     s = label_scores(random_ids, labels, files, frames_prev=noise, frames_next=one_hot(labels, rng), bootstrap=0)
-    assert s["probe_split"] == "by file" and s["fit_transitions"] + s["scored_transitions"] == labels.size
+    assert s["probe_split"] == "cross-fitted over 5 folds by file" and s["scored_transitions"] == labels.size
     assert s["frame_t_probe_accuracy"] > 0.95
     assert abs(s["frame_t_minus_1_probe_accuracy"] - 1 / N_ACTIONS) < 0.12
     assert s["best_frame_probe"] == "frame_t_probe"
@@ -92,6 +92,31 @@ def test_group_scores_without_labels_count_ids():
 # ----------------------------------------------------------------------------- k-means ids
 
 
+def test_every_probe_scores_every_transition_once_on_the_same_folds():
+    """Cross-fitting: each probe's accuracy is the mean over all transitions, and two evaluations of the
+    same files (a model and its floor) score the same transitions with the same fit parts."""
+    rng, labels, files, noise = hand_made(3)
+    ids = labels.copy()
+    ids[rng.random(labels.size) < 0.3] = 5  # a code that means nothing on 30% of transitions
+    s = label_scores(ids, labels, files, frames_prev=noise, frames_next=noise, bootstrap=0)
+    assert s["scored_transitions"] == s["transitions"] == labels.size and s["probe_folds"] == 5
+    # by hand: the code 5 maps to the majority action of the other folds; the rest are right
+    from lam.eval.metrics import folds_by_group, majority_label
+
+    folds = folds_by_group(files)
+    expected = np.zeros(labels.size, bool)
+    for j in range(5):
+        held, fit = folds == j, folds != j
+        code5 = majority_label(labels[fit & (ids == 5)])
+        expected[held] = np.where(ids[held] == 5, labels[held] == code5, True)
+    assert s["code_map_accuracy"] == pytest.approx(expected.mean())
+    # the same files in another order: the same folds, the same scores
+    order = rng.permutation(labels.size)
+    again = label_scores(ids[order], labels[order], files[order], frames_prev=noise[order], frames_next=noise[order], bootstrap=0)
+    for key in ("code_map_accuracy", "chance_accuracy", "frame_t_probe_accuracy"):
+        assert again[key] == pytest.approx(s[key]), key
+
+
 def test_kmeans_k_rule():
     assert kmeans_k(1728, 45) == 4  # few fit vectors: about 10 per cluster
     assert kmeans_k(5, 10_000) == 5  # never more clusters than the model has ids
@@ -140,7 +165,7 @@ def test_label_scores_report_the_bootstrap_std():
     noisy = label_scores(rng.integers(0, 6, labels.size), labels, files, frames_next=noise, bootstrap=30)
     assert noisy["nmi_std"] > 0 and noisy["code_map_accuracy_std"] > 0 and noisy["code_map_margin_std"] > 0
     one_file = label_scores(labels[:40], labels[:40], np.zeros(40), bootstrap=10)
-    assert one_file["bootstrap"]["unit"] == "transition" and one_file["probe_split"] == "by transition (one file)"
+    assert one_file["bootstrap"]["unit"] == "transition" and one_file["probe_split"] == "cross-fitted over 5 folds by transition (one file)"
 
 
 # ----------------------------------------------------------------------------- collapse warnings

@@ -9,11 +9,12 @@ Two questions are asked of a trained latent action model:
    the probes are in `lam.eval.probes`. `code_usage` and `confusion_matrix`
    show how the codebook is used.
 
-Probes are fitted on one part of the data and scored on another. Split by *file*
-(`split_by_group` with the file of each transition as its group) so that no
-transition of an evaluated video was seen by the probe; `split_fit_eval` is the
-plain per-sample split for when there is no grouping. `bootstrap_std` gives the
-sampling error of a score by resampling whole files.
+Probes are fitted on one part of the data and scored on another. The evaluation
+cross-fits them over folds of *files* (`folds_by_group` with the file of each
+transition as its group): each fold is scored by a probe fitted on the others, so every
+transition is scored exactly once and no transition of a scored video was seen by its
+probe. `split_by_group` and `split_fit_eval` are the plain two-part splits (by group, by
+sample). `bootstrap_std` gives the sampling error of a score by resampling whole files.
 
 PSNR peak. Latents are not images with a fixed range, so the peak is a choice: the
 evaluation uses the range (max - min) of the evaluated targets, one number for the whole
@@ -162,6 +163,46 @@ def split_by_group(groups: ArrayLike, fit_fraction: float = 0.5, seed: int = 0) 
     is_fit_group[perm[:n_fit]] = True
     is_fit = is_fit_group[inverse.reshape(-1)]  # (n_samples,)
     return np.flatnonzero(is_fit).astype(np.int64), np.flatnonzero(~is_fit).astype(np.int64)
+
+
+PROBE_FOLDS = 5  # cross-fitting folds: each probe is fitted on 4/5 of the files and scores the other 1/5
+
+
+def folds_by_group(groups: ArrayLike, n_folds: int = PROBE_FOLDS, seed: int = 0) -> np.ndarray:
+    """The cross-fitting fold (0..k-1) of every sample, with every group (e.g. a file) wholly in one fold.
+
+    The distinct groups are sorted, shuffled with `seed` and dealt round-robin into
+    `k = min(n_folds, n_groups)` folds, so the folds differ in size by at most one group
+    and the assignment is deterministic for a seed whatever the order of the samples. With
+    a single group the samples themselves are dealt out (there is nothing else to split).
+    Scoring fold j with a probe fitted on the other folds scores every sample exactly once.
+    """
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be >= 2, got {n_folds}")
+    g = to_numpy(groups).reshape(-1)
+    unique, inverse = np.unique(g, return_inverse=True)  # unique is sorted
+    inverse = inverse.reshape(-1)
+    if unique.size < 2:  # one file: fold its samples instead
+        unique, inverse = np.arange(g.size), np.arange(g.size)
+    k = min(n_folds, unique.size)
+    fold_of_group = np.empty(unique.size, dtype=np.int64)
+    fold_of_group[np.random.default_rng(seed).permutation(unique.size)] = np.arange(unique.size) % max(k, 1)
+    return fold_of_group[inverse]
+
+
+def cross_fit(predict: Callable[[np.ndarray, np.ndarray], np.ndarray], folds: ArrayLike) -> np.ndarray:
+    """Out-of-fold predictions: for each fold j, `predict(fit_indices, eval_indices)` with the
+    samples of the other folds as the fit part and fold j as the eval part; returns one
+    prediction per sample (int64), in sample order. Needs at least two folds."""
+    f = to_numpy(folds).reshape(-1)
+    out = np.empty(f.size, dtype=np.int64)
+    names = np.unique(f)
+    if names.size < 2:
+        raise ValueError("cross-fitting needs at least two folds")
+    for j in names:
+        held = np.flatnonzero(f == j)
+        out[held] = predict(np.flatnonzero(f != j), held)
+    return out
 
 
 def _part_size(n: int, fraction: float) -> int:

@@ -30,7 +30,7 @@ from lam.eval.metrics import ArrayLike, as_labels, majority_label, to_numpy
 # where things are (an 8x8 agent in a 64x64 latent still moves the block averages) in few features.
 FRAME_POOL = 8
 
-KMEANS_K_RULE = "min(action ids, max(2, fit transitions // 10)): on average at least 10 fit transitions per cluster"
+KMEANS_K_RULE = "min(action ids, max(2, clustered transitions // 10)): on average at least 10 transitions per cluster"
 
 
 def _parts(features_fit, labels_fit, features_eval, labels_eval=None):

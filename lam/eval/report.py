@@ -49,7 +49,7 @@ def _pm(scores: dict, key: str, width: int = 7) -> str:
 def print_ground_truth(gt: dict) -> None:
     boot = gt.get("bootstrap", {})
     print(f"\nground truth: {gt['num_true_actions']} true actions, {gt['transitions']} labelled transitions in {gt['files']} file(s); "
-          f"probes fitted on {gt['fit_transitions']} and scored on {gt['scored_transitions']} transitions ({gt['probe_split']})")
+          f"probes scored on {gt['scored_transitions']} transitions, each once ({gt['probe_split']})")
     print(f"± is the bootstrap std over {boot.get('unit', 'file')}s ({boot.get('resamples', 0)} resamples)")
     km = gt.get("kmeans")
     print(f"  {'NMI, action ids':<42}{_pm(gt, 'nmi')}")

@@ -3,20 +3,26 @@
 For transitions whose true action is known (the files' `actions`):
 
 - NMI between action ids and true actions, over every transition;
-- probes fitted on half of the files and scored on the other half (split by file, so no
-  transition of a scored video was fitted on; one file: split by transition):
-  the code-map probe on the model's ids, a linear probe on the pre-quantisation vectors,
-  and the majority-class chance level;
+- probes cross-fitted over folds of files (`lam.eval.metrics.folds_by_group`, 5 folds:
+  each fold is scored by a probe fitted on the other four, so every transition is scored
+  exactly once and no transition of a scored video was fitted on; one file: folds of
+  transitions): the code-map probe on the model's ids, a linear probe on the
+  pre-quantisation vectors, and the majority-class chance level;
 - the leakage control: linear probes on frame t-1 alone and on frame t alone (pooled to a
   small grid, `lam.eval.probes.pool_frames`), fitted and scored on the same split. When a
   single frame already tells the action (a game that draws the pressed button, an agent
   that only moves one way near a wall), a code probe can score well without the codes
   describing the change; only its margin over the best frame-only probe counts;
-- k-means ids of the pre-quantisation vectors (fitted on the fit part only), scored like the
-  model's ids, so a continuous bottleneck can be scored the same way;
+- k-means ids of the pre-quantisation vectors, scored like the model's ids, so a continuous
+  bottleneck can be scored the same way (the clusters are fitted on all scored vectors: they
+  see no label, and their code -> action map is cross-fitted like the model's);
 - the sampling error of every score: its std over seeded bootstrap resamples of whole files
-  (of transitions when there is one file). A probe stays fitted; only its scored part is
-  resampled, so the std is the error of the score, not of the fit.
+  (of transitions when there is one file). The probes stay fitted; only the scored
+  transitions are resampled, so the std is the error of the score, not of the fit.
+
+Every probe, chance included, uses the same folds (a function of the files and `seed`), so
+two evaluations of the same split (a trained model and its untrained floor, say) are scored
+on exactly the same transitions with the same fit parts.
 
 `label_scores` returns plain floats, ints and lists, ready for JSON; `summarize` in
 `lam.eval.evaluate` calls it on all transitions and on each group of files.
@@ -30,10 +36,10 @@ from lam.eval.metrics import (
     as_labels,
     bootstrap_std,
     confusion_matrix,
+    cross_fit,
+    folds_by_group,
     majority_label,
     normalized_mutual_information,
-    split_by_group,
-    split_fit_eval,
 )
 from lam.eval.probes import (
     KMEANS_K_RULE,
@@ -88,25 +94,24 @@ def label_scores(ids, labels, files, z_pre=None, frames_prev=None, frames_next=N
         "nmi_std": std(lambda i: normalized_mutual_information(ids[i], labels[i]), units),
         "bootstrap": {"resamples": int(bootstrap), "unit": unit_name, "seed": int(seed)},
     }
-    fit, held = split_by_group(files, fit_fraction=0.5, seed=seed)
-    if fit.size == 0 or held.size == 0:  # one file: split transitions instead
-        fit, held = split_fit_eval(n, fit_fraction=0.5, seed=seed)
-    scores["probe_split"] = "by file" if n_files > 1 else "by transition (one file)"
-    scores["fit_transitions"], scores["scored_transitions"] = int(fit.size), int(held.size)
+    folds = folds_by_group(files, seed=seed)
+    n_folds = int(np.unique(folds).size)
+    scores["probe_split"] = f"cross-fitted over {n_folds} folds by " + ("file" if n_files > 1 else "transition (one file)")
+    scores["probe_folds"] = n_folds
+    scores["scored_transitions"] = int(n) if n_folds >= 2 else 0
     scores["confusion"] = confusion_matrix(ids, labels, num_rows, num_labels).tolist()
-    if fit.size == 0 or held.size == 0:
+    if n_folds < 2:
         return scores  # a single transition: nothing to fit a probe on
 
-    y_fit, y_held, held_units = labels[fit], labels[held], units[held]
-    correct = {"code_map": mapping_probe_predictions(ids[fit], y_fit, ids[held]) == y_held}
+    correct = {"code_map": cross_fit(lambda fit, held: mapping_probe_predictions(ids[fit], labels[fit], ids[held]), folds) == labels}
     for name, features in (("linear_probe", z_pre), ("frame_t_minus_1_probe", frames_prev), ("frame_t_probe", frames_next)):
         if features is not None:
-            features = np.asarray(features)
-            correct[name] = linear_probe_predictions(features[fit], y_fit, features[held]) == y_held
-    correct["chance"] = y_held == majority_label(y_fit)
+            x = np.asarray(features)
+            correct[name] = cross_fit(lambda fit, held, x=x: linear_probe_predictions(x[fit], labels[fit], x[held]), folds) == labels
+    correct["chance"] = cross_fit(lambda fit, held: np.full(held.size, majority_label(labels[fit])), folds) == labels
     for name, ok in correct.items():
         scores[f"{name}_accuracy"] = float(ok.mean())
-        scores[f"{name}_accuracy_std"] = std(lambda i, ok=ok: float(ok[i].mean()), held_units)
+        scores[f"{name}_accuracy_std"] = std(lambda i, ok=ok: float(ok[i].mean()), units)
 
     frame_probes = [p for p in FRAME_PROBES if p in correct]
     best = max(frame_probes, key=lambda p: correct[p].mean()) if frame_probes else None
@@ -115,13 +120,13 @@ def label_scores(ids, labels, files, z_pre=None, frames_prev=None, frames_next=N
         scores["best_frame_probe_accuracy"] = float(correct[best].mean())
         for probe in ("code_map", "linear_probe"):
             if probe in correct:
-                scores.update(_margin(probe, correct[probe], correct[best], held_units, std))
+                scores.update(_margin(probe, correct[probe], correct[best], units, std))
 
-    k = kmeans_k(num_ids, fit.size)
-    if z_pre is not None and k >= 2 and fit.size >= k:
+    k = kmeans_k(num_ids, n)
+    if z_pre is not None and k >= 2:
         z = np.asarray(z_pre)
-        km = kmeans_ids(z[fit], z, k, seed=seed)
-        km_ok = mapping_probe_predictions(km[fit], y_fit, km[held]) == y_held
+        km = kmeans_ids(z, z, k, seed=seed)  # unsupervised: the clusters see no label, so one fit over all is no leak
+        km_ok = cross_fit(lambda fit, held: mapping_probe_predictions(km[fit], labels[fit], km[held]), folds) == labels
         kmeans = {
             "k": int(k),
             "k_rule": KMEANS_K_RULE,
@@ -129,10 +134,10 @@ def label_scores(ids, labels, files, z_pre=None, frames_prev=None, frames_next=N
             "nmi": normalized_mutual_information(km, labels),
             "nmi_std": std(lambda i: normalized_mutual_information(km[i], labels[i]), units),
             "code_map_accuracy": float(km_ok.mean()),
-            "code_map_accuracy_std": std(lambda i: float(km_ok[i].mean()), held_units),
+            "code_map_accuracy_std": std(lambda i: float(km_ok[i].mean()), units),
         }
         if best:
-            kmeans.update(_margin("code_map", km_ok, correct[best], held_units, std))
+            kmeans.update(_margin("code_map", km_ok, correct[best], units, std))
         scores["kmeans"] = kmeans
     return scores
 
