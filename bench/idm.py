@@ -2,18 +2,31 @@
 
 A small CNN reads one transition, the latent frames z[t-1] and z[t] and their difference,
 and predicts the true action held during frame t. It is trained on the train split's
-transitions, early-stopped on the val split's accuracy, and scored on the test split,
-the same split by file that the latent action model is scored on. What it reaches is
-what these latents allow a supervised model of this size to know about the actions; an
-unsupervised model's probe accuracy is read as a fraction of the gap between an
-untrained model (the floor) and this.
+transitions (all of them, or a label budget: a fraction of them spread over every train
+file), stops by patience on the val split's accuracy (never by a clock), and is scored on
+*every* transition of the test split, once each: the same transitions, in the same files,
+that `lam eval` scores the latent action model's probes on (they are cross-fitted over
+folds of those files, so they too score every test transition). What it reaches is what
+these latents allow a supervised model of this size to know about the actions; an
+unsupervised model's probe accuracy is read between its floor and this.
+
+    python -m bench.idm bench/data/crafter --seed 0                        # fit, print, write the cache file
+    python -m bench.idm bench/data/crafter --seed 0 --label_fraction 0.01  # the 1% label budget
 
     from bench.idm import fit_inverse_dynamics
-    result = fit_inverse_dynamics(manifest, seed=0)   # {"test_accuracy": ..., "val_accuracy": ..., ...}
+    result = fit_inverse_dynamics(manifest, seed=0)   # {"test_accuracy": ..., "stopped": "patience", ...}
+
+A fit stops for one of two reasons, recorded as `stopped`: `patience` (the val accuracy
+stopped improving: converged) or `max_steps` (a safety limit; the fit may have had more to
+learn, and `bench.quality` refuses such a ceiling, naming the command that refits it).
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
+import sys
 import time
 from pathlib import Path
 
@@ -22,14 +35,19 @@ import numpy as np
 import torch
 from torch import nn
 
-from lam.data.manifest import Manifest
+from lam.data.manifest import Manifest, load_manifest
+from lam.eval.metrics import bootstrap_std
+
+MAX_STEPS = 30_000  # a safety limit, far above where patience stops a fit on the yardstick's data
+LABEL_BUDGETS = (0.01, 0.025, 0.10)  # fractions of the train transitions for the label-budget ceilings
 
 
-def transitions(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Every transition t-1 -> t (t >= 1) of the split's files: frames (n, 2, C, H, W) float16
-    and the true action of frame t (n,) int64. Files without `actions` are an error."""
-    pairs, labels = [], []
-    for rel in manifest.split_files(split):
+def transitions(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every transition t-1 -> t (t >= 1) of the split's files, in file order then t: frames
+    (n, 2, C, H, W) float16, the true action of frame t (n,) int64 and the file index of each
+    (n,) int64. Files without `actions` are an error naming the file."""
+    pairs, labels, files = [], [], []
+    for i, rel in enumerate(manifest.split_files(split)):
         path = Path(manifest.data_dir) / rel
         with h5py.File(path, "r") as f:
             if "actions" not in f:
@@ -39,7 +57,37 @@ def transitions(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray]
         z = latents.transpose(0, 2, 1, 3, 4).reshape(-1, *latents.shape[1:2], *latents.shape[3:])  # (2N, C, H, W)
         pairs.append(np.stack([z[:-1], z[1:]], axis=1))  # (2N-1, 2, C, H, W)
         labels.append(actions[1:])
-    return np.concatenate(pairs), np.concatenate(labels)
+        files.append(np.full(len(z) - 1, i, np.int64))
+    return np.concatenate(pairs), np.concatenate(labels), np.concatenate(files)
+
+
+def label_budget(files: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of `round(fraction * n)` transitions (at least one) spread over every file: the
+    count is dealt out to the files as evenly as possible (files in a seeded order take the
+    remainder), and each file's share is drawn at random from its transitions."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
+    rng = np.random.default_rng([seed, 17])
+    names = np.unique(files)
+    total = max(1, int(round(fraction * files.size)))
+    share = np.full(names.size, total // names.size)
+    share[rng.permutation(names.size)[: total % names.size]] += 1
+    chosen = []
+    for name, k in zip(names, share):
+        members = np.flatnonzero(files == name)
+        chosen.append(rng.choice(members, size=min(int(k), members.size), replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def data_fingerprint(manifest: Manifest) -> str:
+    """A short hash of the split (files per split) and of each file's size and modification time:
+    a cached ceiling of other data is fitted again."""
+    h = hashlib.sha256()
+    for split in ("train", "val", "test"):
+        for rel in manifest.split_files(split):
+            stat = (Path(manifest.data_dir) / rel).stat()
+            h.update(f"{split}:{rel}:{stat.st_size}:{int(stat.st_mtime)}\n".encode())
+    return h.hexdigest()[:16]
 
 
 class InverseDynamics(nn.Module):
@@ -61,25 +109,27 @@ class InverseDynamics(nn.Module):
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, pairs: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+def predict(model: nn.Module, pairs: np.ndarray, batch: int = 256) -> np.ndarray:
     model.eval()
-    hits = 0
-    for lo in range(0, len(labels), batch):
-        logits = model(torch.from_numpy(pairs[lo : lo + batch]))
-        hits += int((logits.argmax(1).numpy() == labels[lo : lo + batch]).sum())
-    return hits / max(1, len(labels))
+    out = [model(torch.from_numpy(pairs[lo : lo + batch])).argmax(1).numpy() for lo in range(0, len(pairs), batch)]
+    return np.concatenate(out).astype(np.int64)
 
 
-def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, max_steps: int = 3000, eval_every: int = 50, patience: int = 8,
-                         batch_size: int = 32, lr: float = 1e-3, minutes: float = 5.0, progress: bool = True) -> dict:
-    """Train on the train split in batches drawn with replacement, check the val accuracy every
-    `eval_every` steps, keep the best (stop after `patience` checks without a better one, at
-    `max_steps`, or at `minutes`), and score it on the test split."""
+def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, label_fraction: float = 1.0, max_steps: int = MAX_STEPS,
+                         eval_every: int = 50, patience: int = 8, batch_size: int = 32, lr: float = 1e-3,
+                         bootstrap: int = 200, progress: bool = True) -> dict:
+    """Train on the train split (or its `label_fraction` budget) in batches drawn with replacement,
+    check the val accuracy every `eval_every` steps, keep the best, stop after `patience` checks
+    without a better one (or at `max_steps`), and score the best on every test transition, with
+    the bootstrap std over test files."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    train_x, train_y = transitions(manifest, "train")
-    val_x, val_y = transitions(manifest, "val")
-    test_x, test_y = transitions(manifest, "test")
+    train_x, train_y, train_files = transitions(manifest, "train")
+    if label_fraction < 1.0:
+        keep = label_budget(train_files, label_fraction, seed)
+        train_x, train_y, train_files = train_x[keep], train_y[keep], train_files[keep]
+    val_x, val_y, _ = transitions(manifest, "val")
+    test_x, test_y, test_files = transitions(manifest, "test")
     num_actions = int(max(train_y.max(), val_y.max(), test_y.max())) + 1
     model = InverseDynamics(train_x.shape[2], num_actions)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -95,7 +145,7 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, max_steps: int = 300
         optimizer.step()
         if step % eval_every and step != max_steps:
             continue
-        val_acc = accuracy(model, val_x, val_y)
+        val_acc = float(np.mean(predict(model, val_x) == val_y))
         if val_acc > best["val_accuracy"]:
             best = {"val_accuracy": val_acc, "step": step, "state": {k: v.clone() for k, v in model.state_dict().items()}}
         if progress:
@@ -103,17 +153,65 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, max_steps: int = 300
         if step - best["step"] >= patience * eval_every:
             stopped = "patience"
             break
-        if time.time() - start > 60 * minutes:
-            stopped = "time"
-            break
     model.load_state_dict(best["state"])
+    correct = predict(model, test_x) == test_y
     return {
-        "test_accuracy": accuracy(model, test_x, test_y),
+        "test_accuracy": float(correct.mean()),
+        "test_accuracy_std": bootstrap_std(lambda i: float(correct[i].mean()), test_files, bootstrap, seed),
         "val_accuracy": best["val_accuracy"],
         "best_step": best["step"],
         "steps_run": step,
-        "stopped": stopped,  # patience: it stopped improving; time or max_steps: it may have had more to learn
-        "minutes": minutes,  # the time cap it ran under
+        "stopped": stopped,  # patience: converged; max_steps: it may have had more to learn
+        "patience_steps": patience * eval_every,
+        "label_fraction": float(label_fraction),
         "transitions": {"train": len(train_y), "val": len(val_y), "test": len(test_y)},
+        "train_files": int(np.unique(train_files).size),
+        "data_fingerprint": data_fingerprint(manifest),
         "seconds": time.time() - start,
     }
+
+
+def cache_path(data_dir: str | Path, seed: int, label_fraction: float = 1.0) -> Path:
+    """Where `bench.quality` keeps a fitted ceiling, beside the data."""
+    budget = "" if label_fraction >= 1.0 else f"_labels{label_fraction:g}"
+    return Path(data_dir) / f"ceiling_seed{seed}{budget}.json"
+
+
+def refit_command(data_dir: str | Path, seed: int, label_fraction: float = 1.0, max_steps: int = MAX_STEPS) -> str:
+    budget = "" if label_fraction >= 1.0 else f" --label_fraction {label_fraction:g}"
+    return f"python -m bench.idm {data_dir} --seed {seed}{budget} --max_steps {max_steps}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.idm", description=__doc__.split("\n\n")[0],
+                                     epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("data_dir", help="a dataset folder with manifest.json and files with `actions` (e.g. bench/data/crafter)")
+    parser.add_argument("--seed", type=int, default=0, help="the fit's seed (default: 0)")
+    parser.add_argument("--label_fraction", type=float, default=1.0,
+                        help="fraction of the train transitions whose labels it trains on, spread over every train file (default: 1)")
+    parser.add_argument("--max_steps", type=int, default=MAX_STEPS, help=f"safety limit on optimizer steps (default: {MAX_STEPS})")
+    parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    manifest_path = Path(args.data_dir) / "manifest.json"
+    if not manifest_path.is_file():
+        print(f"python -m bench.idm: error: {manifest_path}: no manifest (generate the data with python -m bench.quality first)", file=sys.stderr)
+        return 2
+    if not 0.0 < args.label_fraction <= 1.0 or args.max_steps < 1:
+        print("python -m bench.idm: error: --label_fraction must be in (0, 1] and --max_steps >= 1", file=sys.stderr)
+        return 2
+    manifest = load_manifest(manifest_path, args.data_dir)
+    try:
+        result = fit_inverse_dynamics(manifest, seed=args.seed, label_fraction=args.label_fraction, max_steps=args.max_steps,
+                                      progress=not args.quiet)
+    except ValueError as e:
+        print(f"python -m bench.idm: error: {e}", file=sys.stderr)
+        return 2
+    path = cache_path(args.data_dir, args.seed, args.label_fraction)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[idm] test accuracy {result['test_accuracy']:.3f} ± {result['test_accuracy_std']:.3f} on {result['transitions']['test']} "
+          f"transitions; stopped by {result['stopped']} at step {result['steps_run']} (best {result['best_step']}); wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,31 +1,40 @@
 """Action quality on real rendered play and on the synthetic world: several seeds, a floor and a ceiling.
 
-    python -m bench.quality --recipe demo --seeds 3
-    python -m bench.quality --recipe spec --set embed_dim=128 encoder_depth=2 decoder_depth=2 --seeds 3
-    python -m bench.quality --datasets synthetic --seeds 1 --minutes 1        # a quick look
+    python -m bench.quality --recipe real --seeds 3 --epochs 16          # the baseline table
+    python -m bench.quality --datasets synthetic --seeds 1 --minutes 1    # a quick look
     python -m bench.quality --recipe real --seeds 3 --epochs 4 --extend screen.json --out full.json   # seeds 1, 2 added
-    python -m bench.quality --recipe real --seeds 3 --epochs 4 --datasets minigrid,crafter --extend a.json --extend b.json
-                                                          # the runs of two reports in one, missing seeds run
+    python -m bench.quality --table bench/quality.json --readme README.md  # the table again, and into the README
 
 For every dataset and seed it trains the recipe (`lam.train.launch.train`, as `lam train`
 does), evaluates the final checkpoint on the test split (`lam.eval`, as `lam eval` does),
-and puts the numbers between
-  - the floor: majority-class chance, and the same model untrained (random weights of
-    the same seed) through the same evaluation;
-  - the ceiling: an inverse-dynamics model trained with the true actions on the same
-    split (`bench/idm.py`).
-The headline is the code -> action probe accuracy as a fraction of the gap between the
-untrained model and the ceiling ("gap closed"); next to it NMI, controllability (delta-t
-PSNR), next-frame MSE relative to copying the last frame, and the number of action ids
-used. Every figure is a mean +- std over seeds. The true actions are only ever read by
-the evaluation and the ceiling, never by training.
+and reads it against these rows, every one scored on exactly the same test transitions,
+each once (the code -> action map and the linear probes are cross-fitted over 5 folds of
+test files; the ceiling is scored on every test transition; a run whose rows disagree on
+the count stops with an error):
+  - chance: the majority action of the other folds;
+  - frames only: a linear probe on frame t-1 alone or frame t alone (the better one), what
+    a single frame gives away;
+  - untrained: the same model with its seed's random weights, through the same evaluation;
+  - the ceiling: an inverse-dynamics model trained with the true actions on the same split
+    (`bench/idm.py`), stopped by patience on validation (a ceiling that did not converge is
+    refused, with the command that fits it again), and the same model trained on 1%, 2.5% and
+    10% of the train labels (label-budget ceilings), for runs that use that many labels.
+The headline, "gap closed beyond one frame", is (model - max(untrained, frames only)) /
+(ceiling - the same): what the model knows that one frame cannot tell; "gap closed over
+untrained" is beside it. Also: NMI, controllability (delta-t PSNR), next-frame MSE relative
+to copying the last frame, the action ids used. Every figure is a mean ± std over seeds
+(seeds vary the model, never the test data); the sampling spread (bootstrap over test
+files) is reported apart. The true actions are only ever read by the evaluation and the
+ceilings, never by training.
 
 Datasets: `synthetic` (`lam synth`'s world) and the real-play environments of
 `bench.realplay` (rendered episodes turned into VVAE-shaped latents; `pip install -e
-'.[bench]'`). Data are generated once under --data_root and reused. Training time per run
-is set by --minutes: the epochs are chosen from a timing of the recipe's training step on
-this machine (the JSON records the epochs used), or fixed with --epochs.
-Writes bench/quality-RECIPE.json (--out) and prints the table.
+'.[bench]'`), each with at least 20 test files and 2,000 test transitions. Data are
+generated once under --data_root and reused (`dataset.json` there records how and how
+long); ceilings are fitted once per seed and cached beside the data. Training time per
+run is set by --minutes: the epochs are chosen from a timing of the recipe's training step
+on this machine (the JSON records the epochs used), or fixed with --epochs.
+Writes bench/quality-RECIPE.json (--out) and prints the table (Markdown).
 """
 
 from __future__ import annotations
@@ -51,11 +60,13 @@ from lam.errors import UserError
 from lam.recipes import RECIPES, recipe_config
 
 REPO = Path(__file__).resolve().parent.parent
-SYNTHETIC = {"files": 64, "chunks": 32}  # 16 test files of 64 latent frames
-REALPLAY = {"episodes": 24, "chunks": 64}  # 6 test episodes of 128 latent frames
-# Test files are what the probes are fitted and scored on (half each, by file): a quarter of the
-# files, so that both halves hold several files.
-SPLIT = (0.625, 0.125, 0.25)
+YARDSTICK_VERSION = 2  # reports of another version are not merged by --extend: their rows were scored otherwise
+# Every dataset has at least 20 test files and 2,000 test transitions, so that the sampling spread
+# of a probe (bootstrap over test files) is small next to the spread between seeds.
+SYNTHETIC = {"files": 64, "chunks": 48}  # 24 test files of 96 latent frames
+REALPLAY = {"episodes": 64, "chunks": 48}  # 24 test episodes of 96 latent frames
+SPLIT = (0.5, 0.125, 0.375)  # by file: 32 train, 8 val, 24 test
+MIN_TEST_FILES, MIN_TEST_TRANSITIONS = 20, 2000
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -67,22 +78,53 @@ def realplay_envs() -> list[str]:
     return list(ENVIRONMENTS)
 
 
-def ensure_dataset(name: str, root: Path, seed: int = 0) -> Path:
-    """The dataset's folder with its manifest, generated on first use."""
+def dataset_spec(name: str) -> dict:
+    """What a dataset is generated with; a folder generated otherwise is generated again."""
+    from bench.realplay.encoder import ENCODER_VERSION
+    from bench.realplay.generate import GENERATOR_VERSION
+
+    if name == "synthetic":
+        return {"generator": "lam.data.synth", **SYNTHETIC, "seed": 0}
+    return {"generator": "bench.realplay", "generator_version": GENERATOR_VERSION, "encoder_version": ENCODER_VERSION,
+            **REALPLAY, "seed": 0}
+
+
+def ensure_dataset(name: str, root: Path) -> Path:
+    """The dataset's folder with its manifest, generated on first use (and again when it was made
+    with other sizes or by an older generator). `dataset.json` records how and how long."""
     data_dir = root / name
-    if (data_dir / "manifest.json").is_file():
+    stamp_path = data_dir / "dataset.json"
+    spec = dataset_spec(name)
+    stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else {}
+    if stamp.get("spec") == spec and (data_dir / "manifest.json").is_file():
         return data_dir
+    if data_dir.exists():
+        print(f"[quality] {data_dir} was generated otherwise than {spec}: generating it again", flush=True)
+        for old in [*data_dir.rglob("*.h5"), *data_dir.glob("ceiling_seed*.json"), stamp_path]:
+            old.unlink(missing_ok=True)
     print(f"[quality] generating dataset {name} in {data_dir}", flush=True)
+    start = time.time()
     if name == "synthetic":
         from lam.data.synth import write_synthetic_dataset
 
-        write_synthetic_dataset(data_dir, **SYNTHETIC, seed=seed)
+        write_synthetic_dataset(data_dir, files=spec["files"], chunks=spec["chunks"], seed=spec["seed"])
     else:
         from bench.realplay.generate import generate
 
-        generate(name, root, **REALPLAY, seed=seed)
+        generate(name, root, episodes=spec["episodes"], chunks=spec["chunks"], seed=spec["seed"])
+    seconds = time.time() - start
     write_manifest(create_manifest(data_dir, *SPLIT, seed=42), data_dir / "manifest.json")
+    stamp_path.write_text(json.dumps({"spec": spec, "split": list(SPLIT), "generation_seconds": round(seconds, 1),
+                                      "machine": machine()}, indent=2) + "\n")
     return data_dir
+
+
+def split_size(manifest) -> dict:
+    """Files and transitions (t >= 1 of every file) of the test split, and whether they are enough."""
+    files = manifest.split_files("test")
+    transitions = sum(manifest.files[f]["n_frames"] - 1 for f in files)
+    return {"files": len(files), "transitions": int(transitions),
+            "enough": len(files) >= MIN_TEST_FILES and transitions >= MIN_TEST_TRANSITIONS}
 
 
 # ----------------------------------------------------------------------------- one run
@@ -126,19 +168,26 @@ def epochs_for(cfg: RunConfig, minutes: float, step_s: float) -> int:
 
 
 def scores(report: dict) -> dict:
-    """The numbers compared across runs, from a `lam eval` report."""
+    """The numbers compared across runs, from a `lam eval` report. Every probe there is cross-fitted
+    over folds of the test files, so each accuracy is over every test transition, once."""
     gt = report.get("ground_truth") or {}
+    if not gt:
+        raise UserError(f"{report.get('checkpoint')}: the evaluation has no ground truth: the test files need `actions`")
     return {
         "probe_accuracy": gt.get("code_map_accuracy"),
         "probe_accuracy_sampling_std": gt.get("code_map_accuracy_std"),  # bootstrap over test files
-        "frame_probe_accuracy": gt.get("best_frame_probe_accuracy"),  # the leakage control
+        "frame_probe_accuracy": gt.get("best_frame_probe_accuracy"),  # what one frame alone tells
+        "frame_probe_accuracy_sampling_std": gt.get(f"{gt.get('best_frame_probe')}_accuracy_std"),
         "nmi": gt.get("nmi"),
         "nmi_sampling_std": gt.get("nmi_std"),
         "chance": gt.get("chance_accuracy"),
+        "chance_sampling_std": gt.get("chance_accuracy_std"),
         "delta_psnr": report["delta_psnr"],
         "mse_vs_copy_last": report["next_frame"]["mse"] / report["copy_last_baseline"]["mse"],
         "action_ids_used": report.get("action_ids_used", report["codebook"]["distinct_actions"]),
-        "transitions": report["transitions"],
+        "transitions": gt["transitions"],
+        "scored_transitions": gt.get("scored_transitions"),
+        "probe_split": gt.get("probe_split"),
     }
 
 
@@ -189,29 +238,38 @@ def trained(cfg: RunConfig, epochs: int, run_name: str) -> dict:
     return result
 
 
-def cached_ceiling(data_dir: Path, manifest, seed: int, minutes: float) -> dict:
-    """The inverse-dynamics ceiling of a dataset and seed: it does not depend on the recipe, so it
-    is fitted once and kept beside the data (delete the file to fit it again). A ceiling that its
-    time cap stopped before it stopped improving is said so, since it lowers the gap's top."""
-    from bench.idm import fit_inverse_dynamics
+def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 1.0) -> dict:
+    """The inverse-dynamics ceiling of a dataset, seed and label budget. It does not depend on the
+    recipe, so it is fitted once and kept beside the data (fitted again when the data changed). A
+    ceiling that did not stop by patience on validation did not converge: it is refused, with the
+    command that fits it again."""
+    from bench.idm import cache_path, data_fingerprint, fit_inverse_dynamics, refit_command
 
-    path = data_dir / f"ceiling_seed{seed}.json"
-    if path.is_file():
-        result = json.loads(path.read_text())
-    else:
-        print(f"[quality] {data_dir.name}, seed {seed}: fitting the ceiling (inverse dynamics with the true actions)", flush=True)
-        result = fit_inverse_dynamics(manifest, seed=seed, minutes=minutes, progress=False)
+    path = cache_path(data_dir, seed, label_fraction)
+    result = json.loads(path.read_text()) if path.is_file() else None
+    if result is not None and result.get("data_fingerprint") != data_fingerprint(manifest):
+        print(f"[quality] {path} was fitted on other data or by an older version: fitting it again", flush=True)
+        result = None
+    if result is None:
+        budget = "all" if label_fraction >= 1.0 else f"{label_fraction:.1%} of the"
+        print(f"[quality] {data_dir.name}, seed {seed}: fitting the ceiling (inverse dynamics with {budget} train labels)", flush=True)
+        result = fit_inverse_dynamics(manifest, seed=seed, label_fraction=label_fraction, progress=False)
         path.write_text(json.dumps(result, indent=2) + "\n")
-    refit = f"delete {path} and give a larger --ceiling_minutes"
-    if result.get("stopped") == "time":
-        cap = f" ({result['minutes']:g} min)" if "minutes" in result else ""  # the cap the fit ran under, not today's flag
-        print(f"[quality] warning: {data_dir.name}, seed {seed}: the ceiling stopped at its time cap{cap} at step "
-              f"{result['steps_run']}, best at {result['best_step']}: it may be too low; {refit}", flush=True)
-    elif "stopped" not in result:
-        print(f"[quality] warning: {data_dir.name}, seed {seed}: the cached ceiling does not say why its fit stopped "
-              f"(written by an older version; it ran {result['steps_run']} steps, best at {result['best_step']}): a time cap "
-              f"may have cut it short; {refit}", flush=True)
+    if result.get("stopped") != "patience":
+        raise UserError(f"{path}: the ceiling stopped by {result.get('stopped', 'an unrecorded reason')} at step "
+                        f"{result.get('steps_run')} (best at {result.get('best_step')}), not by patience on validation: it may "
+                        f"be too low; fit it again with a larger limit: {refit_command(data_dir, seed, label_fraction, 4 * result.get('steps_run', 0) or 60_000)}")
     return result
+
+
+def ceilings(data_dir: Path, manifest, seed: int) -> dict:
+    """The full ceiling and the label-budget ceilings of one seed: {"all": ..., "0.01": ..., ...}."""
+    from bench.idm import LABEL_BUDGETS
+
+    out = {"all": cached_ceiling(data_dir, manifest, seed)}
+    for fraction in LABEL_BUDGETS:
+        out[f"{fraction:g}"] = cached_ceiling(data_dir, manifest, seed, fraction)
+    return out
 
 
 # ----------------------------------------------------------------------------- the table
@@ -228,50 +286,102 @@ def gap_closed(ours: float, floor: float, ceiling: float) -> float | None:
     return None if ceiling - floor <= 1e-9 else (ours - floor) / (ceiling - floor)
 
 
+def check_same_transitions(name: str, run: dict) -> int:
+    """Every row of one seed is scored on the same test transitions, each once: the count of every
+    row is the test split's; a row scored on another set is an error, not a number."""
+    counts = {
+        "test split": run["test_transitions"],
+        "untrained": run["untrained"]["scored_transitions"],
+        "model": run["ours"]["scored_transitions"],
+        **{f"ceiling ({budget} labels)": c["transitions"]["test"] for budget, c in run["ceilings"].items()},
+    }
+    if len(set(counts.values())) != 1:
+        raise UserError(f"{name}, seed {run['seed']}: the rows are scored on different numbers of test transitions {counts}")
+    return run["test_transitions"]
+
+
 def summarise(per_seed: list[dict]) -> dict:
+    """Mean and std over seeds of every row, the gaps closed, and the sampling spread (the bootstrap
+    std over test files, averaged over seeds) to read the seeds' spread against."""
     keys = ["probe_accuracy", "nmi", "delta_psnr", "mse_vs_copy_last", "action_ids_used"]
+    budgets = list(per_seed[0]["ceilings"]) if per_seed else []
+    ceiling = lambda r, b="all": r["ceilings"][b]["test_accuracy"]  # noqa: E731
+    one_frame = lambda r: max(r["untrained"]["probe_accuracy"], r["ours"]["frame_probe_accuracy"])  # noqa: E731
+    sampling = {
+        "chance": [r["ours"]["chance_sampling_std"] for r in per_seed],
+        "frames_only": [r["ours"]["frame_probe_accuracy_sampling_std"] for r in per_seed],
+        "untrained": [r["untrained"]["probe_accuracy_sampling_std"] for r in per_seed],
+        "ceiling": [r["ceilings"]["all"].get("test_accuracy_std") for r in per_seed],
+        "ours": [r["ours"]["probe_accuracy_sampling_std"] for r in per_seed],
+        "nmi": [r["ours"]["nmi_sampling_std"] for r in per_seed],
+    }
     return {
+        "transitions": sorted({r["test_transitions"] for r in per_seed}),
         "chance": mean_std([r["ours"]["chance"] for r in per_seed]),
+        "frames_only": mean_std([r["ours"]["frame_probe_accuracy"] for r in per_seed]),
         "untrained": {k: mean_std([r["untrained"][k] for r in per_seed]) for k in keys},
-        "ceiling": mean_std([r["ceiling"]["test_accuracy"] for r in per_seed]),
+        "ceiling": mean_std([ceiling(r) for r in per_seed]),
+        "label_budget_ceilings": {b: mean_std([ceiling(r, b) for r in per_seed]) for b in budgets if b != "all"},
+        "ceiling_stopped": sorted({c["stopped"] for r in per_seed for c in r["ceilings"].values()}),
         "ours": {k: mean_std([r["ours"][k] for r in per_seed]) for k in keys},
-        "gap_closed": mean_std([gap_closed(r["ours"]["probe_accuracy"], r["untrained"]["probe_accuracy"],
-                                           r["ceiling"]["test_accuracy"]) for r in per_seed]),
-        # the leakage control: the true action probed from frame t-1 or frame t alone
-        "frame_probe_accuracy": mean_std([r["ours"].get("frame_probe_accuracy") for r in per_seed]),
-        # sampling error (bootstrap over test files, mean over seeds), to read the seeds' spread against
-        "sampling_std": {k: mean_std([r["ours"].get(f"{k}_sampling_std") for r in per_seed])["mean"]
-                         for k in ("probe_accuracy", "nmi")},
+        # the headline: what the model knows beyond the best of its untrained self and one frame alone
+        "gap_closed": mean_std([gap_closed(r["ours"]["probe_accuracy"], one_frame(r), ceiling(r)) for r in per_seed]),
+        "gap_closed_over_untrained": mean_std([gap_closed(r["ours"]["probe_accuracy"], r["untrained"]["probe_accuracy"],
+                                                          ceiling(r)) for r in per_seed]),
+        "sampling_std": {k: mean_std(v)["mean"] for k, v in sampling.items()},
         "collapsed_seeds": sum(1 for r in per_seed if r["ours"]["action_ids_used"] <= 1),
     }
 
 
 def fmt(stat: dict, digits: int = 2) -> str:
-    if stat["mean"] is None:
+    if stat is None or stat.get("mean") is None:
         return "-"
-    return f"{stat['mean']:.{digits}f}±{stat['std']:.{digits}f}"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
 def table(report: dict) -> str:
-    header = ["dataset", "chance", "frames only", "untrained", "ceiling (IDM)", "ours", "gap closed", "NMI",
-              "dt-PSNR dB", "MSE/copy-last", "ids used"]
-    rows = []
+    """The report as a Markdown table and its notes (what the README's results table is made of)."""
+    from bench.idm import LABEL_BUDGETS
+
+    budgets = [f"{b:g}" for b in LABEL_BUDGETS]
+    header = ["dataset", "test files / transitions", "chance", "frames only", "untrained", "ceiling (IDM)",
+              *[f"IDM {float(b):.1%} labels" for b in budgets], "model", "gap closed beyond one frame",
+              "gap closed over untrained", "NMI", "Δt-PSNR dB", "MSE / copy-last", "ids used"]
+    rows, notes = [], []
     for name, d in report["datasets"].items():
         s = d["summary"]
-        rows.append([name, fmt(s["chance"]), fmt(s["frame_probe_accuracy"]), fmt(s["untrained"]["probe_accuracy"]), fmt(s["ceiling"]),
-                     fmt(s["ours"]["probe_accuracy"]), fmt(s["gap_closed"]), fmt(s["ours"]["nmi"]),
+        rows.append([name, f"{d.get('test_files', '-')} / {', '.join(map(str, s['transitions']))}", fmt(s["chance"]),
+                     fmt(s["frames_only"]), fmt(s["untrained"]["probe_accuracy"]), fmt(s["ceiling"]),
+                     *[fmt(s["label_budget_ceilings"].get(b)) for b in budgets], fmt(s["ours"]["probe_accuracy"]),
+                     f"**{fmt(s['gap_closed'])}**", fmt(s["gap_closed_over_untrained"]), fmt(s["ours"]["nmi"]),
                      fmt(s["ours"]["delta_psnr"]), fmt(s["ours"]["mse_vs_copy_last"]), fmt(s["ours"]["action_ids_used"], 1)])
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in [header, *rows]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines.append("Probe accuracies on the test split (code -> action map for ours and untrained; a linear probe on one "
-                 "frame for 'frames only'); ± is the std over seeds.")
-    for name, d in report["datasets"].items():
-        sampling = d["summary"].get("sampling_std", {})
-        if sampling.get("probe_accuracy") is not None:
-            lines.append(f"{name}: sampling error (bootstrap over test files) of ours: probe ±{sampling['probe_accuracy']:.3f}, "
-                         f"NMI ±{sampling['nmi']:.3f}")
+        sampling = s["sampling_std"]
+        commits = sorted({r.get("commit", report["machine"]["commit"]) for r in d["per_seed"]})
+        spread = ", ".join(f"{k} ±{v:.3f}" for k, v in sampling.items() if v is not None)
+        notes.append(f"- {name}: {len(d['per_seed'])} seeds, {d['epochs']} epochs; sampling spread (bootstrap over test files): "
+                     f"{spread}; ceilings stopped by {', '.join(s['ceiling_stopped'])}; commit {', '.join(commits)}")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    lines += ["", f"Recipe `{report['recipe']}`" + (f" with {report['overrides']}" if report.get("overrides") else "")
+              + ", code -> action probe accuracy on every test transition (cross-fitted over 5 folds of test files); "
+              "± is the std over seeds. Gap closed beyond one frame = (model - max(untrained, frames only)) / "
+              "(ceiling - the same); over untrained = (model - untrained) / (ceiling - untrained).", *notes]
     return "\n".join(lines)
+
+
+README_START, README_END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
+
+
+def write_readme_table(report_path: str, readme: Path) -> None:
+    """Put the report's table in the README between its markers, with the command that made it."""
+    report = json.loads(Path(report_path).read_text())
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise UserError(f"{readme}: no {README_START} ... {README_END} markers to put the table between")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    body = f"\n<!-- made by: python -m bench.quality --table {report_path} --readme {readme.name} -->\n{table(report)}\n"
+    readme.write_text(head + README_START + body + README_END + tail)
 
 
 def machine() -> dict:
@@ -299,6 +409,9 @@ def load_earlier(path: str, recipe: str, overrides: dict) -> dict:
         earlier = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"--extend {path}: cannot read the report: {e}") from None
+    if earlier.get("yardstick") != YARDSTICK_VERSION:
+        raise UserError(f"--extend {path}: it was scored by yardstick version {earlier.get('yardstick', 1)}, not "
+                        f"{YARDSTICK_VERSION} (other test data or probes): its seeds cannot be merged")
     if earlier.get("recipe") != recipe or earlier.get("overrides") != overrides:
         raise UserError(f"--extend {path}: it is of recipe {earlier.get('recipe')!r} with --set {earlier.get('overrides')}, "
                         f"not {recipe!r} with --set {overrides}")
@@ -348,9 +461,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="", help="comma-separated (default: synthetic and every real-play environment)")
     parser.add_argument("--minutes", type=float, default=3.0, help="training time per run, which sets the epochs (default: 3)")
     parser.add_argument("--epochs", type=int, default=0, help="fixed epochs per run instead of --minutes")
-    parser.add_argument("--ceiling_minutes", type=float, default=15.0,
-                        help="time cap of each ceiling's fit, which normally stops on its own when the validation "
-                             "accuracy stops improving (default: 15)")
     parser.add_argument("--data_root", default=str(REPO / "bench" / "data"), help="where datasets are generated and reused")
     parser.add_argument("--workdir", default="", help="where runs go (default: a new temporary folder, kept: "
                         "every run's checkpoint and evaluation report)")
@@ -359,8 +469,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="an earlier report of the same recipe, --set and epochs: its seeds are kept and only the "
                         "missing ones of 0..SEEDS-1 are run (runs are seeded, so a seed run again gives the same "
                         "numbers); repeat it to merge the runs of several reports")
+    parser.add_argument("--table", default="", metavar="REPORT", help="print the table of a written report and train nothing")
+    parser.add_argument("--readme", default="", metavar="README",
+                        help="with --table: also put the table in this file between its quality-table markers")
     args = parser.parse_args(argv)
     try:
+        if args.table:
+            if args.readme:
+                write_readme_table(args.table, Path(args.readme))
+            print(table(json.loads(Path(args.table).read_text())))
+            return 0
+        if args.readme:
+            raise UserError("--readme goes with --table REPORT")
         return run(args)
     except UserError as e:
         print(f"python -m bench.quality: error: {e}", file=sys.stderr)
@@ -380,7 +500,7 @@ def run(args) -> int:
     check.validate()  # a bad key or value fails here, before any data is generated
     root = Path(args.data_root)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-quality-"))
-    report = {"date": dt.date.today().isoformat(), "machine": machine(), "recipe": args.recipe, "overrides": overrides,
+    report = {"yardstick": YARDSTICK_VERSION, "date": dt.date.today().isoformat(), "machine": machine(), "recipe": args.recipe, "overrides": overrides,
               "seeds": args.seeds, "minutes": args.minutes, "datasets": {}}
     earlier = [(path, load_earlier(path, args.recipe, overrides)) for path in args.extend]
     if earlier:
@@ -389,6 +509,10 @@ def run(args) -> int:
     for name in datasets:
         data_dir = ensure_dataset(name, root)
         manifest = load_manifest(data_dir / "manifest.json", data_dir)
+        size = split_size(manifest)
+        if not size["enough"]:
+            print(f"[quality] warning: {name}: the test split has {size['files']} files and {size['transitions']} transitions, "
+                  f"fewer than the {MIN_TEST_FILES} and {MIN_TEST_TRANSITIONS} that keep its sampling spread small", flush=True)
         probe_cfg = run_config(args.recipe, overrides, data_dir, workdir / "runs", 0)
         probe_cfg.validate()
         step_s = seconds_per_step(probe_cfg)
@@ -396,18 +520,25 @@ def run(args) -> int:
         print(f"[quality] {name}: {epochs} epochs per run ({step_s:.2f} s a step of batch {probe_cfg.train.batch_size})", flush=True)
         per_seed = kept_seeds(earlier, name, epochs, args.seeds)
         for seed in sorted(set(range(args.seeds)) - {r["seed"] for r in per_seed}):
-            ceiling = cached_ceiling(data_dir, manifest, seed, args.ceiling_minutes)
+            fitted = ceilings(data_dir, manifest, seed)  # first: a ceiling that is refused stops the run before training
             print(f"[quality] {name}, seed {seed}: floor (untrained)", flush=True)
             cfg = run_config(args.recipe, overrides, data_dir, workdir / "runs", seed)
             floor = untrained(cfg, workdir / "untrained" / f"{name}-s{seed}")
             print(f"[quality] {name}, seed {seed}: training {epochs} epochs", flush=True)
             ours = trained(cfg, epochs, f"{name}-{args.recipe}-s{seed}")
-            per_seed.append({"seed": seed, "commit": report["machine"]["commit"], "ceiling": ceiling, "untrained": floor, "ours": ours})
+            result = {"seed": seed, "commit": report["machine"]["commit"], "test_transitions": size["transitions"],
+                      "ceilings": fitted, "untrained": floor, "ours": ours}
+            check_same_transitions(name, result)
+            per_seed.append(result)
             print(f"[quality] {name}, seed {seed}: probe {ours['probe_accuracy']:.3f} (untrained {floor['probe_accuracy']:.3f}, "
-                  f"ceiling {ceiling['test_accuracy']:.3f}, chance {ours['chance']:.3f}), NMI {ours['nmi']:.3f}, "
+                  f"frames only {ours['frame_probe_accuracy']:.3f}, ceiling {fitted['all']['test_accuracy']:.3f}, chance "
+                  f"{ours['chance']:.3f}; each on {size['transitions']} test transitions), NMI {ours['nmi']:.3f}, "
                   f"ids {ours['action_ids_used']}", flush=True)
         per_seed.sort(key=lambda r: r["seed"])
-        report["datasets"][name] = {"epochs": epochs, "seconds_per_step": step_s, "per_seed": per_seed, "summary": summarise(per_seed)}
+        stamp = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
+        report["datasets"][name] = {"epochs": epochs, "seconds_per_step": step_s, "test_files": size["files"],
+                                    "generation_seconds": stamp.get("generation_seconds"), "per_seed": per_seed,
+                                    "summary": summarise(per_seed)}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # after every dataset: a long run keeps what it has
     print("")
     print(table(report))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from bench.idm import fit_inverse_dynamics
+from bench.idm import fit_inverse_dynamics, label_budget
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.data.synth import write_synthetic_dataset
 
@@ -21,65 +22,131 @@ def small_world(tmp_path_factory):
     return root
 
 
-def test_the_ceiling_beats_chance_on_a_small_dataset(small_world):
+def test_the_ceiling_converges_and_scores_every_test_transition(small_world):
     manifest = load_manifest(small_world / "synthetic" / "manifest.json")
-    result = fit_inverse_dynamics(manifest, seed=0, max_steps=120, eval_every=20, minutes=4.0, progress=False)
-    assert result["stopped"] in ("patience", "max_steps") and result["minutes"] == 4.0  # no time cap reached on a small dataset
-    assert result["transitions"] == {"train": 90, "val": 45, "test": 45}
+    result = fit_inverse_dynamics(manifest, seed=0, eval_every=20, patience=3, bootstrap=20, progress=False)
+    assert result["stopped"] == "patience" and result["steps_run"] < 30_000  # no clock: it stops when val stops improving
+    assert result["transitions"] == {"train": 90, "val": 45, "test": 45}  # 15 transitions a file of 16 frames
     chance = 1 / 5 + 0.15  # five actions; the majority class of 45 held-out transitions stays well under this
     assert result["test_accuracy"] > chance, result
+    assert result["test_accuracy_std"] > 0 and result["label_fraction"] == 1.0
+
+
+def test_a_label_budget_is_spread_over_every_train_file():
+    files = np.repeat(np.arange(30), 95)  # 30 files of 95 transitions
+    for fraction, expected in ((0.01, 28), (0.025, 71), (0.10, 285)):
+        chosen = label_budget(files, fraction, seed=0)
+        assert chosen.size == expected and np.unique(chosen).size == expected
+        per_file = np.bincount(files[chosen], minlength=30)
+        assert per_file.max() - per_file.min() <= 1  # as even as the count allows
+        if expected >= 30:
+            assert per_file.min() >= 1  # every file gives labels
+    np.testing.assert_array_equal(label_budget(files, 0.025, seed=0), label_budget(files, 0.025, seed=0))
+    assert not np.array_equal(label_budget(files, 0.025, seed=0), label_budget(files, 0.025, seed=1))
+
+
+@pytest.fixture()
+def generated_world(tmp_path, monkeypatch):
+    """A data root where bench.quality generates its synthetic set itself, at a tiny size: 10 files of
+    16 latent frames, split 5/1/4 by file as the yardstick splits; its ceilings fitted and cached
+    (with fast checks, stopped by patience) as `python -m bench.idm` would."""
+    import bench.quality as quality
+    from bench.idm import LABEL_BUDGETS, cache_path
+
+    monkeypatch.setattr(quality, "SYNTHETIC", {"files": 10, "chunks": 8})
+    root = tmp_path / "data"
+    data = quality.ensure_dataset("synthetic", root)
+    manifest = load_manifest(data / "manifest.json")
+    for fraction in (1.0, *LABEL_BUDGETS):
+        result = fit_inverse_dynamics(manifest, seed=0, label_fraction=fraction, eval_every=10, patience=2, bootstrap=10,
+                                      progress=False)
+        cache_path(data, 0, fraction).write_text(json.dumps(result))
+    return root
 
 
 @pytest.mark.slow
-def test_one_seed_end_to_end_writes_the_report_and_the_table(ray_session, small_world, tmp_path, capsys):
+def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, generated_world, tmp_path, capsys):
     from bench.quality import main
 
+    data = generated_world / "synthetic"
+    stamp = json.loads((data / "dataset.json").read_text())
+    assert stamp["spec"]["files"] == 10 and stamp["generation_seconds"] >= 0
+    manifest = load_manifest(data / "manifest.json")
+    test_transitions = sum(manifest.files[f]["n_frames"] - 1 for f in manifest.split_files("test"))
+    assert len(manifest.split_files("test")) == 4 and test_transitions == 60
+
     out = tmp_path / "quality.json"
-    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1", "--minutes", "0.1",
-                 "--ceiling_minutes", "0.1", "--data_root", str(small_world), "--workdir", str(tmp_path / "work"), "--out", str(out)])
+    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1",
+                 "--data_root", str(generated_world), "--workdir", str(tmp_path / "work"), "--out", str(out)])
     assert code == 0
+    printed = capsys.readouterr().out
+    assert "fitting the ceiling" not in printed  # the cached ceilings were used
+    assert "fewer than the 20 and 2000" in printed  # a test split this small is said to be too small
     report = json.loads(out.read_text())
     run = report["datasets"]["synthetic"]
-    assert run["epochs"] == 1 and len(run["per_seed"]) == 1
+    assert report["yardstick"] == 2 and run["epochs"] == 1 and run["test_files"] == 4
     seed = run["per_seed"][0]
+    # every row scored on every test transition, once: the old half-split scored 30 here
+    assert seed["test_transitions"] == 60
+    assert seed["untrained"]["scored_transitions"] == seed["ours"]["scored_transitions"] == 60
+    assert all(c["transitions"]["test"] == 60 for c in seed["ceilings"].values())
+    assert set(seed["ceilings"]) == {"all", "0.01", "0.025", "0.1"}
+    assert run["summary"]["transitions"] == [60]
     for part in ("untrained", "ours"):
         assert 0 <= seed[part]["probe_accuracy"] <= 1 and 0 <= seed[part]["nmi"] <= 1, part
         assert seed[part]["action_ids_used"] >= 1 and seed[part]["mse_vs_copy_last"] > 0
-    assert 0 <= seed["ceiling"]["test_accuracy"] <= 1
-    assert run["summary"]["ours"]["probe_accuracy"]["std"] == 0.0  # one seed
-    table = capsys.readouterr().out.split("[quality] report")[0]
-    assert any(line.startswith("synthetic ") for line in table.splitlines())  # the table's row
+    # the floor and the model share the data and the folds: the same chance and frames-only rows
+    assert seed["untrained"]["chance"] == seed["ours"]["chance"]
+    assert seed["untrained"]["frame_probe_accuracy"] == seed["ours"]["frame_probe_accuracy"]
+    s = run["summary"]
+    base = max(seed["untrained"]["probe_accuracy"], seed["ours"]["frame_probe_accuracy"])
+    ceiling = seed["ceilings"]["all"]["test_accuracy"]
+    if ceiling - base > 1e-9:
+        assert s["gap_closed"]["mean"] == pytest.approx((seed["ours"]["probe_accuracy"] - base) / (ceiling - base))
+    assert s["ours"]["probe_accuracy"]["std"] == 0.0  # one seed
+    table = printed.split("[quality] report")[0]
+    assert any(line.startswith("| synthetic | 4 / 60 |") for line in table.splitlines())  # the table's row
+    assert "gap closed beyond one frame" in table and "ceilings stopped by patience" in table
+
+    # --table prints the same table from the report, and --readme puts it between the markers
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- quality-table:start -->\nOLD TABLE\n<!-- quality-table:end -->\nrest\n")
+    assert main(["--table", str(out), "--readme", str(readme)]) == 0
+    printed = capsys.readouterr().out
+    text = readme.read_text()
+    assert "OLD TABLE" not in text and text.startswith("intro\n") and text.endswith("rest\n")
+    assert "| synthetic | 4 / 60 |" in text and f"python -m bench.quality --table {out}" in text
+    assert "| synthetic | 4 / 60 |" in printed
 
     # --extend keeps the earlier seeds below --seeds as they were, and trains none of them again
     earlier = dict(report, datasets={"synthetic": dict(run, per_seed=[seed, dict(seed, seed=5)])})
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     extended = tmp_path / "extended.json"
-    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1", "--minutes", "0.1",
-                 "--extend", str(tmp_path / "earlier.json"), "--data_root", str(small_world),
+    code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1",
+                 "--extend", str(tmp_path / "earlier.json"), "--data_root", str(generated_world),
                  "--workdir", str(tmp_path / "work2"), "--out", str(extended)])
     assert code == 0
     assert "training" not in capsys.readouterr().out
     kept = json.loads(extended.read_text())
     assert kept["datasets"]["synthetic"]["per_seed"] == [seed]  # seed 5 is not among 0..0
-    assert seed["commit"] == report["machine"]["commit"] and kept["extends"] == [{"report": str(tmp_path / "earlier.json"),
-                                                                                  "commit": report["machine"]["commit"]}]
     assert kept["datasets"]["synthetic"]["summary"] == run["summary"]
+    # a report of the old yardstick is not merged
+    (tmp_path / "old.json").write_text(json.dumps({k: v for k, v in report.items() if k != "yardstick"}))
+    assert main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1", "--extend", str(tmp_path / "old.json"),
+                 "--data_root", str(generated_world), "--out", str(tmp_path / "x.json")]) == 2
+    assert "yardstick version 1" in capsys.readouterr().err
 
-    # two reports merge: the same run of a seed in both is kept once; a different one is an error
-    seed1 = dict(seed, seed=1, ours=dict(seed["ours"], probe_accuracy=0.5))
-    (tmp_path / "other.json").write_text(json.dumps(dict(report, datasets={"synthetic": dict(run, per_seed=[seed, seed1])})))
-    merged_path = tmp_path / "merged.json"
-    assert main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "2", "--epochs", "1", "--minutes", "0.1",
-                 "--extend", str(tmp_path / "earlier.json"), "--extend", str(tmp_path / "other.json"), "--data_root", str(small_world),
-                 "--workdir", str(tmp_path / "work3"), "--out", str(merged_path)]) == 0
-    assert "training" not in capsys.readouterr().out
-    merged = json.loads(merged_path.read_text())["datasets"]["synthetic"]
-    assert merged["per_seed"] == [seed, seed1]
-    assert merged["summary"]["ours"]["probe_accuracy"]["mean"] == (seed["ours"]["probe_accuracy"] + 0.5) / 2
-    (tmp_path / "clash.json").write_text(json.dumps(dict(report, datasets={"synthetic": dict(run, per_seed=[dict(seed, nmi_note=1)])})))
-    assert main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1", "--extend", str(tmp_path / "earlier.json"),
-                 "--extend", str(tmp_path / "clash.json"), "--data_root", str(small_world), "--out", str(tmp_path / "x.json")]) == 2
-    assert "synthetic seed 0 differs from the run of that seed in" in capsys.readouterr().err
+
+def test_rows_scored_on_different_transitions_are_an_error():
+    from bench.quality import check_same_transitions
+    from lam.errors import UserError
+
+    run = {"seed": 0, "test_transitions": 762, "untrained": {"scored_transitions": 762}, "ours": {"scored_transitions": 762},
+           "ceilings": {"all": {"transitions": {"test": 762}}}}
+    assert check_same_transitions("crafter", run) == 762
+    half = dict(run, ours={"scored_transitions": 381})  # a probe fitted on half of the test files, scored on the rest
+    with pytest.raises(UserError, match="different numbers of test transitions"):
+        check_same_transitions("crafter", half)
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
@@ -90,7 +157,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert main(["--set", "embed_dim=30", "num_heads=8", "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
     assert "divisible" in capsys.readouterr().err
     earlier = tmp_path / "earlier.json"
-    earlier.write_text(json.dumps({"recipe": "tiny", "overrides": {"embed_dim": "64"}, "machine": {"commit": "x"}, "datasets": {}}))
+    earlier.write_text(json.dumps({"yardstick": 2, "recipe": "tiny", "overrides": {"embed_dim": "64"}, "machine": {"commit": "x"}, "datasets": {}}))
     assert main(["--recipe", "tiny", "--extend", str(earlier), "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
     assert f"--extend {earlier}: it is of recipe 'tiny' with --set {{'embed_dim': '64'}}" in capsys.readouterr().err
     assert main(["--recipe", "tiny", "--extend", str(tmp_path / "none.json"), "--datasets", "synthetic", "--data_root", str(tmp_path)]) == 2
@@ -134,19 +201,34 @@ def test_id_schemes_refuse_a_discrete_bottleneck(small_world, tmp_path, capsys):
     assert "no continuous vectors" in capsys.readouterr().err
 
 
-def test_a_ceiling_stopped_by_its_time_cap_is_reported(tmp_path, capsys):
+def test_a_ceiling_that_did_not_converge_is_refused_with_the_refit_command(small_world, tmp_path):
+    from bench.idm import data_fingerprint
     from bench.quality import cached_ceiling
+    from lam.errors import UserError
 
-    capped = {"test_accuracy": 0.7, "val_accuracy": 0.72, "best_step": 400, "steps_run": 400, "stopped": "time", "minutes": 3.0}
-    (tmp_path / "ceiling_seed1.json").write_text(json.dumps(capped))
-    assert cached_ceiling(tmp_path, None, 1, 15.0) == capped  # read from the cache, not fitted again
-    out = capsys.readouterr().out  # the cap the fit ran under, not the one asked for now
-    assert "ceiling stopped at its time cap (3 min) at step 400" in out and str(tmp_path / "ceiling_seed1.json") in out
-    (tmp_path / "ceiling_seed0.json").write_text(json.dumps(dict(capped, stopped="patience")))
-    cached_ceiling(tmp_path, None, 0, 15.0)
-    assert "warning" not in capsys.readouterr().out
-    # a file from before fits recorded why they stopped: it cannot be trusted blindly
-    (tmp_path / "ceiling_seed2.json").write_text(json.dumps({k: v for k, v in capped.items() if k not in ("stopped", "minutes")}))
-    cached_ceiling(tmp_path, None, 2, 15.0)
-    out = capsys.readouterr().out
-    assert "does not say why its fit stopped" in out and "ran 400 steps" in out and str(tmp_path / "ceiling_seed2.json") in out
+    data = small_world / "synthetic"
+    manifest = load_manifest(data / "manifest.json")
+    capped = {"test_accuracy": 0.7, "best_step": 400, "steps_run": 400, "stopped": "time", "transitions": {"test": 45},
+              "data_fingerprint": data_fingerprint(manifest)}
+    path = data / "ceiling_seed7.json"
+    path.write_text(json.dumps(capped))
+    with pytest.raises(UserError) as refused:
+        cached_ceiling(data, manifest, 7)
+    assert str(path) in str(refused.value) and "stopped by time at step 400" in str(refused.value)
+    assert f"python -m bench.idm {data} --seed 7 --max_steps 1600" in str(refused.value)
+    path.write_text(json.dumps(dict(capped, stopped="patience")))
+    assert cached_ceiling(data, manifest, 7)["test_accuracy"] == 0.7  # converged: read from the cache, not fitted again
+    path.unlink()
+
+
+def test_the_idm_command_fits_and_caches_a_ceiling(small_world, capsys):
+    from bench.idm import main
+
+    data = small_world / "synthetic"
+    assert main([str(data), "--seed", "3", "--label_fraction", "0.1", "--quiet"]) == 0
+    written = json.loads((data / "ceiling_seed3_labels0.1.json").read_text())
+    assert written["label_fraction"] == 0.1 and written["transitions"]["train"] == 9 and written["stopped"] == "patience"
+    assert "stopped by patience" in capsys.readouterr().out
+    (data / "ceiling_seed3_labels0.1.json").unlink()
+    assert main([str(data / "nowhere")]) == 2
+    assert "no manifest" in capsys.readouterr().err

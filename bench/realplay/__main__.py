@@ -40,7 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--chunks", type=int, default=64, metavar="C", help="chunks per episode (2 latent frames, 8 video frames each); default 64")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="dataset seed: the same seed gives the same files; default 0")
     p.add_argument("--out", default="realplay_data", metavar="DIR", help="output folder; each environment writes OUT/ENV/; default realplay_data")
-    p.add_argument("--hold_prob", type=float, default=HOLD_PROB, metavar="P", help=f"probability of keeping the previous action each latent frame; default {HOLD_PROB}")
+    p.add_argument("--hold_prob", type=float, default=None, metavar="P",
+                   help=f"probability of keeping the previous action each latent frame; default: the environment's own "
+                   f"({HOLD_PROB} for most; crafter 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     return p.parse_args(argv)
 
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
         names = env_names(args.env)
         if args.episodes < 1 or args.chunks < 1:
             raise ValueError(f"--episodes and --chunks must be >= 1, got {args.episodes} and {args.chunks}")
-        if not 0.0 <= args.hold_prob <= 1.0:
+        if args.hold_prob is not None and not 0.0 <= args.hold_prob <= 1.0:
             raise ValueError(f"--hold_prob must be in [0, 1], got {args.hold_prob}")
         for name in names:  # fail before any work when something is not installed
             make_env(name).close()

@@ -7,7 +7,8 @@ So actions change only at latent-frame boundaries, as the data contract asks.
     env = make_env("crafter")          # raises MissingDependency with an install hint
     env.reset(seed)                    # deterministic: same seed, same actions -> same frames
     frames = env.play(action)          # (4, 512, 512, 3) uint8
-    env.blocked(action)                # True where the action would do nothing visible now
+    env.blocked(action)                # True where the player must not choose the action now
+    env.shows(action)                  # True where the action surely changes the screen now
     env.close()
 """
 
@@ -41,6 +42,7 @@ class PlayEnv:
     frames_note: str = ""  # how the 4 frames of one latent frame are made
     packages: tuple[str, ...] = ()  # distributions whose versions the files record
     burn_in: int = 0  # each episode starts after 0..burn_in-1 latent frames of unrecorded play
+    hold_prob: float | None = None  # the player's probability of keeping an action; None: the generator's default
 
     def reset(self, seed: int) -> None:
         """Start a new episode; everything that follows is a function of `seed` and the actions."""
@@ -51,8 +53,15 @@ class PlayEnv:
         raise NotImplementedError
 
     def blocked(self, action: int) -> bool:
-        """Whether `action` would change nothing on screen in the current state (a wall, a screen edge)."""
+        """Whether the player must not choose `action` in the current state (most environments: it
+        would change nothing on screen, at a wall or a screen edge; the player draws another)."""
         return False
+
+    def shows(self, action: int) -> bool:
+        """Whether `action` surely changes the screen in the current state. Where every unblocked
+        action shows, this is `not blocked`; an environment whose actions may have no visible
+        effect (a no-op, a move into a wall that is played) says which do now."""
+        return not self.blocked(action)
 
     def episode_attrs(self) -> dict:
         """What the files should also record about the episode just played (e.g. the level)."""

@@ -9,29 +9,42 @@ their own, whatever the player does.
 Crafter's day-night cycle is held at full daylight: at night zombies crowd round a player that
 does not fight back and wall it in, and night frames are dark and overlaid with random noise.
 
-Actions (id: name, Crafter's move_* action)
-    0 left   the player faces left and walks, and the view scrolls, one tile a step
-    1 right  ...
-    2 up     ...
-    3 down   ...
-Crafter's movement keys. Its no-op is left out because it shows nothing of its own (only the
-world's motion), and being the one action that is never blocked it would take half of the play;
-"do", "sleep", placing and crafting are left out because they change little or nothing on
-screen most of the time. A move into a tile the player cannot enter (water, tree, stone, a
-creature) only turns the player, and into lava it kills: `blocked` says so for the first step
-and the policy then draws another move.
+No single frame gives the action away. Crafter draws the player facing its last move and counts
+in the inventory row what a "do" or a "place" just collected or used, so one frame would tell most
+actions; here the player is drawn with Crafter's facing-free sprite (`player.png`) and the
+inventory rows are left black (the world is still drawn in full; only the two rows below it are
+blank).
 
-The player cannot die: before every step its health, food, drink and energy are set back to 9
-(the inventory row shows 9 9 9 9, less a zombie's hit in the frame of the step it lands). A
-random player is otherwise killed by zombies or thirst within a few hundred steps, after which
-Crafter's world goes on around a dead player; this way an episode is one continuous stretch of
-play.
+Actions (id: name, Crafter's action)
+    0 noop         nothing; the world goes on (cows wander)
+    1 left         the player walks one tile a step and the view scrolls; a move into a tile
+    2 right        the player cannot enter (water, tree, stone, a creature) changes nothing on
+    3 up           screen, since the facing is not drawn: those moves are played, as a person
+    4 down         bumping into a wall would
+    5 do           interact with the tile in front: mine stone (the player carries a wood
+                   pickaxe; the stone becomes path), hit a cow or a zombie, drink, collect wood
+                   or a sapling (invisible: the inventory is not drawn)
+    6 place_stone  a stone in front, on grass, sand, path, water or lava (the player always has
+                   stone); elsewhere nothing
+So several actions are local (a tile in front of the player changes, or nothing does), as
+clicks and key presses are in screen video. Only a move into lava is never chosen
+(`blocked`): it would kill. The player draws a new action every latent frame (`hold_prob` 0)
+instead of holding one for a few: a held move into an obstacle keeps the player pressed against
+it, and the frame would show on which side.
+
+The player cannot die: before every step its health, food, drink and energy are set back to 9,
+and its stone to 9; a random player is otherwise killed by zombies or thirst within a few
+hundred steps, after which Crafter's world goes on around a dead player; this way an episode is
+one continuous stretch of play.
 
 Determinism: Crafter keeps creatures in sets whose order changes from run to run; they are
 replaced by insertion-ordered ones (`InsertionOrderedSet`), so the same seed gives the same play.
 
-Frames: Crafter runs in steps; one video frame is one step, so a latent frame is 4 steps of
-the held action (a held key moves the player, and the view, 4 tiles).
+Frames: Crafter runs in steps; a latent frame is 4 steps of the held action (a held key moves
+the player, and the view, 4 tiles), recorded as the screen after the 4th step held for the 4
+video frames, like a screen recorder that captures twice a second. Recording each step instead
+would make the latent frame, the mean of its 4 video frames, a motion blur along the axis of the
+move: one frame would tell a move from a non-move and its axis.
 """
 
 from __future__ import annotations
@@ -40,10 +53,12 @@ import collections
 
 import numpy as np
 
-from bench.realplay.base import PlayEnv, require
+from bench.realplay.base import PlayEnv, repeat, require
 
-CRAFTER_ACTIONS = {"left": 1, "right": 2, "up": 3, "down": 4}  # crafter.constants.actions indices (0 is noop)
+ACTION_NAMES = ("noop", "left", "right", "up", "down", "do", "place_stone")
+CRAFTER_NAMES = {"left": "move_left", "right": "move_right", "up": "move_up", "down": "move_down"}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+KEPT_FULL = {"health": 9, "food": 9, "drink": 9, "energy": 9, "stone": 9, "wood_pickaxe": 1}
 
 
 class InsertionOrderedSet(dict):
@@ -63,15 +78,19 @@ class InsertionOrderedSet(dict):
 
 class CrafterPlay(PlayEnv):
     name = "crafter"
-    action_names = ("left", "right", "up", "down")
+    action_names = ACTION_NAMES
     description = (
-        "Crafter (64x64-tile world from the seed) rendered at 512x512: a 9x7-tile camera that follows the player "
-        "and the inventory below; actions left, right, up, down (moves into a tile the player cannot enter, "
-        "or into lava, are never chosen); always daylight; cows and zombies move on their own; "
-        "the player cannot die (health, food, drink, energy kept at 9)"
+        "Crafter (64x64-tile world from the seed) rendered at 512x512: a 9x7-tile camera that follows the player, "
+        "drawn without its facing, and two black rows where the inventory would be; actions noop, left, right, up, "
+        "down, do, place_stone (moves into blocked tiles are played; moves into lava are never chosen); always "
+        "daylight; cows and zombies move on their own; the player cannot die and always has stone and a wood pickaxe"
     )
-    frames_note = "one Crafter step per video frame: the held action for 4 steps per latent frame"
+    frames_note = "the held action for 4 Crafter steps per latent frame; the screen after the 4th step, held for the 4 frames"
     packages = ("crafter",)
+    steps_per_latent = 4
+    # A new action every latent frame: a held move presses the player against whatever stopped it,
+    # so the obstacle on that side and the stones placed facing it would tell the action in one frame.
+    hold_prob = 0.0
 
     def __init__(self):
         self._crafter = require("crafter", self.name)
@@ -90,25 +109,44 @@ class CrafterPlay(PlayEnv):
 
         world.reset = reset_with_ordered_sets  # called by Env.reset, before any creature is added
         self._env._update_time = lambda: setattr(world, "daylight", 1.0)  # always day (see the module docstring)
+        item_view = self._env._item_view
+        self._env._item_view = lambda inventory, unit: np.zeros_like(item_view(inventory, unit))  # the inventory is not drawn
         self._env.reset()
+        player = self._env._player
+        faceless = type("FacelessPlayer", (type(player),), {"texture": property(lambda self: "player")})
+        ids = self._env._sem_view._obj_ids  # Crafter's semantic map (in step's info) looks objects up by class
+        ids[faceless] = ids[type(player)]
+        player.__class__ = faceless
+
+    def _target(self, direction: tuple[int, int]) -> tuple[int, int]:
+        player = self._env._player
+        return player.pos[0] + direction[0], player.pos[1] + direction[1]
 
     def blocked(self, action: int) -> bool:
+        """Only a move into lava: it would kill (every other action is played, visible or not)."""
         name = self.action_names[action]
-        player = self._env._player
-        dx, dy = DIRECTIONS[name]
-        target = (player.pos[0] + dx, player.pos[1] + dy)
-        walkable = self._crafter.constants.walkable  # grass, sand, path: not lava
-        return not player.is_free(target, walkable)
+        if name not in DIRECTIONS:
+            return False
+        material, _ = self._env._world[self._target(DIRECTIONS[name])]
+        return material == "lava"
+
+    def shows(self, action: int) -> bool:
+        """Whether `action` surely changes the screen now: a move into a free tile, a stone placed
+        on an empty tile that takes one, a "do" that mines stone (the rest may change nothing)."""
+        name = self.action_names[action]
+        if name in DIRECTIONS:
+            return self._env._player.is_free(self._target(DIRECTIONS[name]), self._crafter.constants.walkable)
+        material, obj = self._env._world[self._target(self._env._player.facing)]
+        if name == "place_stone":
+            return obj is None and material in self._crafter.constants.place["stone"]["where"]
+        return name == "do" and obj is None and material == "stone"
 
     def play(self, action: int) -> np.ndarray:
-        code = CRAFTER_ACTIONS[self.action_names[action]]
-        frames = []
-        for _ in range(4):
-            self._keep_alive()  # before the step, so that the frame it renders shows full counters
-            frames.append(self._env.step(code)[0])  # Crafter's own end of episode is ignored
-        return np.stack(frames)
+        code = self._crafter.constants.actions.index(CRAFTER_NAMES.get(self.action_names[action], self.action_names[action]))
+        for _ in range(self.steps_per_latent):
+            self._keep_alive()  # before the step: nothing runs out, so the player never dies
+            frame = self._env.step(code)[0]  # Crafter's own end of episode is ignored
+        return repeat(frame)
 
     def _keep_alive(self) -> None:
-        inventory = self._env._player.inventory
-        for counter in ("health", "food", "drink", "energy"):
-            inventory[counter] = 9
+        self._env._player.inventory.update(KEPT_FULL)

@@ -1,8 +1,9 @@
 """Record episodes of random play, encode them and write one H5 file per episode plus a manifest.
 
 The player: like a person holding a key, each latent frame it keeps the previous action with
-probability `hold_prob` (0.75: runs of ~4-6 latent frames), otherwise it draws one uniformly
-(possibly the same); an action that the environment says is `blocked` (it would change nothing
+probability `hold_prob` (0.75: runs of ~4-6 latent frames; an environment may set its own,
+`PlayEnv.hold_prob`, where a held action would show in a single frame), otherwise it draws one
+uniformly (possibly the same); an action that the environment says is `blocked` (it would change nothing
 on screen: a wall, a screen edge) is replaced by one drawn uniformly among the others, as
 `lam.data.world.simulate` does at its walls. Actions change only between latent frames.
 
@@ -35,7 +36,7 @@ from bench.realplay import encoder
 from bench.realplay.base import PlayEnv, make_env
 from lam.data.synth import T_LATENT, file_seed, frames_to_chunks
 
-GENERATOR_VERSION = 1  # bump when the same seed starts giving different data
+GENERATOR_VERSION = 2  # bump when the same seed starts giving different data
 HOLD_PROB = 0.75
 SPLIT_RATIOS = (0.75, 0.125, 0.125)
 
@@ -62,12 +63,21 @@ def choose_action(env: PlayEnv, rng: np.random.Generator, previous: int, hold_pr
     return action
 
 
-def play_episode(env: PlayEnv, seed: int, n_frames: int, hold_prob: float = HOLD_PROB, encode: bool = True) -> Episode:
+def hold_prob_of(env: PlayEnv, hold_prob: float | None = None) -> float:
+    """The probability of holding an action: the one asked for, else the environment's own, else HOLD_PROB."""
+    if hold_prob is not None:
+        return float(hold_prob)
+    return HOLD_PROB if env.hold_prob is None else float(env.hold_prob)
+
+
+def play_episode(env: PlayEnv, seed: int, n_frames: int, hold_prob: float | None = None, encode: bool = True) -> Episode:
     """Reset `env` with `seed`, play `n_frames` latent frames after the burn-in, encode each as it comes.
+    `hold_prob`: None for the environment's own (`hold_prob_of`).
 
     With `encode=False` the latents are the encoder's raw projections (float32, before the
     per-channel normalisation), which is what `measure_channel_stats` needs.
     """
+    hold_prob = hold_prob_of(env, hold_prob)
     env.reset(seed)
     rng = np.random.default_rng([int(seed), 1])  # the player's own stream, apart from the environment's
     burn_in = int(rng.integers(env.burn_in)) if env.burn_in > 0 else 0
@@ -136,12 +146,12 @@ def generate(
     chunks: int = 64,
     seed: int = 0,
     *,
-    hold_prob: float = HOLD_PROB,
+    hold_prob: float | None = None,
     log=print,
 ) -> list[pathlib.Path]:
     """Write `episodes` files of `chunks` chunks for one environment under `out_dir/env_name`, and its manifest.
 
-    Episode i uses `lam.data.synth.file_seed(seed, i)`. Existing files with the same names are
+    Episode i uses `lam.data.synth.file_seed(seed, i)`; `hold_prob` None is the environment's own. Existing files with the same names are
     replaced; other files are left alone (and, being in the folder, are in the manifest).
     `log` gets one progress line per episode (None: silent).
     """
@@ -153,6 +163,7 @@ def generate(
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     with make_env(env_name) as env:
+        hold_prob = hold_prob_of(env, hold_prob)
         for i in range(episodes):
             start = time.perf_counter()
             eseed = file_seed(seed, i)
