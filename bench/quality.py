@@ -4,6 +4,7 @@
     python -m bench.quality --datasets synthetic --seeds 1 --minutes 1    # a quick look
     python -m bench.quality --recipe real --seeds 3 --epochs 4 --extend screen.json --out full.json   # seeds 1, 2 added
     python -m bench.quality --table bench/quality.json --readme README.md  # the table again, and into the README
+    python -m bench.quality --prepare --seeds 3                            # only generate the data and fit the ceilings
 
 For every dataset and seed it trains the recipe (`lam.train.launch.train`, as `lam train`
 does), evaluates the final checkpoint on the test split (`lam.eval`, as `lam eval` does),
@@ -469,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="an earlier report of the same recipe, --set and epochs: its seeds are kept and only the "
                         "missing ones of 0..SEEDS-1 are run (runs are seeded, so a seed run again gives the same "
                         "numbers); repeat it to merge the runs of several reports")
+    parser.add_argument("--prepare", action="store_true",
+                        help="generate the datasets and fit their ceilings for seeds 0..SEEDS-1, train nothing")
     parser.add_argument("--table", default="", metavar="REPORT", help="print the table of a written report and train nothing")
     parser.add_argument("--readme", default="", metavar="README",
                         help="with --table: also put the table in this file between its quality-table markers")
@@ -481,19 +484,42 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.readme:
             raise UserError("--readme goes with --table REPORT")
-        return run(args)
+        return prepare(args) if args.prepare else run(args)
     except UserError as e:
         print(f"python -m bench.quality: error: {e}", file=sys.stderr)
         return 2
 
 
-def run(args) -> int:
-    args.out = args.out or str(REPO / "bench" / f"quality-{args.recipe}.json")
-    datasets = [d for d in args.datasets.split(",") if d] or ["synthetic", *realplay_envs()]
+def chosen_datasets(spec: str) -> list[str]:
+    datasets = [d for d in spec.split(",") if d] or ["synthetic", *realplay_envs()]
     known = {"synthetic", *realplay_envs()}
     unknown = [d for d in datasets if d not in known]
     if unknown:
         raise UserError(f"unknown datasets {unknown}; choose from {sorted(known)}")
+    return datasets
+
+
+def prepare(args) -> int:
+    """--prepare: every dataset generated and every ceiling fitted, with how long each took."""
+    for name in chosen_datasets(args.datasets):
+        data_dir = ensure_dataset(name, Path(args.data_root))
+        manifest = load_manifest(data_dir / "manifest.json", data_dir)
+        stamp = json.loads((data_dir / "dataset.json").read_text())
+        size = split_size(manifest)
+        print(f"[quality] {name}: {size['files']} test files, {size['transitions']} test transitions; generated in "
+              f"{stamp['generation_seconds']:.0f} s at commit {stamp['machine']['commit']}", flush=True)
+        for seed in range(args.seeds):
+            start = time.time()
+            fitted = ceilings(data_dir, manifest, seed)
+            print(f"[quality] {name}, seed {seed}: ceilings " + ", ".join(
+                f"{budget} labels {c['test_accuracy']:.3f} (step {c['best_step']}, {c['stopped']})" for budget, c in fitted.items())
+                + f" ({time.time() - start:.0f} s)", flush=True)
+    return 0
+
+
+def run(args) -> int:
+    args.out = args.out or str(REPO / "bench" / f"quality-{args.recipe}.json")
+    datasets = chosen_datasets(args.datasets)
     overrides = parse_set(args.set)
     check = apply_overrides(recipe_config(args.recipe), overrides, source="--set")
     check.data.data_dir = "-"

@@ -75,6 +75,11 @@ def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, gene
     test_transitions = sum(manifest.files[f]["n_frames"] - 1 for f in manifest.split_files("test"))
     assert len(manifest.split_files("test")) == 4 and test_transitions == 60
 
+    # --prepare: the data and the ceilings only (both already there), with their sizes and stop reasons
+    assert main(["--prepare", "--datasets", "synthetic", "--seeds", "1", "--data_root", str(generated_world)]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic: 4 test files, 60 test transitions" in printed and "all labels" in printed and "(step" in printed
+
     out = tmp_path / "quality.json"
     code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1",
                  "--data_root", str(generated_world), "--workdir", str(tmp_path / "work"), "--out", str(out)])
