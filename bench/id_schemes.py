@@ -5,8 +5,8 @@
 
 For a checkpoint of a continuous bottleneck (`quantizer: gaussian`) and its data's test split
 (true actions needed), each row is a way to turn the pre-quantisation action vectors into ids,
-scored by the code-map probe that `bench.quality` reports (ids -> majority action, fitted on half
-of the test files and scored on the other half):
+scored by the code-map probe that `bench.quality` reports (ids -> majority action, cross-fitted
+over 5 folds of the test files: every test transition scored once):
   - the model's own ids (the checkpoint's k-means centroids);
   - k-means with k = 9, 16, 32 fitted on training-split vectors;
   - with a shifted prediction, k-means (k = the model's ids) on the shift kernels the vectors
@@ -14,7 +14,7 @@ of the test files and scored on the other half):
 and, as the reference no id scheme can beat by much, a linear probe on the vectors themselves.
 Three more linear probes look further back, into the encoder, each fitted on the training
 split's transitions (its true actions: a diagnostic, never part of training) and scored on the
-whole test split, because the encoder's features have too many dimensions for half the test
+whole test split, because the encoder's features have too many dimensions for a few test
 files: on the vectors, on the action head's features (what the last layer projects down to
 the vector) and on the stem's motion features (what the encoder sees of a transition). The
 same rows for the untrained model of the run's seed are the floor. If the ids score well below
@@ -42,8 +42,8 @@ import torch
 from lam.data.manifest import load_manifest
 from lam.errors import UserError
 from lam.eval.evaluate import split_batches
-from lam.eval.metrics import split_by_group
-from lam.eval.probes import kmeans_ids, linear_probe_accuracy, mapping_probe_accuracy
+from lam.eval.metrics import cross_fit, folds_by_group
+from lam.eval.probes import kmeans_ids, linear_probe_accuracy, linear_probe_predictions, mapping_probe_predictions
 from lam.model import LatentActionModel
 from lam.model.stems import PixelMoments
 from lam.runtime.checkpoint import load_model
@@ -108,10 +108,10 @@ def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
     if test["labels"] is None:
         raise UserError(f"the test split of {cfg.data.data_dir} has no true actions to score ids against")
     y = test["labels"]
-    fit, held = split_by_group(test["files"], 0.5, seed)
+    folds = folds_by_group(test["files"], seed=seed)  # as `lam eval` scores its probes: every test transition once
 
     def probe(ids: np.ndarray) -> float:
-        return mapping_probe_accuracy(ids[fit], y[fit], ids[held], y[held])
+        return float(np.mean(cross_fit(lambda fit, held: mapping_probe_predictions(ids[fit], y[fit], ids[held]), folds) == y))
 
     k = cfg.model.num_embeddings
     rows = {"model_ids": probe(test["ids"])}
@@ -122,7 +122,8 @@ def scheme_scores(model: LatentActionModel, cfg, seed: int = 0) -> dict:
         kernels, means = shift_kernels(model, test["z"])
         rows[f"kmeans_{k}_shift_kernel"] = probe(kmeans_ids(kernels_fit, kernels, k, seed))
         rows[f"kmeans_{k}_shift_mean"] = probe(kmeans_ids(means_fit, means, k, seed))
-    rows["linear_probe_on_vectors"] = linear_probe_accuracy(test["z"][fit], y[fit], test["z"][held], y[held])
+    z = test["z"]
+    rows["linear_probe_on_vectors"] = float(np.mean(cross_fit(lambda fit, held: linear_probe_predictions(z[fit], y[fit], z[held]), folds) == y))
     whole_train = transitions(model, cfg, "train")
     if whole_train["labels"] is None:
         raise UserError(f"the train split of {cfg.data.data_dir} has no true actions to fit the encoder's probes on")
