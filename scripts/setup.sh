@@ -9,9 +9,10 @@
 # project itself only asks for a range, so a GPU user's own torch build is kept.
 #
 # Without `run`, the `bench` extra (the environments of bench.realplay) comes too; where this runs
-# as root with apt-get, so does Debian's chromium + chromium-driver for its GUI environment
-# (LAM_SETUP_NO_APT=1 skips that). Without them bench.realplay's tests are skipped, saying what to
-# install (under CI, where they must run, they fail).
+# as root with apt-get and a program of its GUI environments is missing, so do their Debian
+# packages: chromium + chromium-driver (miniwob), Xvfb, Openbox and the desktop applications
+# (desktop) (LAM_SETUP_NO_APT=1 skips that). Without them bench.realplay's tests are skipped,
+# saying what to install (under CI, where they must run, they fail).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-test}
@@ -37,16 +38,23 @@ if [ "$MODE" = run ]; then
 else
   echo "[setup] installing lam, its dependencies, test tools and benchmark environments"
   pip_install -e ".[test,bench]"
-  if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium" 2>/dev/null; then
+  if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium, Xlib" 2>/dev/null; then
     echo "[setup] warning: the bench extra did not install; bench.realplay's tests will be skipped (under CI: fail)" >&2
     pip_install -e ".[test]"
   fi
 fi
 python -c "import lam, torch, ray, h5py, wandb" || { echo "[setup] install failed" >&2; exit 1; }
 [ "$MODE" = run ] && exit 0
-if ! command -v chromedriver >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-    && [ -z "${LAM_SETUP_NO_APT:-}" ]; then
-  echo "[setup] installing chromium and chromium-driver (apt) for bench.realplay's GUI environment"
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver; } >/dev/null \
-    || echo "[setup] warning: chromium did not install; the miniwob tests will be skipped (under CI: fail)" >&2
+# the programs the GUI environments run (miniwob: chromedriver beside chromium; desktop: the rest), and their packages
+GUI_PROGRAMS="chromedriver Xvfb openbox mousepad pcmanfm gnumeric xterm"
+GUI_PACKAGES="chromium chromium-driver xvfb openbox mousepad pcmanfm gnumeric xterm fonts-dejavu-core"
+missing=""
+for program in $GUI_PROGRAMS; do
+  command -v "$program" >/dev/null 2>&1 || missing="$missing $program"
+done
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${LAM_SETUP_NO_APT:-}" ]; then
+  echo "[setup] installing $GUI_PACKAGES (apt) for bench.realplay's GUI environments (missing:$missing)"
+  # shellcheck disable=SC2086  # one word per package
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $GUI_PACKAGES; } >/dev/null \
+    || echo "[setup] warning: the GUI environments' packages did not install; the miniwob and desktop tests will be skipped (under CI: fail)" >&2
 fi

@@ -244,3 +244,51 @@ def test_cli_writes_a_dataset_the_product_validates(tmp_path):
     check = subprocess.run([sys.executable, "-m", "lam", "validate", str(tmp_path / "minigrid")],
                            capture_output=True, text=True, timeout=120, check=False)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# ---------------------------------------------------------------------------------
+# The desktop environment (real applications under Xvfb)
+
+
+def running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("dataset", ["desktop"], indirect=True)
+def test_desktop_dataset_is_valid(dataset):
+    _, folder = dataset
+    check = subprocess.run([sys.executable, "-m", "lam", "validate", str(folder)], capture_output=True, text=True,
+                           timeout=120, check=False)
+    assert check.returncode == 0, check.stdout + check.stderr
+    with h5py.File(folder / "episode_0000.h5", "r") as f:
+        assert len(str(f.attrs["apps"]).split(",")) in (2, 3) and "python-xlib" in f.attrs["packages"]
+
+
+def test_desktop_plays_varied_actions_and_leaves_no_process():
+    env = open_env("desktop")
+    try:
+        env.reset(1)
+        first = env.processes()
+        assert len(first) >= 4  # Xvfb, Openbox and at least two applications
+        episode = play_episode(env, 3, 40, encode=False)  # a new episode: the first one's programs are gone
+        assert not [pid for pid in first if running(pid)]
+        assert len(set(episode.actions.tolist())) >= 5, [env.action_names[a] for a in episode.actions]
+        started = env.processes()
+        folder = env._root_dir
+    finally:
+        env.close()
+    assert started and not [pid for pid in started if running(pid)]
+    assert not os.path.exists(folder)
+    env.close()  # a second close does nothing
+
+
+def test_desktop_says_what_to_install(monkeypatch, tmp_path):
+    from bench.realplay.desktop_env import DesktopPlay
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no program found
+    with pytest.raises(MissingDependency, match="apt-get install xvfb openbox mousepad"):
+        DesktopPlay()

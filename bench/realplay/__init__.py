@@ -14,8 +14,11 @@ Environments (one module each; the module docstring says what the actions are an
     crafter    Crafter, 2D world under a following camera         left, right, up, down
     vizdoom    ViZDoom on Freedoom levels, first-person 3D        turn-left, turn-right, forward, backward
     miniwob    MiniWoB++ terminal page in headless Chromium (GUI) pointer up/down/left/right, click, type
-Install: `pip install -e '.[bench]'`, and for miniwob Debian's `chromium` and `chromium-driver`
-(`scripts/setup.sh` does both where it can).
+    desktop    Debian desktop applications under Xvfb (GUI:      pointer up/down/left/right, click, drag,
+               Mousepad, PCManFM, Gnumeric, xterm; Openbox)       scroll up/down, type, select-all, switch
+Install: `pip install -e '.[bench]'`, for miniwob Debian's `chromium` and `chromium-driver`, for
+desktop Debian's `xvfb openbox mousepad pcmanfm gnumeric xterm` (`scripts/setup.sh` does all of it
+where it can).
 
 Modules: `encoder` (frames -> latents, the exact recipe), `base` (the environment interface and
 list), `generate` (the player, the files, the manifest), `__main__` (the command line).

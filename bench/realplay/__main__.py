@@ -16,7 +16,8 @@ EXAMPLES = """examples:
   lam validate realplay_data/crafter                          # then train and evaluate on a folder
 
 Each environment gets OUT/ENV/episode_0000.h5, ... and OUT/ENV/manifest.json (split 0.75/0.125/0.125).
-Install: pip install -e '.[bench]'; miniwob also needs Debian's chromium and chromium-driver.
+Install: pip install -e '.[bench]'; miniwob also needs Debian's chromium and chromium-driver, desktop
+Debian's xvfb, openbox, mousepad, pcmanfm, gnumeric and xterm.
 """
 
 

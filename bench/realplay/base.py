@@ -25,6 +25,7 @@ ENVIRONMENTS = {
     "crafter": "bench.realplay.crafter_env:CrafterPlay",
     "vizdoom": "bench.realplay.vizdoom_env:DoomPlay",
     "miniwob": "bench.realplay.miniwob_env:WebPlay",
+    "desktop": "bench.realplay.desktop_env:DesktopPlay",
 }
 PIP_HINT = "pip install -e '.[bench]'"
 
