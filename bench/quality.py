@@ -359,7 +359,8 @@ def table(report: dict) -> str:
         sampling = s["sampling_std"]
         commits = sorted({r.get("commit", report["machine"]["commit"]) for r in d["per_seed"]})
         spread = ", ".join(f"{k} ±{v:.3f}" for k, v in sampling.items() if v is not None)
-        notes.append(f"- {name}: {len(d['per_seed'])} seeds, {d['epochs']} epochs; sampling spread (bootstrap over test files): "
+        seeds = len(d["per_seed"])
+        notes.append(f"- {name}: {seeds} seed{'s' if seeds != 1 else ''}, {d['epochs']} epochs; sampling spread (bootstrap over test files): "
                      f"{spread}; ceilings stopped by {', '.join(s['ceiling_stopped'])}; commit {', '.join(commits)}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
