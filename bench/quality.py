@@ -54,6 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.idm import LABEL_BUDGETS, cache_path, data_fingerprint, fit_inverse_dynamics, refit_command
 from lam.config import RunConfig, apply_overrides
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.data.windows import build_window_index
@@ -244,8 +245,6 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 
     recipe, so it is fitted once and kept beside the data (fitted again when the data changed). A
     ceiling that did not stop by patience on validation did not converge: it is refused, with the
     command that fits it again."""
-    from bench.idm import cache_path, data_fingerprint, fit_inverse_dynamics, refit_command
-
     path = cache_path(data_dir, seed, label_fraction)
     result = json.loads(path.read_text()) if path.is_file() else None
     if result is not None and result.get("data_fingerprint") != data_fingerprint(manifest):
@@ -265,8 +264,6 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 
 
 def ceilings(data_dir: Path, manifest, seed: int) -> dict:
     """The full ceiling and the label-budget ceilings of one seed: {"all": ..., "0.01": ..., ...}."""
-    from bench.idm import LABEL_BUDGETS
-
     out = {"all": cached_ceiling(data_dir, manifest, seed)}
     for fraction in LABEL_BUDGETS:
         out[f"{fraction:g}"] = cached_ceiling(data_dir, manifest, seed, fraction)
@@ -342,8 +339,6 @@ def fmt(stat: dict, digits: int = 2) -> str:
 
 def table(report: dict) -> str:
     """The report as a Markdown table and its notes (what the README's results table is made of)."""
-    from bench.idm import LABEL_BUDGETS
-
     budgets = [f"{b:g}" for b in LABEL_BUDGETS]
     header = ["dataset", "test files / transitions", "chance", "frames only", "untrained", "ceiling (IDM)",
               *[f"IDM {float(b):.1%} labels" for b in budgets], "model", "gap closed beyond one frame",
