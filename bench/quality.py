@@ -87,8 +87,10 @@ def dataset_spec(name: str) -> dict:
 
     if name == "synthetic":
         return {"generator": "lam.data.synth", **SYNTHETIC, "seed": 0}
+    from bench.realplay.base import env_class
+
     return {"generator": "bench.realplay", "generator_version": GENERATOR_VERSION, "encoder_version": ENCODER_VERSION,
-            **REALPLAY, "seed": 0}
+            "env_version": env_class(name).version, **REALPLAY, "seed": 0}
 
 
 def ensure_dataset(name: str, root: Path) -> Path:
@@ -415,13 +417,19 @@ def load_earlier(path: str, recipe: str, overrides: dict) -> dict:
     return earlier
 
 
-def kept_seeds(earlier: list[tuple[str, dict]], name: str, epochs: int, seeds: int) -> list[dict]:
+def kept_seeds(earlier: list[tuple[str, dict]], name: str, epochs: int, seeds: int, spec: dict) -> list[dict]:
     """The runs of dataset `name` in the extended reports that this run keeps (seeds < `seeds`),
-    each with the commit it was measured at. A seed in two reports must be the same run there."""
+    each with the commit it was measured at. A seed in two reports must be the same run there.
+    Runs on data generated otherwise than `spec` (an environment changed since) are left out, so
+    they are run again."""
     kept: dict[int, tuple[str, dict]] = {}
     for path, report in earlier:
         d = report["datasets"].get(name)
         if d is None:
+            continue
+        if d.get("data") != spec:
+            print(f"[quality] --extend {path}: its {name} runs were on data generated as {d.get('data')}, not {spec}: "
+                  "they are run again", flush=True)
             continue
         if d["epochs"] != epochs:
             raise UserError(f"--extend {path}: {name} was trained {d['epochs']} epochs a run there, {epochs} here")
@@ -540,7 +548,7 @@ def run(args) -> int:
         step_s = seconds_per_step(probe_cfg)
         epochs = args.epochs or epochs_for(probe_cfg, args.minutes, step_s)
         print(f"[quality] {name}: {epochs} epochs per run ({step_s:.2f} s a step of batch {probe_cfg.train.batch_size})", flush=True)
-        per_seed = kept_seeds(earlier, name, epochs, args.seeds)
+        per_seed = kept_seeds(earlier, name, epochs, args.seeds, dataset_spec(name))
         for seed in sorted(set(range(args.seeds)) - {r["seed"] for r in per_seed}):
             fitted = ceilings(data_dir, manifest, seed)  # first: a ceiling that is refused stops the run before training
             print(f"[quality] {name}, seed {seed}: floor (untrained)", flush=True)
@@ -558,7 +566,7 @@ def run(args) -> int:
                   f"ids {ours['action_ids_used']}", flush=True)
         per_seed.sort(key=lambda r: r["seed"])
         stamp = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
-        report["datasets"][name] = {"epochs": epochs, "seconds_per_step": step_s, "test_files": size["files"],
+        report["datasets"][name] = {"data": dataset_spec(name), "epochs": epochs, "seconds_per_step": step_s, "test_files": size["files"],
                                     "generation_seconds": stamp.get("generation_seconds"), "per_seed": per_seed,
                                     "summary": summarise(per_seed)}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # after every dataset: a long run keeps what it has

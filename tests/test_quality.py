@@ -154,6 +154,42 @@ def test_rows_scored_on_different_transitions_are_an_error():
         check_same_transitions("crafter", half)
 
 
+def test_a_changed_environment_regenerates_only_its_own_dataset(monkeypatch):
+    from bench.quality import dataset_spec
+    from bench.realplay.crafter_env import CrafterPlay
+
+    crafter, minigrid = dataset_spec("crafter"), dataset_spec("minigrid")
+    monkeypatch.setattr(CrafterPlay, "version", CrafterPlay.version + 1)
+    assert dataset_spec("crafter") != crafter
+    assert dataset_spec("minigrid") == minigrid
+
+
+def test_extended_runs_are_kept_only_on_data_generated_the_same_way(capsys):
+    from bench.quality import dataset_spec, kept_seeds
+    from lam.errors import UserError
+
+    spec = dataset_spec("crafter")
+    older = dict(spec, env_version=spec["env_version"] - 1)  # the environment changed since that report
+
+    def report(commit, data, seeds):
+        runs = [{"seed": s, "ours": {"probe_accuracy": 0.5 + s / 10}} for s in seeds]
+        return {"machine": {"commit": commit}, "datasets": {"crafter": {"data": data, "epochs": 4, "per_seed": runs}}}
+
+    same = ("same.json", report("a", spec, [0, 1]))
+    stale = ("stale.json", report("b", older, [2]))
+    kept = kept_seeds([same, stale], "crafter", epochs=4, seeds=3, spec=spec)
+    assert sorted(r["seed"] for r in kept) == [0, 1]  # seed 2 is run again on the current data
+    assert all(r["commit"] == "a" for r in kept)
+    assert "stale.json: its crafter runs were on data generated as" in capsys.readouterr().out
+    assert [r["seed"] for r in kept_seeds([same], "crafter", epochs=4, seeds=1, spec=spec)] == [0]
+    with pytest.raises(UserError, match="trained 4 epochs a run there, 8 here"):
+        kept_seeds([same], "crafter", epochs=8, seeds=3, spec=spec)
+    other = ("other.json", report("c", spec, [1]))
+    other[1]["datasets"]["crafter"]["per_seed"][0]["ours"]["probe_accuracy"] = 0.9
+    with pytest.raises(UserError, match="seed 1 differs from the run of that seed"):
+        kept_seeds([same, other], "crafter", epochs=4, seeds=3, spec=spec)
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     from bench.quality import main
 

@@ -26,7 +26,7 @@ from lam.data.manifest import load_manifest
 
 ENVS = list(ENVIRONMENTS)
 EPISODES, CHUNKS, SEED = 2, 2, 0
-REQUIRED_ATTRS = ("generator", "env", "action_names", "seed", "episode", "frames_per_latent", "encoder",
+REQUIRED_ATTRS = ("generator", "env", "env_version", "action_names", "seed", "episode", "frames_per_latent", "encoder",
                   "encoder_version", "latent_mean", "latent_std")
 
 

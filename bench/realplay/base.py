@@ -44,6 +44,7 @@ class PlayEnv:
     packages: tuple[str, ...] = ()  # distributions whose versions the files record
     burn_in: int = 0  # each episode starts after 0..burn_in-1 latent frames of unrecorded play
     hold_prob: float | None = None  # the player's probability of keeping an action; None: the generator's default
+    version: int = 1  # bump when this environment's play or look changes: the same seed gives other data
 
     def reset(self, seed: int) -> None:
         """Start a new episode; everything that follows is a function of `seed` and the actions."""
@@ -101,9 +102,15 @@ def repeat(frame: np.ndarray, times: int = 4) -> np.ndarray:
     return np.repeat(frame[None], times, axis=0)
 
 
-def make_env(name: str) -> PlayEnv:
-    """A new environment by name; ValueError for an unknown name, MissingDependency when not installed."""
+def env_class(name: str) -> type[PlayEnv]:
+    """An environment's class by name, without starting it (its simulator is imported when it is made);
+    ValueError for an unknown name."""
     if name not in ENVIRONMENTS:
         raise ValueError(f"unknown environment '{name}'; choose from: {', '.join(ENVIRONMENTS)}")
     module, cls = ENVIRONMENTS[name].split(":")
-    return getattr(importlib.import_module(module), cls)()
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_env(name: str) -> PlayEnv:
+    """A new environment by name; ValueError for an unknown name, MissingDependency when not installed."""
+    return env_class(name)()

@@ -11,7 +11,7 @@ Files (the product's data contract, README "Data format"), `OUT/<env>/episode_00
     latents  float16 [N, 16, 2, 64, 64], HDF5-chunked one chunk row at a time; z[2k + j] = latents[k, :, j]
     actions  int64 [N, 2]: actions[k, j] is the action held during latent frame 2k + j, i.e. during the
              4 video frames encoded into it (so it caused the change z[t-1] -> z[t])
-    attrs    generator, generator_version, env, env_description, frames, action_names, num_actions,
+    attrs    generator, generator_version, env, env_version, env_description, frames, action_names, num_actions,
              seed, dataset_seed, episode, frames_per_latent, hold_prob, burn_in_frames, encoder,
              encoder_version, latent_mean, latent_std, packages, actions_semantics, and what the
              environment adds (vizdoom: map, restarts)
@@ -111,6 +111,7 @@ def write_episode(path: pathlib.Path, env: PlayEnv, episode: Episode, *, seed: i
                 generator="bench.realplay",
                 generator_version=GENERATOR_VERSION,
                 env=env.name,
+                env_version=int(env.version),
                 env_description=env.description,
                 frames=env.frames_note,
                 action_names=list(env.action_names),
