@@ -11,7 +11,7 @@ into latents with a fixed encoder and writes files the product reads (`lam valid
 
 Environments (one module each; the module docstring says what the actions are and why):
     minigrid   MiniGrid FourRooms, top-down grid world           turn-left, turn-right, forward
-    crafter    Crafter, 2D world under a following camera         noop, left, right, up, down, do, place_stone
+    crafter    Crafter, 2D world under a following camera         noop, left, right, up, down, do
     vizdoom    ViZDoom on Freedoom levels, first-person 3D        turn-left, turn-right, forward, backward
     miniwob    MiniWoB++ terminal page in headless Chromium (GUI) pointer up/down/left/right, click, type
     desktop    Debian desktop applications under Xvfb (GUI:      pointer up/down/left/right, click, drag,

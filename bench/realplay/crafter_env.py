@@ -10,41 +10,45 @@ Crafter's day-night cycle is held at full daylight: at night zombies crowd round
 does not fight back and wall it in, and night frames are dark and overlaid with random noise.
 
 No single frame gives the action away. Crafter draws the player facing its last move and counts
-in the inventory row what a "do" or a "place" just collected or used, so one frame would tell most
-actions; here the player is drawn with Crafter's facing-free sprite (`player.png`) and the
-inventory rows are left black (the world is still drawn in full; only the two rows below it are
-blank).
+in the inventory row what a "do" just collected, so one frame would tell most actions; here the
+player is drawn with Crafter's facing-free sprite (`player.png`) and the inventory rows are left
+black (the world is still drawn in full; only the two rows below it are blank).
 
 Actions (id: name, Crafter's action)
-    0 noop         nothing; the world goes on (cows wander)
-    1 left         the player walks one tile a step and the view scrolls; a move into a tile
-    2 right        the player cannot enter (water, tree, stone, a creature) changes nothing on
-    3 up           screen, since the facing is not drawn: those moves are played, as a person
-    4 down         bumping into a wall would
-    5 do           interact with the tile in front: mine stone (the player carries a wood
-                   pickaxe; the stone becomes path), hit a cow or a zombie, drink, collect wood
-                   or a sapling (invisible: the inventory is not drawn)
-    6 place_stone  a stone in front, on grass, sand, path, water or lava (the player always has
-                   stone); elsewhere nothing
-So several actions are local (a tile in front of the player changes, or nothing does), as
-clicks and key presses are in screen video. Only a move into lava is never chosen
-(`blocked`): it would kill. The player draws a new action every latent frame (`hold_prob` 0)
-instead of holding one for a few: a held move into an obstacle keeps the player pressed against
-it, and the frame would show on which side.
+    0 noop    nothing; the world goes on (cows wander)
+    1 left    the player walks one tile and the view scrolls by one tile; a move into a tile the
+    2 right   player cannot enter (water, tree, stone, a creature) changes nothing on screen,
+    3 up      since the facing is not drawn: those moves are played, as a person bumping into a
+    4 down    wall would
+    5 do      interact with the tile in front: mine stone (the player carries a wood pickaxe; the
+              stone becomes path), hit a cow or a zombie, drink, collect wood or a sapling
+              (invisible: the inventory is not drawn)
+So two actions are local (a tile in front of the player changes, or nothing does), as clicks and
+key presses are in screen video. Only a move into lava is never chosen (`blocked`): it would kill.
 
-The player cannot die: before every step its health, food, drink and energy are set back to 9,
-and its stone to 9; a random player is otherwise killed by zombies or thirst within a few
-hundred steps, after which Crafter's world goes on around a dead player; this way an episode is
-one continuous stretch of play.
+What else would show in one frame, and so is left out (measured by the frames-only row of
+`python -m bench.quality`; docs/RESULTS.md):
+  - Crafter's "place" actions: a stone (or table, plant) placed in front stays there, and a frame
+    with a fresh stone beside the player tells "place" at a glance.
+  - several steps per latent frame: a move stops at the first obstacle, so after a 4-tile move
+    the player stands pressed against one on the side it moved to, which a frame shows.
+  - held actions (`hold_prob` 0: a new action every latent frame): a held move into an obstacle
+    keeps the player pressed against it.
+What remains is physical: the tile a player just left is one it could stand on, so an obstacle
+beside it in the next frame says it did not come from that side.
+
+The player cannot die: before every step its health, food, drink and energy are set back to 9; a
+random player is otherwise killed by zombies or thirst within a few hundred steps, after which
+Crafter's world goes on around a dead player; this way an episode is one continuous stretch of
+play.
 
 Determinism: Crafter keeps creatures in sets whose order changes from run to run; they are
 replaced by insertion-ordered ones (`InsertionOrderedSet`), so the same seed gives the same play.
 
-Frames: Crafter runs in steps; a latent frame is 4 steps of the held action (a held key moves
-the player, and the view, 4 tiles), recorded as the screen after the 4th step held for the 4
-video frames, like a screen recorder that captures twice a second. Recording each step instead
-would make the latent frame, the mean of its 4 video frames, a motion blur along the axis of the
-move: one frame would tell a move from a non-move and its axis.
+Frames: Crafter runs in steps; a latent frame is one step, recorded as the screen after it held
+for the 4 video frames, like a screen recorder that captures twice a second. Recording a step per
+video frame instead would make the latent frame, the mean of its 4 video frames, a motion blur
+along the axis of the move: one frame would tell a move from a non-move and its axis.
 """
 
 from __future__ import annotations
@@ -55,10 +59,10 @@ import numpy as np
 
 from bench.realplay.base import PlayEnv, repeat, require
 
-ACTION_NAMES = ("noop", "left", "right", "up", "down", "do", "place_stone")
+ACTION_NAMES = ("noop", "left", "right", "up", "down", "do")
 CRAFTER_NAMES = {"left": "move_left", "right": "move_right", "up": "move_up", "down": "move_down"}
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
-KEPT_FULL = {"health": 9, "food": 9, "drink": 9, "energy": 9, "stone": 9, "wood_pickaxe": 1}
+KEPT_FULL = {"health": 9, "food": 9, "drink": 9, "energy": 9, "wood_pickaxe": 1}
 
 
 class InsertionOrderedSet(dict):
@@ -82,14 +86,15 @@ class CrafterPlay(PlayEnv):
     description = (
         "Crafter (64x64-tile world from the seed) rendered at 512x512: a 9x7-tile camera that follows the player, "
         "drawn without its facing, and two black rows where the inventory would be; actions noop, left, right, up, "
-        "down, do, place_stone (moves into blocked tiles are played; moves into lava are never chosen); always "
-        "daylight; cows and zombies move on their own; the player cannot die and always has stone and a wood pickaxe"
+        "down, do (moves into blocked tiles are played; moves into lava are never chosen); one Crafter step per "
+        "latent frame; always daylight; cows and zombies move on their own; the player cannot die and carries a wood pickaxe"
     )
-    frames_note = "the held action for 4 Crafter steps per latent frame; the screen after the 4th step, held for the 4 frames"
+    frames_note = "one Crafter step per latent frame; the screen after it, held for the 4 frames"
     packages = ("crafter",)
-    steps_per_latent = 4
+    version = 2  # 2: one step per latent frame, no place_stone
+    steps_per_latent = 1
     # A new action every latent frame: a held move presses the player against whatever stopped it,
-    # so the obstacle on that side and the stones placed facing it would tell the action in one frame.
+    # so the obstacle on that side would tell the action in one frame.
     hold_prob = 0.0
 
     def __init__(self):
@@ -131,14 +136,12 @@ class CrafterPlay(PlayEnv):
         return material == "lava"
 
     def shows(self, action: int) -> bool:
-        """Whether `action` surely changes the screen now: a move into a free tile, a stone placed
-        on an empty tile that takes one, a "do" that mines stone (the rest may change nothing)."""
+        """Whether `action` surely changes the screen now: a move into a free tile, a "do" that
+        mines stone (the rest may change nothing)."""
         name = self.action_names[action]
         if name in DIRECTIONS:
             return self._env._player.is_free(self._target(DIRECTIONS[name]), self._crafter.constants.walkable)
         material, obj = self._env._world[self._target(self._env._player.facing)]
-        if name == "place_stone":
-            return obj is None and material in self._crafter.constants.place["stone"]["where"]
         return name == "do" and obj is None and material == "stone"
 
     def play(self, action: int) -> np.ndarray:

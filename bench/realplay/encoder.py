@@ -32,8 +32,9 @@ The constants were measured once per environment with
 `bench.realplay.generate.measure_channel_stats(env, episodes=4, chunks=32, seed=1000)` (seeds
 that the default datasets do not use) and written below; they are part of the encoder, not
 of a dataset, so files of one environment are comparable whatever their seed. A file records
-the constants it was written with (attrs `latent_mean`, `latent_std`). Measure again and bump
-ENCODER_VERSION when an environment's look changes.
+the constants it was written with (attrs `latent_mean`, `latent_std`). When an environment's
+play or look changes, measure its constants again along with its `version` (which regenerates
+only its datasets); bump ENCODER_VERSION when the encoder itself changes.
 
 Cost: under 10 ms for 4 frames of 512x512 on one core (a mean, a reshape and one 4096x192 by 192x16
 matrix product).
@@ -76,9 +77,9 @@ NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
         (-9.5074, -0.0008, 0.0015, 0.0046, 0.0002, 0.0009, -0.0055, 0.0002, 0.0003, -0.0054, 0.0051, -0.0, 0.0001, 0.0316, 0.002, 0.0012),
         (4.7366, 1.0322, 1.0326, 0.6769, 0.1487, 0.6741, 0.6424, 0.0893, 0.0896, 0.6428, 0.1549, 0.0633, 0.0635, 0.603, 0.1624, 0.1427),
     ),
-    "crafter": (
-        (-7.4654, -0.0274, -0.0211, 0.0229, 0.0019, -0.0301, 0.0093, 0.0038, 0.0061, 0.006, -0.0743, -0.0162, -0.0072, 4.2268, -0.0492, 0.0051),
-        (4.447, 0.8881, 0.9434, 0.3963, 0.3229, 0.4021, 0.3389, 0.2279, 0.2541, 0.3564, 2.0193, 0.3648, 0.3494, 3.5054, 0.6707, 0.6153),
+    "crafter": (  # measured on CrafterPlay version 2
+        (-7.9376, -0.0294, -0.0168, 0.0201, 0.0039, -0.0314, 0.0086, 0.0054, 0.0066, 0.006, -0.0526, -0.0186, -0.0071, 4.6938, -0.0533, 0.0026),
+        (3.8569, 0.8303, 0.8136, 0.3602, 0.2955, 0.3937, 0.322, 0.2103, 0.2338, 0.3089, 1.7693, 0.3637, 0.3219, 3.4461, 0.6686, 0.6165),
     ),
     "vizdoom": (
         (-9.5388, -0.0013, -0.0049, -0.0013, -0.0002, 0.001, -0.0002, -0.0002, 0.0, 0.0003, 0.4339, -0.0, -0.0, 0.0807, -0.0, 0.0003),
