@@ -443,15 +443,15 @@ def kept_seeds(earlier: list[tuple[str, dict]], name: str, epochs: int, seeds: i
     return [run for _, run in kept.values()]
 
 
-def unlisted_datasets(earlier: list[tuple[str, dict]], listed: list[str]) -> dict:
-    """The datasets of the extended reports that this run does not list, kept as they were; one that
-    two reports hold must be listed, so that its seeds are merged."""
+def carried_datasets(earlier: list[tuple[str, dict]], listed: list[str]) -> dict:
+    """The datasets of the extended reports as they were, where the new report starts from: an
+    unlisted one stays so, a listed one until this run has merged its seeds (so a run stopped
+    half-way still holds every dataset). An unlisted one that two reports hold must be listed,
+    so that its seeds are merged."""
     kept: dict[str, tuple[str, dict]] = {}
     for path, report in earlier:
         for name, d in report["datasets"].items():
-            if name in listed:
-                continue
-            if name in kept and kept[name][1] != d:
+            if name in kept and kept[name][1] != d and name not in listed:
                 raise UserError(f"--extend {path}: {name} is also in {kept[name][0]}; list it in --datasets to merge its seeds")
             kept.setdefault(name, (path, d))
     return {name: d for name, (_, d) in kept.items()}
@@ -535,7 +535,7 @@ def run(args) -> int:
     earlier = [(path, load_earlier(path, args.recipe, overrides)) for path in args.extend]
     if earlier:
         report["extends"] = [{"report": path, "commit": e["machine"]["commit"]} for path, e in earlier]
-        report["datasets"] = unlisted_datasets(earlier, datasets)
+        report["datasets"] = carried_datasets(earlier, datasets)
     for name in datasets:
         data_dir = ensure_dataset(name, root)
         manifest = load_manifest(data_dir / "manifest.json", data_dir)

@@ -190,6 +190,19 @@ def test_extended_runs_are_kept_only_on_data_generated_the_same_way(capsys):
         kept_seeds([same, other], "crafter", epochs=4, seeds=3, spec=spec)
 
 
+def test_an_extended_report_carries_every_dataset_until_it_is_merged():
+    from bench.quality import carried_datasets
+    from lam.errors import UserError
+
+    a = ("a.json", {"datasets": {"synthetic": {"per_seed": [0]}, "crafter": {"per_seed": [0]}}})
+    b = ("b.json", {"datasets": {"synthetic": {"per_seed": [1]}}})
+    # Listed or not, every dataset starts as it was: a run stopped before reaching one keeps it.
+    assert carried_datasets([a, b], ["synthetic"]) == {"synthetic": {"per_seed": [0]}, "crafter": {"per_seed": [0]}}
+    assert carried_datasets([a], ["synthetic", "crafter"]) == a[1]["datasets"]
+    with pytest.raises(UserError, match="synthetic is also in a.json; list it in --datasets"):
+        carried_datasets([a, b], ["crafter"])
+
+
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     from bench.quality import main
 
