@@ -250,7 +250,7 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 
     path = cache_path(data_dir, seed, label_fraction)
     result = json.loads(path.read_text()) if path.is_file() else None
     if result is not None and result.get("data_fingerprint") != data_fingerprint(manifest):
-        print(f"[quality] {path} was fitted on other data or by an older version: fitting it again", flush=True)
+        print(f"[quality] {path} was fitted on other data: fitting it again", flush=True)
         result = None
     if result is None:
         budget = "all" if label_fraction >= 1.0 else f"{label_fraction:.1%} of the"
@@ -537,6 +537,7 @@ def run(args) -> int:
         report["extends"] = [{"report": path, "commit": e["machine"]["commit"]} for path, e in earlier]
         report["datasets"] = carried_datasets(earlier, datasets)
     for name in datasets:
+        spec = dataset_spec(name)
         data_dir = ensure_dataset(name, root)
         manifest = load_manifest(data_dir / "manifest.json", data_dir)
         size = split_size(manifest)
@@ -548,7 +549,7 @@ def run(args) -> int:
         step_s = seconds_per_step(probe_cfg)
         epochs = args.epochs or epochs_for(probe_cfg, args.minutes, step_s)
         print(f"[quality] {name}: {epochs} epochs per run ({step_s:.2f} s a step of batch {probe_cfg.train.batch_size})", flush=True)
-        per_seed = kept_seeds(earlier, name, epochs, args.seeds, dataset_spec(name))
+        per_seed = kept_seeds(earlier, name, epochs, args.seeds, spec)
         for seed in sorted(set(range(args.seeds)) - {r["seed"] for r in per_seed}):
             fitted = ceilings(data_dir, manifest, seed)  # first: a ceiling that is refused stops the run before training
             print(f"[quality] {name}, seed {seed}: floor (untrained)", flush=True)
@@ -566,7 +567,7 @@ def run(args) -> int:
                   f"ids {ours['action_ids_used']}", flush=True)
         per_seed.sort(key=lambda r: r["seed"])
         stamp = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
-        report["datasets"][name] = {"data": dataset_spec(name), "epochs": epochs, "seconds_per_step": step_s, "test_files": size["files"],
+        report["datasets"][name] = {"data": spec, "epochs": epochs, "seconds_per_step": step_s, "test_files": size["files"],
                                     "generation_seconds": stamp.get("generation_seconds"), "per_seed": per_seed,
                                     "summary": summarise(per_seed)}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # after every dataset: a long run keeps what it has
