@@ -1,12 +1,14 @@
 """The ceiling of action quality: an inverse-dynamics model trained *with* the true actions.
 
 A small CNN reads one transition, the latent frames z[t-1] and z[t] and their difference,
-and predicts the true action held during frame t. It is trained on the train split's
-transitions (all of them, or a label budget: a fraction of them spread over every train
-file), stops by patience on the val split's accuracy (never by a clock), and is scored on
-*every* transition of the test split, once each: the same transitions, in the same files,
-that `lam eval` scores the latent action model's probes on (they are cross-fitted over
-folds of those files, so they too score every test transition). What it reaches is what
+and predicts the true action held during frame t (`InverseDynamics`: attention pooling beside
+the mean, so that a small change such as a pointer's move counts). It is trained on the train
+split's transitions (all of them, or a label budget: a fraction of them spread over every
+train file), each moved by a random offset of a few latent pixels (`shifted`), stops by
+patience on the val split's accuracy (never by a clock), and is scored on *every* transition
+of the test split, once each: the same transitions, in the same files, that `lam eval`
+scores the latent action model's probes on (they are cross-fitted over folds of those
+files, so they too score every test transition). What it reaches is what
 these latents allow a supervised model of this size to know about the actions; an
 unsupervised model's probe accuracy is read between its floor and this.
 
@@ -24,6 +26,7 @@ learn, and `bench.quality` refuses such a ceiling, naming the command that refit
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import sys
@@ -40,6 +43,10 @@ from lam.eval.metrics import bootstrap_std
 
 MAX_STEPS = 30_000  # a safety limit, far above where patience stops a fit on the yardstick's data
 LABEL_BUDGETS = (0.01, 0.025, 0.10)  # fractions of the train transitions for the label-budget ceilings
+# Recorded with every fit: a ceiling fitted by another version of the model is fitted again.
+# 1: mean pooling, no augmentation. 2: attention pooling beside the mean, random shifts in training.
+IDM_VERSION = 2
+SHIFT = 4  # latent pixels a training pair may be moved each way
 
 
 def transitions(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -80,19 +87,33 @@ def label_budget(files: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 
 def data_fingerprint(manifest: Manifest) -> str:
-    """A short hash of the split (files per split) and of each file's size and modification time:
-    a cached ceiling of other data is fitted again."""
+    """A short hash of the split (files per split) and of every file's latents and actions: the same
+    data, regenerated on another machine, has the same fingerprint, so a ceiling fitted on it (kept
+    in a report) need not be fitted again; a cached ceiling of other data is."""
+    files = [(split, rel) for split in ("train", "val", "test") for rel in manifest.split_files(split)]
+    stats = tuple((rel, (Path(manifest.data_dir) / rel).stat().st_size, (Path(manifest.data_dir) / rel).stat().st_mtime_ns)
+                  for _, rel in files)
+    return _content_hash(str(manifest.data_dir), manifest.dataset_key, tuple(files), stats)
+
+
+@functools.lru_cache(maxsize=16)
+def _content_hash(data_dir: str, key: str, files: tuple, stats: tuple) -> str:
+    """`stats` (sizes, modification times) only key the cache: a rewritten file is hashed again."""
     h = hashlib.sha256()
-    for split in ("train", "val", "test"):
-        for rel in manifest.split_files(split):
-            stat = (Path(manifest.data_dir) / rel).stat()
-            h.update(f"{split}:{rel}:{stat.st_size}:{int(stat.st_mtime)}\n".encode())
+    for split, rel in files:
+        h.update(f"{split}:{rel}\n".encode())
+        with h5py.File(Path(data_dir) / rel, "r") as f:
+            for name in (key, "actions"):
+                if name in f:
+                    h.update(np.ascontiguousarray(f[name][()]).tobytes())
     return h.hexdigest()[:16]
 
 
 class InverseDynamics(nn.Module):
-    """(z[t-1], z[t]) -> action logits: three strided convolutions over the two frames and
-    their difference, global average pooling, a linear layer."""
+    """(z[t-1], z[t]) -> action logits: three strided convolutions over the two frames and their
+    difference, then two poolings side by side: the mean over the picture, and a mean weighted
+    by a learned score of every place (attention pooling), so that a small change (a pointer that
+    moved a few pixels) is not averaged away by the rest of the picture; a linear layer."""
 
     def __init__(self, channels: int, num_actions: int, width: int = 32):
         super().__init__()
@@ -100,12 +121,26 @@ class InverseDynamics(nn.Module):
             nn.Conv2d(3 * channels, width, 4, stride=2, padding=1), nn.GELU(),  # 64 -> 32
             nn.Conv2d(width, width, 4, stride=2, padding=1), nn.GELU(),  # -> 16
             nn.Conv2d(width, width, 4, stride=2, padding=1), nn.GELU(),  # -> 8
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_actions),
         )
+        self.score = nn.Conv2d(width, 1, 1)
+        self.head = nn.Linear(2 * width, num_actions)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         prev, nxt = pairs[:, 0].float(), pairs[:, 1].float()  # (B, C, H, W)
-        return self.net(torch.cat([prev, nxt, nxt - prev], dim=1))
+        features = self.net(torch.cat([prev, nxt, nxt - prev], dim=1))  # (B, width, 8, 8)
+        weights = torch.softmax(self.score(features).flatten(1), dim=1)  # (B, 64): where to look
+        features = features.flatten(2)
+        return self.head(torch.cat([(features * weights[:, None]).sum(2), features.mean(2)], dim=1))
+
+
+def shifted(pairs: torch.Tensor, rng: np.random.Generator, margin: int = SHIFT) -> torch.Tensor:
+    """Every pair moved by its own random offset of up to `margin` latent pixels each way (both
+    frames alike, edges repeated): the action does not depend on where on the picture it shows,
+    and a model that cannot place what it learned by position cannot learn a file's layout."""
+    b, _, c, h, w = pairs.shape
+    padded = nn.functional.pad(pairs.float().reshape(b, 2 * c, h, w), (margin,) * 4, mode="replicate")
+    offsets = rng.integers(0, 2 * margin + 1, size=(b, 2))
+    return torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offsets)]).reshape(b, 2, c, h, w)
 
 
 @torch.no_grad()
@@ -139,7 +174,7 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, label_fraction: floa
     for step in range(1, max_steps + 1):
         model.train()
         sel = rng.integers(0, len(train_y), size=min(batch_size, len(train_y)))
-        loss = nn.functional.cross_entropy(model(torch.from_numpy(train_x[sel])), torch.from_numpy(train_y[sel]))
+        loss = nn.functional.cross_entropy(model(shifted(torch.from_numpy(train_x[sel]), rng)), torch.from_numpy(train_y[sel]))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -167,6 +202,7 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, label_fraction: floa
         "transitions": {"train": len(train_y), "val": len(val_y), "test": len(test_y)},
         "train_files": int(np.unique(train_files).size),
         "data_fingerprint": data_fingerprint(manifest),
+        "idm_version": IDM_VERSION,
         "seconds": time.time() - start,
     }
 

@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.idm import LABEL_BUDGETS, cache_path, data_fingerprint, fit_inverse_dynamics, refit_command
+from bench.idm import IDM_VERSION, LABEL_BUDGETS, cache_path, data_fingerprint, fit_inverse_dynamics, refit_command
 from lam.config import RunConfig, apply_overrides
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.data.windows import build_window_index
@@ -242,16 +242,32 @@ def trained(cfg: RunConfig, epochs: int, run_name: str) -> dict:
     return result
 
 
-def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 1.0) -> dict:
+def stale(ceiling: dict, fingerprint: str) -> str | None:
+    """Why a fitted ceiling cannot be read as this data's ceiling (None: it can)."""
+    if ceiling.get("data_fingerprint") != fingerprint:
+        return "was fitted on other data"
+    version = ceiling.get("idm_version", 1)
+    if version != IDM_VERSION:
+        return f"was fitted by inverse-dynamics model version {version}, not {IDM_VERSION}"
+    return None
+
+
+def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 1.0, kept: dict | None = None) -> dict:
     """The inverse-dynamics ceiling of a dataset, seed and label budget. It does not depend on the
-    recipe, so it is fitted once and kept beside the data (fitted again when the data changed). A
-    ceiling that did not stop by patience on validation did not converge: it is refused, with the
-    command that fits it again."""
+    recipe, so it is fitted once and kept beside the data (fitted again when the data or the model
+    changed). `kept`: the same ceiling as an earlier report holds it; when it was fitted on the same
+    data (the same content, generated on any machine) by the same model, it is used and cached
+    instead of being fitted again. A ceiling that did not stop by patience on validation did not
+    converge: it is refused, with the command that fits it again."""
     path = cache_path(data_dir, seed, label_fraction)
+    fingerprint = data_fingerprint(manifest)
     result = json.loads(path.read_text()) if path.is_file() else None
-    if result is not None and result.get("data_fingerprint") != data_fingerprint(manifest):
-        print(f"[quality] {path} was fitted on other data: fitting it again", flush=True)
+    if result is not None and (why := stale(result, fingerprint)):
+        print(f"[quality] {path} {why}: fitting it again", flush=True)
         result = None
+    if result is None and kept is not None and stale(kept, fingerprint) is None:
+        result = kept
+        path.write_text(json.dumps(result, indent=2) + "\n")
     if result is None:
         budget = "all" if label_fraction >= 1.0 else f"{label_fraction:.1%} of the"
         print(f"[quality] {data_dir.name}, seed {seed}: fitting the ceiling (inverse dynamics with {budget} train labels)", flush=True)
@@ -264,11 +280,13 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 
     return result
 
 
-def ceilings(data_dir: Path, manifest, seed: int) -> dict:
-    """The full ceiling and the label-budget ceilings of one seed: {"all": ..., "0.01": ..., ...}."""
-    out = {"all": cached_ceiling(data_dir, manifest, seed)}
+def ceilings(data_dir: Path, manifest, seed: int, kept: dict | None = None) -> dict:
+    """The full ceiling and the label-budget ceilings of one seed: {"all": ..., "0.01": ..., ...}.
+    `kept`: an earlier report's ceilings of that seed, used where still current (`cached_ceiling`)."""
+    kept = kept or {}
+    out = {"all": cached_ceiling(data_dir, manifest, seed, kept=kept.get("all"))}
     for fraction in LABEL_BUDGETS:
-        out[f"{fraction:g}"] = cached_ceiling(data_dir, manifest, seed, fraction)
+        out[f"{fraction:g}"] = cached_ceiling(data_dir, manifest, seed, fraction, kept=kept.get(f"{fraction:g}"))
     return out
 
 
@@ -421,7 +439,7 @@ def kept_seeds(earlier: list[tuple[str, dict]], name: str, epochs: int, seeds: i
     """The runs of dataset `name` in the extended reports that this run keeps (seeds < `seeds`),
     each with the commit it was measured at. A seed in two reports must be the same run there.
     Runs on data generated otherwise than `spec` (an environment changed since) are left out, so
-    they are run again."""
+    they are run again. A kept run's ceilings are checked afterwards (`ceilings`)."""
     kept: dict[int, tuple[str, dict]] = {}
     for path, report in earlier:
         d = report["datasets"].get(name)
@@ -437,10 +455,15 @@ def kept_seeds(earlier: list[tuple[str, dict]], name: str, epochs: int, seeds: i
             if r["seed"] >= seeds:
                 continue
             run = {"commit": report["machine"]["commit"], **r}
-            if r["seed"] in kept and kept[r["seed"]][1] != run:
+            if r["seed"] in kept and without_ceilings(kept[r["seed"]][1]) != without_ceilings(run):
                 raise UserError(f"--extend {path}: {name} seed {r['seed']} differs from the run of that seed in {kept[r['seed']][0]}")
             kept.setdefault(r["seed"], (path, run))
     return [run for _, run in kept.values()]
+
+
+def without_ceilings(run: dict) -> dict:
+    """A run as trained and evaluated; its ceilings may have been fitted again since."""
+    return {k: v for k, v in run.items() if k != "ceilings"}
 
 
 def carried_datasets(earlier: list[tuple[str, dict]], listed: list[str]) -> dict:
@@ -550,6 +573,12 @@ def run(args) -> int:
         epochs = args.epochs or epochs_for(probe_cfg, args.minutes, step_s)
         print(f"[quality] {name}: {epochs} epochs per run ({step_s:.2f} s a step of batch {probe_cfg.train.batch_size})", flush=True)
         per_seed = kept_seeds(earlier, name, epochs, args.seeds, spec)
+        for kept in per_seed:  # a kept run is read against its seed's current ceilings
+            current = ceilings(data_dir, manifest, kept["seed"], kept=kept.get("ceilings"))
+            if current != kept.get("ceilings"):
+                print(f"[quality] {name}, seed {kept['seed']}: the kept run is read against ceilings fitted again", flush=True)
+                kept["ceilings"] = current
+            check_same_transitions(name, kept)
         for seed in sorted(set(range(args.seeds)) - {r["seed"] for r in per_seed}):
             fitted = ceilings(data_dir, manifest, seed)  # first: a ceiling that is refused stops the run before training
             print(f"[quality] {name}, seed {seed}: floor (untrained)", flush=True)

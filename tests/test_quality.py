@@ -286,3 +286,44 @@ def test_the_idm_command_fits_and_caches_a_ceiling(small_world, capsys):
     (data / "ceiling_seed3_labels0.1.json").unlink()
     assert main([str(data / "nowhere")]) == 2
     assert "no manifest" in capsys.readouterr().err
+
+
+def test_the_data_fingerprint_is_of_the_content_not_of_the_files(small_world, tmp_path):
+    import shutil
+    import time
+
+    import h5py
+
+    from bench.idm import data_fingerprint
+
+    original = load_manifest(small_world / "synthetic" / "manifest.json")
+    time.sleep(0.01)  # the copies get other modification times
+    copy = tmp_path / "synthetic"
+    shutil.copytree(small_world / "synthetic", copy)
+    manifest = load_manifest(copy / "manifest.json", copy)
+    assert data_fingerprint(manifest) == data_fingerprint(original)  # the same data generated again elsewhere
+    first = copy / manifest.split_files("test")[0]
+    with h5py.File(first, "r+") as f:
+        f["actions"][0, 0] = (f["actions"][0, 0] + 1) % 5
+    assert data_fingerprint(manifest) != data_fingerprint(original)
+
+
+def test_an_earlier_reports_ceiling_is_used_only_if_fitted_on_the_same_data_by_the_same_model(small_world, capsys):
+    from bench.idm import IDM_VERSION, cache_path, data_fingerprint
+    from bench.quality import cached_ceiling
+
+    data = small_world / "synthetic"
+    manifest = load_manifest(data / "manifest.json")
+    kept = {"test_accuracy": 0.123, "best_step": 40, "steps_run": 100, "stopped": "patience", "transitions": {"test": 45},
+            "data_fingerprint": data_fingerprint(manifest), "idm_version": IDM_VERSION}
+    path = cache_path(data, 5)
+    assert cached_ceiling(data, manifest, 5, kept=kept) == kept  # read from the report, not fitted
+    assert json.loads(path.read_text()) == kept and "fitting" not in capsys.readouterr().out  # and cached for the next run
+    path.unlink()
+    older = dict(kept, idm_version=IDM_VERSION - 1)
+    path.write_text(json.dumps(older))
+    fitted = cached_ceiling(data, manifest, 5, kept=older)
+    printed = capsys.readouterr().out
+    assert f"fitted by inverse-dynamics model version {IDM_VERSION - 1}, not {IDM_VERSION}" in printed
+    assert "fitting the ceiling" in printed and fitted["idm_version"] == IDM_VERSION and fitted["test_accuracy"] != 0.123
+    path.unlink()
