@@ -2,7 +2,7 @@
 
 A small CNN reads one transition, the latent frames z[t-1] and z[t] and their difference,
 and predicts the true action held during frame t (`InverseDynamics`: attention pooling beside
-the mean, so that a small change such as a pointer's move counts). It is trained on the train
+the mean, so that a small change is not averaged away by the rest of the picture). It is trained on the train
 split's transitions (all of them, or a label budget: a fraction of them spread over every
 train file), each moved by a random offset of a few latent pixels (`shifted`), stops by
 patience on the val split's accuracy (never by a clock), and is scored on *every* transition

@@ -45,6 +45,26 @@ def test_a_label_budget_is_spread_over_every_train_file():
     assert not np.array_equal(label_budget(files, 0.025, seed=0), label_budget(files, 0.025, seed=1))
 
 
+def test_a_training_pair_is_shifted_as_a_whole():
+    import torch
+
+    from bench.idm import shifted
+
+    pairs = torch.zeros(6, 2, 3, 16, 16)
+    pairs[:, 0, :, 7, 7] = 1.0  # a dot that moves one pixel right between the two frames
+    pairs[:, 1, :, 7, 8] = 1.0
+    moved = shifted(pairs, np.random.default_rng(0), margin=3)
+    assert moved.shape == pairs.shape
+    offsets = set()
+    for pair in moved:
+        (y0, x0), (y1, x1) = (torch.nonzero(pair[0, 0]).tolist()[0], torch.nonzero(pair[1, 0]).tolist()[0])
+        assert (y1 - y0, x1 - x0) == (0, 1)  # both frames moved alike: the motion, and so the action, is kept
+        assert abs(y0 - 7) <= 3 and abs(x0 - 7) <= 3
+        offsets.add((y0, x0))
+    assert len(offsets) > 1  # every pair its own offset
+    assert torch.equal(shifted(pairs, np.random.default_rng(0), margin=0), pairs)
+
+
 @pytest.fixture()
 def generated_world(tmp_path, monkeypatch):
     """A data root where bench.quality generates its synthetic set itself, at a tiny size: 10 files of
