@@ -375,8 +375,10 @@ def table(report: dict) -> str:
         commits = sorted({r.get("commit", report["machine"]["commit"]) for r in d["per_seed"]})
         spread = ", ".join(f"{k} ±{v:.3f}" for k, v in sampling.items() if v is not None)
         seeds = len(d["per_seed"])
+        versions = sorted({c.get("idm_version", 1) for r in d["per_seed"] for c in r["ceilings"].values()})
         notes.append(f"- {name}: {seeds} seed{'s' if seeds != 1 else ''}, {d['epochs']} epochs; sampling spread (bootstrap over test files): "
-                     f"{spread}; ceilings stopped by {', '.join(s['ceiling_stopped'])}; commit {', '.join(commits)}")
+                     f"{spread}; ceilings stopped by {', '.join(s['ceiling_stopped'])} (inverse-dynamics model version "
+                     f"{', '.join(map(str, versions))}); commit {', '.join(commits)}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", f"Recipe `{report['recipe']}`" + (f" with {report['overrides']}" if report.get("overrides") else "")

@@ -86,6 +86,7 @@ def generated_world(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, generated_world, tmp_path, capsys):
+    from bench.idm import IDM_VERSION
     from bench.quality import main
 
     data = generated_world / "synthetic"
@@ -131,7 +132,7 @@ def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, gene
     assert s["ours"]["probe_accuracy"]["std"] == 0.0  # one seed
     table = printed.split("[quality] report")[0]
     assert any(line.startswith("| synthetic | 4 / 60 |") for line in table.splitlines())  # the table's row
-    assert "gap closed beyond one frame" in table and "ceilings stopped by patience" in table
+    assert "gap closed beyond one frame" in table and f"ceilings stopped by patience (inverse-dynamics model version {IDM_VERSION})" in table
 
     # --table prints the same table from the report, and --readme puts it between the markers
     readme = tmp_path / "README.md"
@@ -143,15 +144,19 @@ def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, gene
     assert "| synthetic | 4 / 60 |" in text and f"python -m bench.quality --table {out}" in text
     assert "| synthetic | 4 / 60 |" in printed
 
-    # --extend keeps the earlier seeds below --seeds as they were, and trains none of them again
-    earlier = dict(report, datasets={"synthetic": dict(run, per_seed=[seed, dict(seed, seed=5)])})
+    # --extend keeps the earlier seeds below --seeds as they were, and trains none of them again;
+    # a kept run whose ceilings were fitted by another version of the inverse-dynamics model is read
+    # against the current ones (here from the cache beside the data)
+    older_ceilings = {k: dict(c, idm_version=IDM_VERSION - 1, test_accuracy=0.5) for k, c in seed["ceilings"].items()}
+    earlier = dict(report, datasets={"synthetic": dict(run, per_seed=[dict(seed, ceilings=older_ceilings), dict(seed, seed=5)])})
     (tmp_path / "earlier.json").write_text(json.dumps(earlier))
     extended = tmp_path / "extended.json"
     code = main(["--recipe", "tiny", "--datasets", "synthetic", "--seeds", "1", "--epochs", "1",
                  "--extend", str(tmp_path / "earlier.json"), "--data_root", str(generated_world),
                  "--workdir", str(tmp_path / "work2"), "--out", str(extended)])
     assert code == 0
-    assert "training" not in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "training" not in printed and "seed 0: the kept run is read against ceilings fitted again" in printed
     kept = json.loads(extended.read_text())
     assert kept["datasets"]["synthetic"]["per_seed"] == [seed]  # seed 5 is not among 0..0
     assert kept["datasets"]["synthetic"]["summary"] == run["summary"]
@@ -276,14 +281,14 @@ def test_id_schemes_refuse_a_discrete_bottleneck(small_world, tmp_path, capsys):
 
 
 def test_a_ceiling_that_did_not_converge_is_refused_with_the_refit_command(small_world, tmp_path):
-    from bench.idm import data_fingerprint
+    from bench.idm import IDM_VERSION, data_fingerprint
     from bench.quality import cached_ceiling
     from lam.errors import UserError
 
     data = small_world / "synthetic"
     manifest = load_manifest(data / "manifest.json")
     capped = {"test_accuracy": 0.7, "best_step": 400, "steps_run": 400, "stopped": "time", "transitions": {"test": 45},
-              "data_fingerprint": data_fingerprint(manifest)}
+              "data_fingerprint": data_fingerprint(manifest), "idm_version": IDM_VERSION}
     path = data / "ceiling_seed7.json"
     path.write_text(json.dumps(capped))
     with pytest.raises(UserError) as refused:
@@ -328,9 +333,15 @@ def test_the_data_fingerprint_is_of_the_content_not_of_the_files(small_world, tm
     assert data_fingerprint(manifest) != data_fingerprint(original)
 
 
-def test_an_earlier_reports_ceiling_is_used_only_if_fitted_on_the_same_data_by_the_same_model(small_world, capsys):
+def test_an_earlier_reports_ceiling_is_used_only_if_fitted_on_the_same_data_by_the_same_model(small_world, capsys, monkeypatch):
+    import functools
+
+    import bench.quality as quality
     from bench.idm import IDM_VERSION, cache_path, data_fingerprint
     from bench.quality import cached_ceiling
+
+    # the real fit, with checks as frequent as the other tests' so that it stops soon
+    monkeypatch.setattr(quality, "fit_inverse_dynamics", functools.partial(fit_inverse_dynamics, eval_every=10, patience=2, bootstrap=10))
 
     data = small_world / "synthetic"
     manifest = load_manifest(data / "manifest.json")
