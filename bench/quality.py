@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import fcntl
 import json
 import math
 import platform
@@ -95,7 +96,20 @@ def dataset_spec(name: str) -> dict:
 
 def ensure_dataset(name: str, root: Path) -> Path:
     """The dataset's folder with its manifest, generated on first use (and again when it was made
-    with other sizes or by an older generator). `dataset.json` records how and how long."""
+    with other sizes or by an older generator). `dataset.json` records how and how long. One
+    process at a time: another one that needs the set meanwhile waits, then uses it (without the
+    lock it would see no stamp yet and delete the files being written)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[quality] {root / name}: another process is generating it; waiting", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _ensure_dataset(name, root)
+
+
+def _ensure_dataset(name: str, root: Path) -> Path:
     data_dir = root / name
     stamp_path = data_dir / "dataset.json"
     spec = dataset_spec(name)

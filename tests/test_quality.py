@@ -167,6 +167,27 @@ def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, gene
     assert "yardstick version 1" in capsys.readouterr().err
 
 
+def test_a_dataset_is_generated_by_one_process_at_a_time(tmp_path, monkeypatch, capsys):
+    import fcntl
+    import threading
+
+    import bench.quality as quality
+
+    monkeypatch.setattr(quality, "SYNTHETIC", {"files": 4, "chunks": 2})
+    root = tmp_path / "data"
+    root.mkdir()
+    with open(root / ".synthetic.lock", "w") as held:  # another process generating the set
+        fcntl.flock(held, fcntl.LOCK_EX)
+        waiting = threading.Thread(target=quality.ensure_dataset, args=("synthetic", root))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not (root / "synthetic").exists()  # it waits, and deletes nothing
+        fcntl.flock(held, fcntl.LOCK_UN)
+    waiting.join(timeout=60)
+    assert not waiting.is_alive() and (root / "synthetic" / "dataset.json").is_file()
+    assert "another process is generating it; waiting" in capsys.readouterr().out
+
+
 def test_rows_scored_on_different_transitions_are_an_error():
     from bench.quality import check_same_transitions
     from lam.errors import UserError
