@@ -171,7 +171,7 @@ def test_a_dataset_is_generated_by_one_process_at_a_time(tmp_path, monkeypatch, 
     import fcntl
     import threading
 
-    import bench.quality as quality
+    from bench import quality
 
     monkeypatch.setattr(quality, "SYNTHETIC", {"files": 4, "chunks": 2})
     root = tmp_path / "data"
@@ -357,7 +357,7 @@ def test_the_data_fingerprint_is_of_the_content_not_of_the_files(small_world, tm
 def test_an_earlier_reports_ceiling_is_used_only_if_fitted_on_the_same_data_by_the_same_model(small_world, capsys, monkeypatch):
     import functools
 
-    import bench.quality as quality
+    from bench import quality
     from bench.idm import IDM_VERSION, cache_path, data_fingerprint
     from bench.quality import cached_ceiling
 
