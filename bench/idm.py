@@ -2,13 +2,13 @@
 
 A small CNN reads one transition, the latent frames z[t-1] and z[t] and their difference,
 and predicts the true action held during frame t (`InverseDynamics`: attention pooling beside
-the mean, so that a small change is not averaged away by the rest of the picture). It is trained on the train
-split's transitions (all of them, or a label budget: a fraction of them spread over every
-train file), each moved by a random offset of a few latent pixels (`shifted`), stops by
-patience on the val split's accuracy (never by a clock), and is scored on *every* transition
-of the test split, once each: the same transitions, in the same files, that `lam eval`
-scores the latent action model's probes on (they are cross-fitted over folds of those
-files, so they too score every test transition). What it reaches is what
+the mean, so that a small change is not averaged away by the rest of the picture). It is
+trained on the train split's transitions (all of them, or a label budget: a fraction of them
+spread over every train file), each moved by a random offset of a few latent pixels
+(`shifted`), stops by patience on the val split's accuracy (never by a clock), and is scored
+on *every* transition of the test split, once each: the same transitions, in the same files,
+that `lam eval` scores the latent action model's probes on (they are cross-fitted over folds
+of those files, so they too score every test transition). What it reaches is what
 these latents allow a supervised model of this size to know about the actions; an
 unsupervised model's probe accuracy is read between its floor and this.
 
@@ -90,10 +90,9 @@ def data_fingerprint(manifest: Manifest) -> str:
     """A short hash of the split (files per split) and of every file's latents and actions: the same
     data, regenerated on another machine, has the same fingerprint, so a ceiling fitted on it (kept
     in a report) need not be fitted again; a cached ceiling of other data is."""
-    files = [(split, rel) for split in ("train", "val", "test") for rel in manifest.split_files(split)]
-    stats = tuple((rel, (Path(manifest.data_dir) / rel).stat().st_size, (Path(manifest.data_dir) / rel).stat().st_mtime_ns)
-                  for _, rel in files)
-    return _content_hash(str(manifest.data_dir), manifest.dataset_key, tuple(files), stats)
+    files = tuple((split, rel) for split in ("train", "val", "test") for rel in manifest.split_files(split))
+    stats = tuple((stat.st_size, stat.st_mtime_ns) for stat in ((Path(manifest.data_dir) / rel).stat() for _, rel in files))
+    return _content_hash(str(manifest.data_dir), manifest.dataset_key, files, stats)
 
 
 @functools.lru_cache(maxsize=16)
@@ -205,6 +204,11 @@ def fit_inverse_dynamics(manifest: Manifest, seed: int = 0, label_fraction: floa
         "idm_version": IDM_VERSION,
         "seconds": time.time() - start,
     }
+
+
+def fitted_version(result: dict) -> int:
+    """The model version a fit was made with (fits from before versions were recorded: 1)."""
+    return int(result.get("idm_version", 1))
 
 
 def cache_path(data_dir: str | Path, seed: int, label_fraction: float = 1.0) -> Path:

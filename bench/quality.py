@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.idm import IDM_VERSION, LABEL_BUDGETS, cache_path, data_fingerprint, fit_inverse_dynamics, refit_command
+from bench.idm import IDM_VERSION, LABEL_BUDGETS, cache_path, data_fingerprint, fit_inverse_dynamics, fitted_version, refit_command
 from lam.config import RunConfig, apply_overrides
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.data.windows import build_window_index
@@ -260,7 +260,7 @@ def stale(ceiling: dict, fingerprint: str) -> str | None:
     """Why a fitted ceiling cannot be read as this data's ceiling (None: it can)."""
     if ceiling.get("data_fingerprint") != fingerprint:
         return "was fitted on other data"
-    version = ceiling.get("idm_version", 1)
+    version = fitted_version(ceiling)
     if version != IDM_VERSION:
         return f"was fitted by inverse-dynamics model version {version}, not {IDM_VERSION}"
     return None
@@ -389,7 +389,7 @@ def table(report: dict) -> str:
         commits = sorted({r.get("commit", report["machine"]["commit"]) for r in d["per_seed"]})
         spread = ", ".join(f"{k} ±{v:.3f}" for k, v in sampling.items() if v is not None)
         seeds = len(d["per_seed"])
-        versions = sorted({c.get("idm_version", 1) for r in d["per_seed"] for c in r["ceilings"].values()})
+        versions = sorted({fitted_version(c) for r in d["per_seed"] for c in r["ceilings"].values()})
         notes.append(f"- {name}: {seeds} seed{'s' if seeds != 1 else ''}, {d['epochs']} epochs; sampling spread (bootstrap over test files): "
                      f"{spread}; ceilings stopped by {', '.join(s['ceiling_stopped'])} (inverse-dynamics model version "
                      f"{', '.join(map(str, versions))}); commit {', '.join(commits)}")
