@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from lam.data.manifest import Manifest, load_manifest
+from lam.train.labels import label_budget  # the label head's labelled transitions are drawn alike
 from lam.eval.metrics import bootstrap_std
 
 MAX_STEPS = 30_000  # a safety limit, far above where patience stops a fit on the yardstick's data
@@ -66,24 +67,6 @@ def transitions(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray,
         labels.append(actions[1:])
         files.append(np.full(len(z) - 1, i, np.int64))
     return np.concatenate(pairs), np.concatenate(labels), np.concatenate(files)
-
-
-def label_budget(files: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Indices of `round(fraction * n)` transitions (at least one) spread over every file: the
-    count is dealt out to the files as evenly as possible (files in a seeded order take the
-    remainder), and each file's share is drawn at random from its transitions."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    rng = np.random.default_rng([seed, 17])
-    names = np.unique(files)
-    total = max(1, int(round(fraction * files.size)))
-    share = np.full(names.size, total // names.size)
-    share[rng.permutation(names.size)[: total % names.size]] += 1
-    chosen = []
-    for name, k in zip(names, share):
-        members = np.flatnonzero(files == name)
-        chosen.append(rng.choice(members, size=min(int(k), members.size), replace=False))
-    return np.sort(np.concatenate(chosen))
 
 
 def data_fingerprint(manifest: Manifest) -> str:

@@ -294,14 +294,22 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 
     return result
 
 
-def ceilings(data_dir: Path, manifest, seed: int, kept: dict | None = None) -> dict:
-    """The full ceiling and the label-budget ceilings of one seed: {"all": ..., "0.01": ..., ...}.
-    `kept`: an earlier report's ceilings of that seed, used where still current (`cached_ceiling`)."""
+def ceilings(data_dir: Path, manifest, seed: int, kept: dict | None = None, label_fraction: float = 0.0) -> dict:
+    """The full ceiling and the label-budget ceilings of one seed: {"all": ..., "0.01": ..., ...},
+    and that of the run's own `label_fraction` where it is not one of them (trained on the very
+    transitions the run's label head sees). `kept`: an earlier report's ceilings of that seed,
+    used where still current (`cached_ceiling`)."""
     kept = kept or {}
     out = {"all": cached_ceiling(data_dir, manifest, seed, kept=kept.get("all"))}
-    for fraction in LABEL_BUDGETS:
+    extra = (label_fraction,) if 0.0 < label_fraction < 1.0 and label_fraction not in LABEL_BUDGETS else ()
+    for fraction in sorted((*LABEL_BUDGETS, *extra)):
         out[f"{fraction:g}"] = cached_ceiling(data_dir, manifest, seed, fraction, kept=kept.get(f"{fraction:g}"))
     return out
+
+
+def budget_key(label_fraction: float) -> str:
+    """The key in a run's `ceilings` of the ceiling trained on the same labels as the run."""
+    return "all" if label_fraction >= 1.0 else f"{label_fraction:g}"
 
 
 # ----------------------------------------------------------------------------- the table
@@ -332,9 +340,11 @@ def check_same_transitions(name: str, run: dict) -> int:
     return run["test_transitions"]
 
 
-def summarise(per_seed: list[dict]) -> dict:
+def summarise(per_seed: list[dict], label_fraction: float = 0.0) -> dict:
     """Mean and std over seeds of every row, the gaps closed, and the sampling spread (the bootstrap
-    std over test files, averaged over seeds) to read the seeds' spread against."""
+    std over test files, averaged over seeds) to read the seeds' spread against. A run trained
+    with `label_fraction` of the train labels is also read against the ceiling trained on those
+    same labels ("same_labels")."""
     keys = ["probe_accuracy", "nmi", "delta_psnr", "mse_vs_copy_last", "action_ids_used"]
     budgets = list(per_seed[0]["ceilings"]) if per_seed else []
     ceiling = lambda r, b="all": r["ceilings"][b]["test_accuracy"]  # noqa: E731
@@ -362,7 +372,19 @@ def summarise(per_seed: list[dict]) -> dict:
                                                           ceiling(r)) for r in per_seed]),
         "sampling_std": {k: mean_std(v)["mean"] for k, v in sampling.items()},
         "collapsed_seeds": sum(1 for r in per_seed if r["ours"]["action_ids_used"] <= 1),
+        **({"same_labels": same_labels(per_seed, label_fraction)} if label_fraction > 0 else {}),
     }
+
+
+def same_labels(per_seed: list[dict], label_fraction: float) -> dict:
+    """A run with labels against what its labels alone give: the model's probe minus the ceiling
+    trained on the same labels, and the model's probe as a share of the full-label ceiling."""
+    key = budget_key(label_fraction)
+    ours = lambda r: r["ours"]["probe_accuracy"]  # noqa: E731
+    return {"label_fraction": label_fraction,
+            "ceiling": mean_std([r["ceilings"][key]["test_accuracy"] for r in per_seed]),
+            "model_minus_ceiling": mean_std([ours(r) - r["ceilings"][key]["test_accuracy"] for r in per_seed]),
+            "share_of_full_ceiling": mean_std([ours(r) / r["ceilings"]["all"]["test_accuracy"] for r in per_seed])}
 
 
 def fmt(stat: dict, digits: int = 2) -> str:
@@ -393,6 +415,11 @@ def table(report: dict) -> str:
         notes.append(f"- {name}: {seeds} seed{'s' if seeds != 1 else ''}, {d['epochs']} epochs; sampling spread (bootstrap over test files): "
                      f"{spread}; ceilings stopped by {', '.join(s['ceiling_stopped'])} (inverse-dynamics model version "
                      f"{', '.join(map(str, versions))}); commit {', '.join(commits)}")
+        if "same_labels" in s:
+            same = s["same_labels"]
+            notes.append(f"- {name}: trained with {same['label_fraction']:.1%} of the train labels: model - IDM on the same "
+                         f"labels ({fmt(same['ceiling'])}) = {fmt(same['model_minus_ceiling'])}; model / full-label ceiling = "
+                         f"{fmt(same['share_of_full_ceiling'])}")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
     lines += ["", f"Recipe `{report['recipe']}`" + (f" with {report['overrides']}" if report.get("overrides") else "")
@@ -567,6 +594,7 @@ def run(args) -> int:
     check = apply_overrides(recipe_config(args.recipe), overrides, source="--set")
     check.data.data_dir = "-"
     check.validate()  # a bad key or value fails here, before any data is generated
+    label_fraction = check.train.label_fraction  # a run with labels is also read against the ceiling on the same labels
     root = Path(args.data_root)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-quality-"))
     report = {"yardstick": YARDSTICK_VERSION, "date": dt.date.today().isoformat(), "machine": machine(), "recipe": args.recipe, "overrides": overrides,
@@ -590,13 +618,13 @@ def run(args) -> int:
         print(f"[quality] {name}: {epochs} epochs per run ({step_s:.2f} s a step of batch {probe_cfg.train.batch_size})", flush=True)
         per_seed = kept_seeds(earlier, name, epochs, args.seeds, spec)
         for kept in per_seed:  # a kept run is read against its seed's current ceilings
-            current = ceilings(data_dir, manifest, kept["seed"], kept=kept.get("ceilings"))
+            current = ceilings(data_dir, manifest, kept["seed"], kept=kept.get("ceilings"), label_fraction=label_fraction)
             if current != kept.get("ceilings"):
                 print(f"[quality] {name}, seed {kept['seed']}: the kept run is read against ceilings fitted again", flush=True)
                 kept["ceilings"] = current
             check_same_transitions(name, kept)
         for seed in sorted(set(range(args.seeds)) - {r["seed"] for r in per_seed}):
-            fitted = ceilings(data_dir, manifest, seed)  # first: a ceiling that is refused stops the run before training
+            fitted = ceilings(data_dir, manifest, seed, label_fraction=label_fraction)  # first: a refused ceiling stops the run before training
             print(f"[quality] {name}, seed {seed}: floor (untrained)", flush=True)
             cfg = run_config(args.recipe, overrides, data_dir, workdir / "runs", seed)
             floor = untrained(cfg, workdir / "untrained" / f"{name}-s{seed}")
@@ -614,7 +642,7 @@ def run(args) -> int:
         stamp = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
         report["datasets"][name] = {"data": spec, "epochs": epochs, "seconds_per_step": step_s, "test_files": size["files"],
                                     "generation_seconds": stamp.get("generation_seconds"), "per_seed": per_seed,
-                                    "summary": summarise(per_seed)}
+                                    "summary": summarise(per_seed, label_fraction)}
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")  # after every dataset: a long run keeps what it has
     print("")
     print(table(report))

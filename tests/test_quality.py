@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.idm import fit_inverse_dynamics, label_budget
+from bench.idm import fit_inverse_dynamics
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.data.synth import write_synthetic_dataset
 
@@ -30,19 +30,6 @@ def test_the_ceiling_converges_and_scores_every_test_transition(small_world):
     chance = 1 / 5 + 0.15  # five actions; the majority class of 45 held-out transitions stays well under this
     assert result["test_accuracy"] > chance, result
     assert result["test_accuracy_std"] > 0 and result["label_fraction"] == 1.0
-
-
-def test_a_label_budget_is_spread_over_every_train_file():
-    files = np.repeat(np.arange(30), 95)  # 30 files of 95 transitions
-    for fraction, expected in ((0.01, 28), (0.025, 71), (0.10, 285)):
-        chosen = label_budget(files, fraction, seed=0)
-        assert chosen.size == expected and np.unique(chosen).size == expected
-        per_file = np.bincount(files[chosen], minlength=30)
-        assert per_file.max() - per_file.min() <= 1  # as even as the count allows
-        if expected >= 30:
-            assert per_file.min() >= 1  # every file gives labels
-    np.testing.assert_array_equal(label_budget(files, 0.025, seed=0), label_budget(files, 0.025, seed=0))
-    assert not np.array_equal(label_budget(files, 0.025, seed=0), label_budget(files, 0.025, seed=1))
 
 
 def test_a_training_pair_is_shifted_as_a_whole():
@@ -198,6 +185,37 @@ def test_rows_scored_on_different_transitions_are_an_error():
     half = dict(run, ours={"scored_transitions": 381})  # a probe fitted on half of the test files, scored on the rest
     with pytest.raises(UserError, match="different numbers of test transitions"):
         check_same_transitions("crafter", half)
+
+
+def test_a_run_with_labels_is_read_against_the_ceiling_on_the_same_labels(monkeypatch):
+    import bench.quality as quality
+
+    fitted = []
+    monkeypatch.setattr(quality, "cached_ceiling", lambda data_dir, manifest, seed, fraction=1.0, kept=None:
+                        fitted.append(fraction) or {"test_accuracy": {1.0: 0.9, 0.01: 0.3, 0.025: 0.4, 0.05: 0.5, 0.1: 0.6}[fraction],
+                                                          "stopped": "patience", "test_accuracy_std": 0.01})
+    assert list(quality.ceilings("d", None, 0)) == ["all", "0.01", "0.025", "0.1"]
+    assert list(quality.ceilings("d", None, 0, label_fraction=0.05)) == ["all", "0.01", "0.025", "0.05", "0.1"]
+    assert list(quality.ceilings("d", None, 0, label_fraction=0.025)) == ["all", "0.01", "0.025", "0.1"]  # already one
+    assert 0.05 in fitted
+
+    def run(seed, probe):
+        return {"seed": seed, "test_transitions": 10, "ceilings": quality.ceilings("d", None, seed, label_fraction=0.05),
+                "untrained": {k: 0.2 for k in ("probe_accuracy", "nmi", "delta_psnr", "mse_vs_copy_last", "action_ids_used",
+                                               "probe_accuracy_sampling_std")},
+                "ours": {"probe_accuracy": probe, "frame_probe_accuracy": 0.25, "chance": 0.2, "nmi": 0.1, "delta_psnr": 1.0,
+                         "mse_vs_copy_last": 0.9, "action_ids_used": 9, "chance_sampling_std": 0.01,
+                         "frame_probe_accuracy_sampling_std": 0.01, "probe_accuracy_sampling_std": 0.01, "nmi_sampling_std": 0.01}}
+
+    summary = quality.summarise([run(0, 0.6), run(1, 0.4)], label_fraction=0.05)
+    same = summary["same_labels"]
+    assert same["ceiling"]["mean"] == pytest.approx(0.5) and same["model_minus_ceiling"]["mean"] == pytest.approx(0.0)
+    assert same["model_minus_ceiling"]["std"] == pytest.approx(0.1)
+    assert same["share_of_full_ceiling"]["mean"] == pytest.approx(0.5 / 0.9)
+    assert "same_labels" not in quality.summarise([run(0, 0.6)])  # unsupervised: no such row
+    report = {"recipe": "real", "overrides": {"label_fraction": 0.05}, "machine": {"commit": "abc"},
+              "datasets": {"crafter": {"epochs": 4, "test_files": 2, "per_seed": [run(0, 0.6), run(1, 0.4)], "summary": summary}}}
+    assert "crafter: trained with 5.0% of the train labels: model - IDM on the same labels (0.50 ± 0.00) = 0.00 ± 0.10" in quality.table(report)
 
 
 def test_a_changed_environment_regenerates_only_its_own_dataset(monkeypatch):

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from lam.config.options import option
-from lam.config.train import SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
+from lam.config.train import LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
 from lam.errors import UserError
 
 
@@ -212,6 +212,7 @@ class RunConfig:
             (d.sequence_length >= 2, f"sequence_length must be >= 2, got {d.sequence_length}"),
             (d.sequence_length <= self.model.max_frames, f"sequence_length {d.sequence_length} exceeds model max_frames {self.model.max_frames}"),
             (0 <= t.label_fraction <= 1, f"label_fraction must be in 0..1, got {t.label_fraction}"),
+            (t.label_schedule in LABEL_SCHEDULES, f"label_schedule must be one of {', '.join(LABEL_SCHEDULES)}, got {t.label_schedule!r}"),
             (t.batch_size >= t.num_workers, f"batch_size {t.batch_size} must be >= num_workers {t.num_workers} (it is split across workers)"),
         ]
         for ok, message in checks:

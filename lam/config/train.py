@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from lam.config.options import option
 from lam.errors import UserError
 
+# The schedules of `lam.train.schedule.label_multiplier`, named here so that the config needs no training code.
+LABEL_SCHEDULES = ("constant", "decay", "warmup")
+
 TRAINING, SCALING, OUTPUTS = "training", "scaling", "outputs and logging"
 
 
@@ -25,8 +28,11 @@ class TrainConfig:
     max_bad_windows: int = option(100, "skip a window that cannot be read (NaN/Inf, damaged chunks) with a warning; stop the run past this many ('fail' or 0: at the first)",
                                   group=TRAINING, aliases={"fail": 0})
     augment_shift: int = option(0, "roll each training window by a random offset of up to this many latent pixels, the same for all its frames (0: none)", group=TRAINING)
-    label_fraction: float = option(0.0, "opt-in, not unsupervised: the fraction of train files whose true actions train a linear head on the action vector (0: none; val and test files are never read for it)",
+    label_fraction: float = option(0.0, "opt-in, not unsupervised: the fraction of train transitions, spread over every train file, whose true actions train a linear head on the action vector (0: none; val and test files are never read for it)",
                                    group=TRAINING)
+    label_schedule: str = option("constant", "how the label head's weight changes over the run: constant | decay (from label_weight to 0, a "
+                                 "half cosine) | warmup (from 0 to label_weight over the first half)", group=TRAINING,
+                                 choices=LABEL_SCHEDULES)
     seed: int = option(0, "seed of everything a run draws: initial weights, the data order of every epoch, dropout", group=TRAINING)
     test_mode: bool = option(False, "the spec's overfit check: train on one batch, PASS when MSE < 0.01 and MAE < 0.05", group=TRAINING)
     num_workers: int = option(1, "DDP workers (processes), one GPU each with --use_gpu", group=SCALING)

@@ -170,9 +170,10 @@ class LatentActionModel(nn.Module):
         return torch.stack(preds, dim=1)
 
     # ------------------------------------------------------------- training
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LAMOutput:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None, label_scale: torch.Tensor | None = None) -> LAMOutput:
         """x: (B, T, C, H, W) window of latent frames. labels (with a label head only): (B, T-1)
-        true action of each transition, -1 where unknown; None: all unknown."""
+        true action of each transition, -1 where unknown; None: all unknown. label_scale: a
+        0-dim tensor multiplying `label_weight` (the run's label schedule); None: 1."""
         self._check_frames(x)
         cfg = self.config
         t = x.shape[1]
@@ -214,7 +215,8 @@ class LatentActionModel(nn.Module):
             metrics["moments_loss"] = moments_loss
         if self.label_head is not None:
             label_loss, label_accuracy = self._label_terms(q.quantized, labels)
-            loss = loss + cfg.label_weight * label_loss
+            weight = cfg.label_weight if label_scale is None else cfg.label_weight * label_scale
+            loss = loss + weight * label_loss
             metrics |= {"label_loss": label_loss, "label_accuracy": label_accuracy}
         metrics["loss"] = loss
         return LAMOutput(

@@ -74,7 +74,7 @@ from lam.data.h5 import LatentShape
 from lam.data.manifest import Manifest
 from lam.data.windows import WindowIndex, WindowReader, build_window_index
 from lam.errors import DataError
-from lam.train.labels import labelled_files, window_labels
+from lam.train.labels import labelled_transitions, window_labels
 
 # Windows per read task (at least): enough that per-task scheduling costs little next
 # to the reads (a 1 MB window takes ~0.5 ms), few enough that several tasks run at once.
@@ -113,10 +113,10 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 def _read_task(files: list[str], starts: list[int], rows_per_block: int, epoch: int = 0,
                ledger: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
-               labelled: frozenset[str] | None = None, **read_kwargs):
+               labelled: dict[str, np.ndarray] | None = None, **read_kwargs):
     """One read task: its windows, in order, as blocks of `rows_per_block` windows (fewer where a
-    bad window was left out); with `labelled` files (the opt-in label head), each block also
-    holds the windows' true actions, `labels` [B, T-1], -1 outside those files."""
+    bad window was left out); with `labelled` transitions (the opt-in label head), each block also
+    holds the windows' true actions, `labels` [B, T-1], -1 for the other transitions."""
     left_out: set[int] = set()  # rows of the current block
 
     def leave_out(row: int, file: str, start: int, error: DataError) -> None:
@@ -158,7 +158,7 @@ class WindowDatasource(Datasource):
 
     def __init__(self, index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
                  seed: int = 0, ledger: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
-                 labelled: frozenset[str] | None = None):
+                 labelled: dict[str, np.ndarray] | None = None):
         self.files, self.file_ids, self.starts = list(index.files), index.file_ids, index.starts
         self.shuffle, self.rows_per_block = shuffle, rows_per_block
         self.seed, self.ledger, self.max_bad_windows, self.labelled = seed, ledger, max_bad_windows, labelled
@@ -205,12 +205,12 @@ class WindowDatasource(Datasource):
 
 def window_dataset(index: WindowIndex, manifest: Manifest, shuffle: bool, rows_per_block: int,
                    seed: int = 0, ledger: ray.actor.ActorHandle | None = None, max_bad_windows: int = 0,
-                   labelled: frozenset[str] | None = None) -> ray.data.Dataset:
+                   labelled: dict[str, np.ndarray] | None = None) -> ray.data.Dataset:
     """A Ray dataset of windows in blocks of `rows_per_block`. With `shuffle`, every iteration
     reads the order of the epoch that the run's `ledger` (a `RunLedger`) shows (epoch 0
     without one). With a ledger and `max_bad_windows` > 0, windows that cannot be read are
-    reported to it and left out; otherwise the first one fails the read. With `labelled` files, blocks
-    carry the windows' true actions too (`lam.train.labels`)."""
+    reported to it and left out; otherwise the first one fails the read. With `labelled` transitions
+    ({file: target frames}), blocks carry the windows' true actions too (`lam.train.labels`)."""
     source = WindowDatasource(index, manifest, shuffle, rows_per_block, seed, ledger, max_bad_windows, labelled)
     ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks)
     # Ray Data merges a task's consecutive blocks until they pass target_max_block_size
@@ -247,9 +247,9 @@ def build_datasets(cfg: RunConfig, manifest: Manifest,
         return {"train": window_dataset(one_batch, manifest, shuffle=False, rows_per_block=n)}, {"train": n, "val": 0}
     rows_per_block = cfg.train.read_batch_size or cfg.train.batch_size // cfg.train.num_workers  # 0: one batch per block
     skipping = {"ledger": ledger, "max_bad_windows": cfg.train.max_bad_windows}
-    labelled = labelled_files(manifest, cfg.train.label_fraction, cfg.train.seed)  # train files only
+    labelled = labelled_transitions(manifest, cfg.train.label_fraction, cfg.train.seed)  # train files only
     datasets = {"train": window_dataset(train_index, manifest, shuffle=True, rows_per_block=rows_per_block,
-                                        seed=cfg.train.seed, labelled=frozenset(labelled) if labelled else None, **skipping)}
+                                        seed=cfg.train.seed, labelled=labelled or None, **skipping)}
     sizes = {"train": len(train_index), "val": 0}
     if manifest.splits.get("val"):
         val_index = build_window_index(manifest, "val", T)  # non-overlapping windows for evaluation

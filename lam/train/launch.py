@@ -93,7 +93,7 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     """
     t = cfg.train
     storage_path, run_dir, local_dir = run_dirs(cfg)
-    labelled = resolve_label_classes(cfg, manifest)  # the opt-in label head: its classes, from the data
+    labelled = resolve_label_classes(cfg, manifest)  # the opt-in label head: its transitions, its classes from the data
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
 
     init_ray(min_cpus=cpus_needed(cfg))
@@ -103,7 +103,7 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
     if verbose:
         print(f"[lam] run {t.run_name}: outputs in {run_dir}", flush=True)
         if labelled:
-            print(label_fraction_note(cfg, labelled, len(manifest.split_files("train"))), flush=True)
+            print(label_fraction_note(cfg, labelled, manifest), flush=True)
 
     trainer = TorchTrainer(
         train_loop_per_worker,

@@ -42,7 +42,7 @@ from lam.train.health import SkippedSteps, params_in_sync, report_bad_windows, s
 from lam.train.metrics import MeanTracker
 from lam.train import saving
 from lam.train.resume import load_resume_state, new_checkpoint_name
-from lam.train.schedule import lr_multiplier
+from lam.train.schedule import label_multiplier, lr_multiplier
 from lam.train.step import TrainStep
 
 
@@ -160,7 +160,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             data_wait += time.perf_counter() - wait_start
             x = batch["x"] if t.test_mode else to_device(batch)
             labels = batch["labels"].to(device, non_blocking=True) if "labels" in batch else None  # the opt-in label head
-            metrics, grad_norm, applied = train_step(x, labels)
+            label_scale = None if labels is None else torch.tensor(label_multiplier(t.label_schedule, step, total_steps), device=device)
+            metrics, grad_norm, applied = train_step(x, labels, label_scale)
             step += 1
             samples += x.shape[0] * world
             if steady_start is None:

@@ -28,13 +28,15 @@ class TrainStep:
         self.autocast, self.grad_clip, self.augment_shift = autocast, grad_clip, augment_shift
         self.buffers = list(raw_model.buffers())
 
-    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """Metrics, the pre-clip gradient norm and whether the step was applied (device tensors)."""
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+                 label_scale: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Metrics, the pre-clip gradient norm and whether the step was applied (device tensors).
+        `labels` and `label_scale` go to the model's label head (`LatentActionModel.forward`)."""
         self.model.train()
         x = shift_windows(x, self.augment_shift)
         saved = [b.detach().clone() for b in self.buffers]
         with self.autocast:
-            out = self.model(x) if labels is None else self.model(x, labels)
+            out = self.model(x) if labels is None else self.model(x, labels, label_scale)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip).detach()
