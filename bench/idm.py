@@ -39,8 +39,8 @@ import torch
 from torch import nn
 
 from lam.data.manifest import Manifest, load_manifest
-from lam.train.labels import label_budget  # the label head's labelled transitions are drawn alike
 from lam.eval.metrics import bootstrap_std
+from lam.train.labels import label_budget  # the label head's labelled transitions are drawn alike
 
 MAX_STEPS = 30_000  # a safety limit, far above where patience stops a fit on the yardstick's data
 LABEL_BUDGETS = (0.01, 0.025, 0.10)  # fractions of the train transitions for the label-budget ceilings

@@ -70,7 +70,7 @@ def test_the_label_head_sees_the_transitions_of_the_label_budget_ceiling(tmp_pat
 
     write_synthetic_dataset(tmp_path, files=8, chunks=4, seed=0)
     manifest = create_manifest(tmp_path, 0.5, 0.25, 0.25, seed=0)
-    _, actions, files = transitions(manifest, "train")
+    _, _, files = transitions(manifest, "train")
     for fraction, seed in ((0.025, 0), (0.1, 3)):
         ceiling = label_budget(files, fraction, seed)  # indices into the split's transitions, as bench.idm trains on
         chosen = labelled_transitions(manifest, fraction, seed)
@@ -78,6 +78,17 @@ def test_the_label_head_sees_the_transitions_of_the_label_budget_ceiling(tmp_pat
         per_file = [(train.index(rel), t) for rel, ts in chosen.items() for t in ts]
         first = {i: int(np.flatnonzero(files == i)[0]) for i in np.unique(files)}
         assert sorted(first[i] + t - 1 for i, t in per_file) == ceiling.tolist()
+
+
+def test_window_labels_are_the_actions_evaluation_scores(tiny_data):
+    manifest = load_manifest(tiny_data / "manifest.json")
+    a, b = manifest.splits["train"][:2]
+    labels = window_labels([a, b, a], [0, 4, 6], 4, {a: np.array([1, 2, 3, 7, 9])}, tiny_data)
+    actions = true_actions(tiny_data / a)
+    assert labels.shape == (3, 3) and labels.dtype == np.int64
+    assert labels[0].tolist() == actions[1:4].tolist()  # frames 1..3, all labelled
+    assert labels[2].tolist() == [actions[7], -1, actions[9]]  # frame 8 is not a labelled transition
+    assert labels[1].tolist() == [-1, -1, -1]  # no labelled transition in that file
 
 
 def test_the_run_config_gets_the_number_of_classes_from_the_labelled_files(tiny_data, tmp_path):

@@ -36,7 +36,8 @@ def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, 
     assert [r["epoch"] for r in records] == [1, 2, 3, 4]
     assert records[-1]["train/mse_loss"] < records[0]["train/mse_loss"]
     assert all(r["ddp/params_in_sync"] == 1.0 for r in records)  # identical parameters on both ranks
-    for key in SPEC_METRICS + ["train/rollout_loss", "train/perplexity", "train/samples_per_s", "train/label_loss", "train/label_accuracy"]:
+    for key in SPEC_METRICS + ["train/rollout_loss", "train/perplexity", "train/samples_per_s", "train/label_loss", "train/label_accuracy",
+                               "train/action_ids_used", "val/action_ids_used", "val/action_perplexity"]:
         assert key in records[-1], key
         assert math.isfinite(records[-1][key])
     assert records[-1]["train/label_loss"] > 0 and "val/label_loss" not in records[-1]  # val files lend no labels
@@ -114,6 +115,35 @@ def test_mean_tracker_weights_tensors_and_floats_and_reads_back_once():
     means = tracker.compute("train", ["loss", "usage", "absent"], torch.device("cpu"))
     assert means == pytest.approx({"train/loss": 2.0, "train/usage": 0.6, "train/absent": 0.0})
     assert MeanTracker().compute("train", ["loss"], torch.device("cpu")) == {}  # a rank that saw no batch
+
+
+def test_code_use_is_counted_over_the_epoch_not_averaged_over_batches():
+    """In-order batches (validation reads each video in order) hold few actions each; shuffled ones
+    many. Counted over the epoch, both read the same usage."""
+    import torch
+
+    from lam.model.quantize.base import count_codes, usage_and_perplexity
+    from lam.train.metrics import CodeCounter
+
+    ids = torch.arange(9).repeat_interleave(8)  # 9 actions, each held for 8 transitions
+    codes = torch.stack([ids // 3, ids % 3], dim=-1).reshape(72, 1, 2)  # K=2 codes of M=3: id = 3*c0 + c1
+    in_order, shuffled = CodeCounter(2, 3, "cpu"), CodeCounter(2, 3, "cpu")
+    per_batch = []
+    for lo in range(0, 72, 8):
+        in_order.add(codes[lo : lo + 8])
+        per_batch.append(float(usage_and_perplexity(count_codes(codes[lo : lo + 8], 2, 3))[0]))
+    perm = torch.randperm(72, generator=torch.Generator().manual_seed(0))
+    for lo in range(0, 72, 8):
+        shuffled.add(codes[perm[lo : lo + 8]])
+    assert sum(per_batch) / len(per_batch) == pytest.approx(1 / 3)  # what a mean of per-batch usage reads
+    expected = {"train/codebook_usage": 1.0, "train/perplexity": pytest.approx(3.0), "train/action_ids_used": 9,
+                "train/action_perplexity": pytest.approx(9.0)}
+    assert in_order.compute("train") == expected and shuffled.compute("train") == expected
+    skipped = CodeCounter(2, 3, "cpu")
+    skipped.add(codes[:8])
+    skipped.add(codes[8:], keep=torch.tensor(False))  # a skipped step counts for nothing
+    assert skipped.compute("val")["val/action_ids_used"] == 1
+    assert CodeCounter(2, 3, "cpu").compute("val") == {}  # nothing counted
 
 
 def test_blocks_are_whole_per_worker_batches(ray_session, tiny_data, tmp_path, monkeypatch):

@@ -39,7 +39,7 @@ from lam.eval.evaluate import evaluate_windows, split_batches, summarize
 from lam.model import LatentActionModel
 from lam.runtime.run_log import RunLogger, format_eta
 from lam.train.health import SkippedSteps, params_in_sync, report_bad_windows, state_is_finite
-from lam.train.metrics import MeanTracker
+from lam.train.metrics import CodeCounter, MeanTracker
 from lam.train import saving
 from lam.train.resume import load_resume_state, new_checkpoint_name
 from lam.train.schedule import label_multiplier, lr_multiplier
@@ -146,6 +146,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
             ray.get(ledger.set_epoch.remote(epoch))  # ray:
         epoch_start, samples = time.time(), 0
         tracker, grad_norms, skipped_before = MeanTracker(), MeanTracker(), skips.reported
+        codes = CodeCounter(cfg.model.num_codes, cfg.model.num_embeddings, device)  # the epoch's usage, not a batch's
         # Throughput bookkeeping: time spent blocked on the data iterator, and the rate after the
         # epoch's first step (which carries the pipeline's start-up and, in epoch 1, compile warm-up).
         data_wait, steady_start, steady_samples = 0.0, None, 0
@@ -169,6 +170,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 steady_start, steady_samples = time.perf_counter(), samples
             skips.add(applied)
             tracker.add(metrics, weight=x.shape[0], keep=applied)  # skipped steps stay out of the means
+            codes.add(train_step.last_indices, keep=applied)
             grad_norms.add({"grad_norm": grad_norm}, weight=1, keep=applied)  # a mean over applied steps
             if step % SkippedSteps.CHECK_EVERY == 0:
                 skips.check(step, scheduler.get_last_lr()[0], warn=rank == 0)
@@ -178,7 +180,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
                 elapsed = time.time() - epoch_start
                 rate = samples / max(elapsed, 1e-9)
                 remaining = (total_steps - step) * t.batch_size / max(rate, 1e-9)
-                logger.log({f"train/{k}": float(v) for k, v in metrics.items()} | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)}, step)
+                logger.log({step_metric_name(k): float(v) for k, v in metrics.items()} | {"train/lr": scheduler.get_last_lr()[0], "train/grad_norm": float(grad_norm)}, step)
                 print(f"[lam] epoch {epoch + 1}/{t.num_epochs} step {step}/{total_steps} loss {float(metrics['loss']):.4f} "
                       f"mse {float(metrics['mse_loss']):.4f} {rate:.1f} samples/s ETA {format_eta(remaining)}", flush=True)
             wait_start = time.perf_counter()
@@ -186,7 +188,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         loop_end = time.perf_counter()
         raw_model.after_epoch()  # e.g. the gaussian bottleneck's k-means fit, identical on every rank
 
-        record = tracker.compute("train", keys, device)
+        record = tracker.compute("train", keys, device) | codes.compute("train")
         record["train/lr"] = scheduler.get_last_lr()[0]
         skipped = skips.check(step, scheduler.get_last_lr()[0], warn=rank == 0) - skipped_before
         record["train/grad_norm"] = grad_norms.compute("train", ["grad_norm"], device).get("train/grad_norm", 0.0)
@@ -203,7 +205,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         record["ddp/params_in_sync"] = float(params_in_sync(raw_model, device))
         if val_shard is not None:
             val_keys = [k for k in keys if not k.startswith("label_")]  # val files are never read for labels
-            record |= evaluate(model, val_shard, per_worker_batch, val_keys, device, autocast, to_device)
+            record |= evaluate(model, val_shard, per_worker_batch, val_keys, device, autocast, to_device,
+                               CodeCounter(cfg.model.num_codes, cfg.model.num_embeddings, device))
         if rank == 0 and ledger is not None:
             record["data/skipped_windows"] = report_bad_windows(ray.get(ledger.take_bad_windows.remote(epoch)), epoch)  # ray:
         if t.test_mode:
@@ -250,9 +253,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
         logger.close()
 
 
+def step_metric_name(key: str) -> str:
+    """A metric's name in the records logged inside an epoch: the batch's code usage and
+    perplexity say `batch`, as they are not the epoch's (`CodeCounter`)."""
+    return f"train/batch_{key}" if key in ("codebook_usage", "perplexity") else f"train/{key}"
+
+
 @torch.no_grad()
-def evaluate(model, shard, batch_size, keys, device, autocast, to_device) -> dict:
-    """Validation metrics over this worker's shard, averaged over all ranks."""
+def evaluate(model, shard, batch_size, keys, device, autocast, to_device, codes: CodeCounter) -> dict:
+    """Validation metrics over this worker's shard, averaged over all ranks; code usage,
+    perplexity and ids used counted over the whole split (`codes`), as for training."""
     model.eval()
     tracker = MeanTracker()
     for batch in shard.iter_torch_batches(batch_size=batch_size):
@@ -260,7 +270,8 @@ def evaluate(model, shard, batch_size, keys, device, autocast, to_device) -> dic
         with autocast:
             out = model(x)
         tracker.add(out.metrics, weight=x.shape[0])
-    return tracker.compute("val", keys, device)
+        codes.add(out.indices)
+    return tracker.compute("val", keys, device) | codes.compute("val")
 
 
 @torch.no_grad()
@@ -278,15 +289,14 @@ def evaluate_batch(model, x, keys, device, autocast) -> dict:
 
 
 def action_quality(model, cfg: RunConfig, manifest, device, max_windows: int = 64) -> tuple[dict, list[str]]:
-    """Rank 0: controllability (delta-t PSNR at horizon 1), the action ids used and, with ground-truth
-    actions, NMI on up to `max_windows` val windows; and the collapse warnings of that check.
+    """Rank 0: controllability (delta-t PSNR at horizon 1) and, with ground-truth actions, NMI on up
+    to `max_windows` val windows; and the collapse warnings of that check.
     Inference only, no collectives: the other ranks wait at report."""
     model.eval()
     with torch.no_grad():
         acc = evaluate_windows(model, split_batches(cfg.data.sequence_length, manifest, "val", 16, max_windows, device, skip_bad=True), keep_features=False)
     report = summarize(acc, cfg.model.num_actions, bootstrap=0)  # a quick look each epoch: no sampling error
-    out = {"val/delta_psnr": report["delta_psnr"], "val/action_perplexity": report["codebook"]["action_perplexity"],
-           "val/action_ids_used": report["action_ids_used"]}
+    out = {"val/delta_psnr": report["delta_psnr"]}  # ids used and their perplexity: over every val window (`evaluate`)
     if "ground_truth" in report:
         out["val/nmi"] = report["ground_truth"]["nmi"]
         out["val/code_map_accuracy"] = report["ground_truth"]["code_map_accuracy"]

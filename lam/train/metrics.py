@@ -3,15 +3,19 @@
 Names follow the spec exactly: `train/loss`, `train/mse_loss`, `train/mae_loss`,
 `train/vq_loss`, `train/codebook_loss`, `train/commitment_loss`,
 `train/codebook_usage`, the same under `val/`, `train/lr`, `train/grad_norm`,
-`train/rollout_loss` (when rollout is on); plus `*/perplexity`,
-`train/samples_per_s`, `epoch` and `step`. The model names its own metrics
-(`LatentActionModel.metric_names`; codebook and commitment losses with the VQ bottleneck).
+`train/rollout_loss` (when rollout is on); plus `*/perplexity`, `*/action_ids_used`,
+`*/action_perplexity`, `train/samples_per_s`, `epoch` and `step`. The model names its own
+metrics (`LatentActionModel.metric_names`; codebook and commitment losses with the VQ
+bottleneck). In an epoch's record, usage, perplexity and ids used are counted over the whole
+epoch (`CodeCounter`), the same way for train and val.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+
+from lam.model.quantize.base import count_codes, usage_and_perplexity
 
 
 class MeanTracker:
@@ -47,3 +51,46 @@ class MeanTracker:
         if total == 0:
             return {}
         return {f"{prefix}/{k}": values[i] / total for i, k in enumerate(keys)}
+
+
+class CodeCounter:
+    """How often each code and each action id was chosen over an epoch, over all ranks.
+
+    An epoch's usage and perplexity are read from these counts, not as a mean of each batch's:
+    a batch of consecutive windows of one video (validation reads each file in order) holds
+    few distinct actions where a shuffled training batch holds many, so per-batch means made
+    validation look as if it used a third of the ids that training used. Counted over the
+    epoch, train and val are measured alike. Counts stay on the device until `compute`.
+    """
+
+    def __init__(self, num_codes: int, num_embeddings: int, device):
+        self.num_codes, self.num_embeddings = num_codes, num_embeddings
+        self.codes = torch.zeros(num_codes, num_embeddings, dtype=torch.long, device=device)  # (K, M)
+        self.actions = torch.zeros(num_embeddings**num_codes, dtype=torch.long, device=device)  # per action id
+
+    def add(self, indices: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """Count a step's `indices` (..., K) long on this rank; with `keep` false (a device bool,
+        e.g. a skipped step), nothing, decided on the device."""
+        codes = count_codes(indices, self.num_codes, self.num_embeddings)
+        radix = self.num_embeddings ** torch.arange(self.num_codes - 1, -1, -1, device=indices.device)
+        ids = (indices.reshape(-1, self.num_codes) * radix).sum(-1)  # the mixed-radix action id
+        actions = torch.bincount(ids, minlength=self.actions.numel())
+        if keep is not None:
+            codes, actions = torch.where(keep, codes, 0), torch.where(keep, actions, 0)
+        self.codes += codes
+        self.actions += actions
+
+    def compute(self, prefix: str) -> dict[str, float]:
+        """`prefix`/codebook_usage (fraction of the K x M choices used), /perplexity (exp of the
+        entropy of each position's codes, mean over positions), /action_ids_used and
+        /action_perplexity, over all ranks; call on every rank. Empty when nothing was counted."""
+        counts = torch.cat([self.codes.reshape(-1), self.actions])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(counts)
+        codes, actions = counts[: self.codes.numel()].reshape(self.codes.shape), counts[self.codes.numel():]
+        if int(actions.sum()) == 0:
+            return {}
+        usage, perplexity = usage_and_perplexity(codes)
+        _, action_perplexity = usage_and_perplexity(actions[None])
+        return {f"{prefix}/codebook_usage": float(usage), f"{prefix}/perplexity": float(perplexity),
+                f"{prefix}/action_ids_used": int((actions > 0).sum()), f"{prefix}/action_perplexity": float(action_perplexity)}

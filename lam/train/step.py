@@ -27,6 +27,7 @@ class TrainStep:
         self.model, self.raw_model, self.optimizer, self.scheduler = model, raw_model, optimizer, scheduler
         self.autocast, self.grad_clip, self.augment_shift = autocast, grad_clip, augment_shift
         self.buffers = list(raw_model.buffers())
+        self.last_indices: torch.Tensor | None = None  # the last step's code indices (B, T-1, K), for the epoch's counts
 
     def __call__(self, x: torch.Tensor, labels: torch.Tensor | None = None,
                  label_scale: torch.Tensor | None = None) -> tuple[dict, torch.Tensor, torch.Tensor]:
@@ -48,4 +49,5 @@ class TrainStep:
             for b, s in zip(self.buffers, saved):
                 b.copy_(torch.where(applied, b, s))
         self.raw_model.after_optimizer_step(applied)  # e.g. VQ's dead-code revival, identical on every rank
+        self.last_indices = out.indices.detach()
         return out.metrics, grad_norm, applied
