@@ -24,19 +24,19 @@ SPEC_METRICS = {
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
 # the whitening, the motion moments, a frame correlation and a shifted prediction (both moments,
 # phase and shifted-local with the diff stem; pixel moments, cross and shifted with the pair
-# stem), the (opt-in) label head and the moments loss on.
+# stem), the (opt-in) label head, the moments loss and the moved-pixels loss on.
 PARTS = [
     dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras,
          motion_moments=("patches+pixels" if stem == "diff" else "pixels") if extras else "none",
          frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
          prediction=("shifted-local" if stem == "diff" else "shifted") if extras else "residual",
-         label_classes=3 if extras else 0, moments_weight=0.5 if extras else 0.0)
+         label_classes=3 if extras else 0, moments_weight=0.5 if extras else 0.0, motion_weight=1.0 if extras else 0.0)
     for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
 ]
 
 
 def part_id(p: dict) -> str:
-    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels-moments-loss" if p["whiten"] else ""
+    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels-moments-moved-loss" if p["whiten"] else ""
     return f"{p['stem']}-{p['action_head']}-{p['quantizer']}{extras}"
 
 
@@ -422,3 +422,34 @@ def test_attention_over_more_sequences_than_one_kernel_launch_takes_is_sliced_wi
     assert calls == [4, 4, 4, 4, 4, 4, 3] and max(calls) <= 4  # 12 spatial sequences in 3 calls, 15 temporal in 4
     torch.testing.assert_close(sliced, whole)
     torch.testing.assert_close(grad_sliced, grad_whole)
+
+
+def test_the_moved_pixels_loss_averages_each_transitions_moved_pixels_on_their_own():
+    from lam.model.lam import moved_error, moved_mask
+
+    x = torch.zeros(2, 3, 4, 16, 16)
+    x[0, 1:, :, 2:4, 2:4] = 1.0  # window 0: a 2x2 object appears at t=1 (and stays at t=2)
+    x[0, 1:, :, 10, 10] = 0.1  # and a faint flicker that is not what moved
+    x[1, 1:, :, :, :8] = 1.0  # window 1: half the view changes at t=1
+    x[1, 2, :, :, :8] = 0.0  # and changes back at t=2
+    mask = moved_mask(x)
+    assert mask.shape == (2, 2, 16, 16)
+    assert mask[0, 0].sum() == 4 and mask[0, 0, 2:4, 2:4].all() and mask[0, 1].sum() == 0  # nothing moved at t=2
+    assert mask[1, 0].sum() == 128 and mask[1, 1].sum() == 128
+    err = torch.zeros(2, 2, 4, 16, 16)
+    err[0, 0, :, 2:4, 2:4] = 2.0  # the small object is missed entirely
+    err[0, 0, :, 8:, 8:] = 5.0  # errors where nothing moved do not count here
+    # transition (0, 0): 4.0 over its moved pixels; (1, 0) and (1, 1): 0; (0, 1) has nothing moved
+    assert float(moved_error(err, x)) == pytest.approx(4.0 / 3)
+    # the plain MSE barely sees the missed object; the moved term weighs it like a whole view
+    assert float(err[:, :, :, 2:4, 2:4].pow(2).sum() / err.numel()) < 0.05
+
+    torch.manual_seed(0)
+    off = LatentActionModel(small_model_config())
+    on = LatentActionModel(small_model_config(motion_weight=2.0))
+    on.load_state_dict(off.state_dict())
+    frames = torch.randn(2, 3, 4, 16, 16)
+    a, b = off(frames), on(frames)
+    assert "moved_loss" in b.metrics and "moved_loss" not in a.metrics
+    assert torch.equal(a.predictions, b.predictions)  # a loss term only: predictions unchanged
+    assert torch.allclose(b.loss - a.loss, 2.0 * b.metrics["moved_loss"])

@@ -109,6 +109,9 @@ class ModelConfig:
                              "shifted-local = that, only where a mask from the decoder says (a moving pointer or agent)",
                              choices=PREDICTIONS)
     change_weight: float = option(0.0, "weight the prediction loss towards latent pixels that changed: 1 + change_weight * |x_t - x_t-1| / its mean (0: plain MSE)")
+    motion_weight: float = option(0.0, "weight of a second squared error, averaged over the latent pixels that moved between t-1 "
+                                  "and t in each transition on its own (a pointer of a few pixels counts as much as a pan); "
+                                  "added to the plain MSE, which it leaves as it is (0: off)")
     moments_weight: float = option(0.0, "weight of a second prediction from the action alone: the pixel moments of the change "
                                    "t-1 -> t that do not depend on where it is (see motion_moments: pixels), standardised over "
                                    "the batch, so a small object's move asks as much of the action as the whole view's (0: off)")
@@ -157,7 +160,8 @@ class ModelConfig:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
         if not isinstance(self.label_classes, int) or self.label_classes < 0:
             raise ValueError(f"model.label_classes must be >= 0, got {self.label_classes!r}")
-        for name in ("commitment_weight", "noise_std", "kl_weight", "change_weight", "moments_weight", "rollout_weight", "label_weight"):
+        for name in ("commitment_weight", "noise_std", "kl_weight", "change_weight", "motion_weight", "moments_weight", "rollout_weight",
+                     "label_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.kmeans_samples, int) or self.kmeans_samples < self.num_embeddings:

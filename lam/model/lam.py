@@ -112,6 +112,7 @@ class LatentActionModel(nn.Module):
         names = ["loss", "mse_loss", "mae_loss", "vq_loss", *self.quantizer.loss_names, "codebook_usage", "perplexity"]
         names += ["label_loss", "label_accuracy"] if self.label_head is not None else []
         names += ["moments_loss"] if self.moments_head is not None else []
+        names += ["moved_loss"] if self.config.motion_weight > 0 else []
         return names + (["rollout_loss"] if self.config.use_rollout else [])
 
     def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
@@ -209,6 +210,10 @@ class LatentActionModel(nn.Module):
             rollout_loss = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
             loss = loss + cfg.rollout_weight * rollout_loss
             metrics["rollout_loss"] = rollout_loss
+        if cfg.motion_weight > 0:
+            moved_loss = moved_error(err, x)
+            loss = loss + cfg.motion_weight * moved_loss
+            metrics["moved_loss"] = moved_loss
         if self.moments_head is not None:
             moments_loss = self._moments_loss(q.quantized, x)
             loss = loss + cfg.moments_weight * moments_loss
@@ -349,3 +354,24 @@ class LatentActionModel(nn.Module):
 
 
 VVAELatentActionVQVAE = LatentActionModel  # the specification's name for it
+
+
+def moved_mask(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, C, H, W) frames -> (B, T-1, H, W) float: 1 where a latent pixel moved between t-1 and
+    t: where its change (mean |x_t - x_t-1| over channels) is at least half the largest change of
+    that transition, so the mask follows what moved most whatever the set's scale (a pointer's
+    few pixels, or most of a panning view); a transition where nothing changed has an empty mask."""
+    change = (x[:, 1:] - x[:, :-1]).float().abs().mean(2)  # (B, T-1, H, W)
+    largest = change.flatten(2).amax(-1)[..., None, None]  # (B, T-1, 1, 1)
+    return ((change >= 0.5 * largest) & (largest > 0)).float()
+
+
+def moved_error(err: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The squared prediction error `err` (B, T-1, C, H, W) averaged over each transition's moved
+    pixels (`moved_mask`) on their own, then over the transitions where something moved: a
+    small moving object weighs as much as a whole moving view, and the plain MSE beside it
+    keeps the rest of the frame predicted."""
+    mask = moved_mask(x)  # (B, T-1, H, W)
+    area = mask.sum(dim=(-2, -1))  # (B, T-1)
+    per_transition = (mask[:, :, None] * err.float().pow(2)).sum(dim=(2, 3, 4)) / (area * err.shape[2]).clamp_min(1)
+    return per_transition.sum() / (area > 0).sum().clamp_min(1)
