@@ -216,6 +216,8 @@ class RunConfig:
             (d.sequence_length >= 2, f"sequence_length must be >= 2, got {d.sequence_length}"),
             (d.sequence_length <= self.model.max_frames, f"sequence_length {d.sequence_length} exceeds model max_frames {self.model.max_frames}"),
             (0 <= t.label_fraction <= 1, f"label_fraction must be in 0..1, got {t.label_fraction}"),
+            (0 <= t.augment_crop < 1, f"augment_crop must be in [0, 1), got {t.augment_crop}"),
+            (0 <= t.augment_gain < 1, f"augment_gain must be in [0, 1), got {t.augment_gain}"),
             (t.label_schedule in LABEL_SCHEDULES, f"label_schedule must be one of {', '.join(LABEL_SCHEDULES)}, got {t.label_schedule!r}"),
             (t.batch_size >= t.num_workers, f"batch_size {t.batch_size} must be >= num_workers {t.num_workers} (it is split across workers)"),
         ]

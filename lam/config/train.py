@@ -28,6 +28,10 @@ class TrainConfig:
     max_bad_windows: int = option(100, "skip a window that cannot be read (NaN/Inf, damaged chunks) with a warning; stop the run past this many ('fail' or 0: at the first)",
                                   group=TRAINING, aliases={"fail": 0})
     augment_shift: int = option(0, "roll each training window by a random offset of up to this many latent pixels, the same for all its frames (0: none)", group=TRAINING)
+    augment_crop: float = option(0.0, "cut each training window to a random box keeping at least 1 - this of each side, the same for all "
+                                 "its frames, resized back (0: none)", group=TRAINING)
+    augment_gain: float = option(0.0, "scale each latent channel of a training window by 1 + u and offset it by v times its std, u and v "
+                                 "uniform in +-this, the same for all its frames (a colour change; 0: none)", group=TRAINING)
     label_fraction: float = option(0.0, "opt-in, not unsupervised: the fraction of train transitions, spread over every train file, whose true actions train a linear head on the action vector (0: none; val and test files are never read for it)",
                                    group=TRAINING)
     label_schedule: str = option("constant", "how the label head's weight changes over the run: constant | decay (from label_weight to 0, a "

@@ -122,7 +122,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Stored dtype (float16) -> float32 once, on the device.
         return batch["x"].to(device, non_blocking=True).float()
 
-    train_step = TrainStep(model, raw_model, optimizer, scheduler, autocast, t.grad_clip, t.augment_shift)
+    train_step = TrainStep(model, raw_model, optimizer, scheduler, autocast, t.grad_clip,
+                           {"shift": t.augment_shift, "crop": t.augment_crop, "gain": t.augment_gain})
 
     def wait_for_device() -> None:
         """Before reading a clock: queued GPU work must be done for the time to be honest."""

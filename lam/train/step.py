@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from lam.train.augment import shift_windows
+from lam.train.augment import augment_windows
 
 
 class TrainStep:
     def __init__(self, model, raw_model, optimizer: torch.optim.Optimizer, scheduler, autocast, grad_clip: float,
-                 augment_shift: int = 0):
+                 augment: dict | None = None):
         if not optimizer.defaults.get("fused"):
             raise ValueError("TrainStep skips steps through the fused optimizer's found_inf: build AdamW with fused=True")
         self.model, self.raw_model, self.optimizer, self.scheduler = model, raw_model, optimizer, scheduler
-        self.autocast, self.grad_clip, self.augment_shift = autocast, grad_clip, augment_shift
+        self.autocast, self.grad_clip = autocast, grad_clip
+        self.augment = augment or {}  # keyword arguments of `augment_windows`: shift, crop, gain
         self.buffers = list(raw_model.buffers())
         self.last_indices: torch.Tensor | None = None  # the last step's code indices (B, T-1, K), for the epoch's counts
 
@@ -34,7 +35,7 @@ class TrainStep:
         """Metrics, the pre-clip gradient norm and whether the step was applied (device tensors).
         `labels` and `label_scale` go to the model's label head (`LatentActionModel.forward`)."""
         self.model.train()
-        x = shift_windows(x, self.augment_shift)
+        x = augment_windows(x, **self.augment)
         saved = [b.detach().clone() for b in self.buffers]
         with self.autocast:
             out = self.model(x) if labels is None else self.model(x, labels, label_scale)
