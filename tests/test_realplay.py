@@ -292,3 +292,61 @@ def test_desktop_says_what_to_install(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no program found
     with pytest.raises(MissingDependency, match="apt-get install xvfb openbox mousepad"):
         DesktopPlay()
+
+
+# ---------------------------------------------------------------------------------
+# What the product makes of real play
+
+
+def test_a_window_gets_the_same_ids_in_training_and_in_evaluation(tmp_path):
+    """On real-play files, a model of the `real` recipe's parts (continuous action on whitened
+    vectors, k-means ids) gives the training windows the ids in evaluation that its training
+    forward gives them, and uses as many: the k-means is fitted on, and the training ids read
+    from, the vectors as evaluation whitens them, not as the batch's statistics whiten them."""
+    import copy
+
+    import torch
+    from helpers import small_model_config
+
+    from lam.data.manifest import create_manifest
+    from lam.eval.evaluate import split_batches
+    from lam.model import LatentActionModel
+    from lam.recipes import RECIPES
+    from lam.train.metrics import CodeCounter
+
+    open_env("minigrid").close()
+    generate("minigrid", tmp_path, 8, 8, SEED, log=None)
+    data = tmp_path / "minigrid"
+    manifest = create_manifest(data, 0.7, 0.15, 0.15, seed=0)
+    x = torch.cat([b[0] for b in split_batches(3, manifest, "train", 64)])  # (N, 3, 16, 64, 64)
+    x = torch.nn.functional.avg_pool2d(x.flatten(0, 1), 4).unflatten(0, x.shape[:2])[:, :, :4]  # the small model's 4 x 16 x 16
+    parts = {k: RECIPES["real"].overrides[k] for k in ("stem", "motion_moments", "action_head", "quantizer", "whiten",
+                                                       "frame_correlation", "prediction", "noise_std")}
+    torch.manual_seed(0)
+    model = LatentActionModel(small_model_config(**parts, num_codes=1, codebook_dim=4, num_embeddings=9, kmeans_samples=512))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    order = torch.Generator().manual_seed(0)
+    for _ in range(2):  # two epochs: the second trains with the first one's centroids
+        model.train()
+        for batch in torch.randperm(len(x), generator=order).split(16):
+            out = model(x[batch])
+            optimizer.zero_grad()
+            out.loss.backward()
+            optimizer.step()
+        model.after_epoch()
+
+    shuffled = torch.randperm(len(x), generator=order).split(16)
+    evaluation = copy.deepcopy(model).eval()
+    counts = {"train": CodeCounter(1, 9, "cpu"), "eval": CodeCounter(1, 9, "cpu")}
+    same = total = 0
+    with torch.no_grad():
+        for batch in shuffled:
+            trained_ids = copy.deepcopy(model).train()(x[batch]).indices  # the same model's training forward
+            eval_ids, _ = evaluation.encode_actions(x[batch])
+            counts["train"].add(trained_ids)
+            counts["eval"].add(eval_ids)
+            same, total = same + int((trained_ids == eval_ids).sum()), total + trained_ids.numel()
+    used = {k: c.compute(k)[f"{k}/action_ids_used"] for k, c in counts.items()}
+    assert used["train"] >= 3  # the check means something: the model uses several ids
+    assert used["eval"] >= used["train"], used
+    assert same / total >= 0.95, f"only {same} of {total} transitions get the same id in training and in evaluation"

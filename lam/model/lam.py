@@ -135,15 +135,22 @@ class LatentActionModel(nn.Module):
         if not min_frames <= x.shape[1] <= c.max_frames:
             raise ValueError(f"window has {x.shape[1]} frames; need {min_frames}..{c.max_frames} (model.max_frames)")
 
-    def _encode(self, x: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode(self, x: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Pre-quantisation actions (B, T-1, K, D) of frames x and their patches, whitened if
-        configured, and the whitening penalty (training only; None otherwise)."""
+        configured; the whitening penalty (training only; None otherwise); and, in training with
+        whitening, the actions as evaluation whitens them (running statistics, detached), which
+        a continuous bottleneck reads its ids from (None otherwise)."""
         if self.whiten is None:
-            return self.encoder(patches, x), None
+            return self.encoder(patches, x), None, None
         if not self.training:
-            return self.whiten(self.encoder(patches, x))
+            return *self.whiten(self.encoder(patches, x)), None
         z, z_head = self.encoder(patches, x, head_view=True)  # the penalty trains the head's output layers only
-        return self.whiten(z, z_head)
+        # Batch statistics (what the decoder is trained on) and the running ones differ by a
+        # batch's sampling error: ids and k-means read from the vectors as evaluation whitens
+        # them (before this batch updates the running statistics), so a window gets the same id
+        # in a training forward as in evaluation of the same model.
+        z_ids = self.whiten.with_running_statistics(z.detach())
+        return *self.whiten(z, z_head), z_ids
 
     def _predict(self, frames: torch.Tensor, patches: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
         """Next frames (B, S, C, H, W) from context frames 0..S-1 (B, S, C, H, W), their patches
@@ -179,8 +186,8 @@ class LatentActionModel(nn.Module):
         cfg = self.config
         t = x.shape[1]
         patches = self.in_adapter(x)  # (B, T, N, P)
-        z, whitening_penalty = self._encode(x, patches)  # (B, T-1, K, D)
-        q = self.quantizer(z)
+        z, whitening_penalty, z_ids = self._encode(x, patches)  # (B, T-1, K, D)
+        q = self.quantizer(z, z_ids)
         pred = self._predict(x[:, :-1], patches[:, :-1], q.quantized)  # (B, T-1, C, H, W), frames 1..T-1
 
         target = x[:, 1:].float()

@@ -57,7 +57,12 @@ class Quantizer(nn.Module):
     def from_config(cls, cfg: ModelConfig) -> "Quantizer":
         raise NotImplementedError
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
+    def forward(self, z: torch.Tensor, z_ids: torch.Tensor | None = None) -> QuantizerOutput:
+        """z (..., K, D): the encoder's vectors. `z_ids`: for a continuous bottleneck, the vectors
+        its ids are read from (and its k-means fitted on) where they differ from z: in training,
+        z whitened with the running statistics, as evaluation whitens it, so that training and
+        evaluation give a window the same ids. A discrete bottleneck ignores it: its ids are the
+        codes the decoder gets."""
         raise NotImplementedError
 
     def nearest(self, z: torch.Tensor) -> torch.Tensor:

@@ -93,8 +93,8 @@ class FiniteScalarQuantizer(Quantizer):
         half = (self._levels.float() - 1) / 2
         return (digits.float() - half) / half
 
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """z: (..., K, D) encoder outputs."""
+    def forward(self, z: torch.Tensor, z_ids: torch.Tensor | None = None) -> QuantizerOutput:
+        """z: (..., K, D) encoder outputs; `z_ids` is ignored (the ids are the codes, see `Quantizer.forward`)."""
         with torch.autocast(z.device.type, enabled=False):
             quantized, digits = self._quantize(z.float())  # value = grid point, gradient straight through
             indices = self._index(digits)

@@ -11,7 +11,9 @@ vectors near unit scale without whitening (with `whiten` they already are).
 
 Ids come from k-means: position k of the K codes has M centroids, fitted at the end
 of every training epoch (`after_epoch`) on the last `kmeans_samples` vectors of that
-epoch's training batches (gathered from all ranks; rank 0 fits with scikit-learn and
+epoch's training batches, as evaluation sees them (with `whiten`, whitened by the running
+statistics, not the batch's: centroids fitted on batch-whitened vectors put evaluation's
+vectors into a few of them) (gathered from all ranks; rank 0 fits with scikit-learn and
 broadcasts, so every rank holds the same centroids). The centroids are buffers, so
 a checkpoint carries them and `lam eval` / `lam export` use them:
 
@@ -70,16 +72,19 @@ class GaussianBottleneck(Quantizer):
         return self.centroids[k, indices]
 
     # ----------------------------------------------------------------- forward
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """z: (..., K, D) encoder outputs. Training: z + noise goes to the decoder; evaluation: z."""
+    def forward(self, z: torch.Tensor, z_ids: torch.Tensor | None = None) -> QuantizerOutput:
+        """z: (..., K, D) encoder outputs. Training: z + noise goes to the decoder; evaluation: z.
+        The ids, and the vectors kept for the next k-means fit, are those of `z_ids` where given
+        (z as evaluation whitens it), else of z."""
         with torch.autocast(z.device.type, enabled=False):
             z = z.float()
+            ids_from = z if z_ids is None else z_ids.float()
             kl_loss = 0.5 * z.pow(2).mean()  # the prior term of KL(N(z, s^2) || N(0, 1)), up to a constant
             out = z + self.noise_std * torch.randn_like(z) if self.training and self.noise_std > 0 else z
-            indices = self.nearest(z)
+            indices = self.nearest(ids_from)
             _, usage, perplexity = self.code_statistics(indices)
             if self.training:
-                self.remember(z)
+                self.remember(ids_from)
         return QuantizerOutput(quantized=out, indices=indices, usage=usage, perplexity=perplexity,
                                losses={"kl_loss": kl_loss}, loss=self.kl_weight * kl_loss if self.kl_weight > 0 else None)
 

@@ -100,8 +100,8 @@ class VectorQuantizer(Quantizer):
         return self.codebook[k, indices]
 
     # ----------------------------------------------------------------- forward
-    def forward(self, z: torch.Tensor) -> QuantizerOutput:
-        """z: (..., K, D) encoder outputs."""
+    def forward(self, z: torch.Tensor, z_ids: torch.Tensor | None = None) -> QuantizerOutput:
+        """z: (..., K, D) encoder outputs; `z_ids` is ignored (the ids are the codes, see `Quantizer.forward`)."""
         with torch.autocast(z.device.type, enabled=False):
             z = z.float()
             indices = self.nearest(z)  # (..., K)
