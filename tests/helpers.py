@@ -67,7 +67,7 @@ def small_model_config(**overrides) -> ModelConfig:
 
 
 # The config keys that choose the model's parts (not its sizes).
-PART_KEYS = ("stem", "motion_moments", "frame_correlation", "action_head", "quantizer", "whiten", "prediction")
+PART_KEYS = ("stem", "motion_moments", "frame_correlation", "action_head", "quantizer", "whiten", "prediction", "forward_target")
 
 
 def recipe_parts(name: str) -> dict:

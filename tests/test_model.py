@@ -14,7 +14,7 @@ from helpers import small_model_config
 
 import lam.config
 from lam.model import (
-    CORRELATIONS, HEADS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
+    CORRELATIONS, FORWARD_TARGETS, HEADS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
     VVAEtoLAMAdapter,
 )
 
@@ -24,19 +24,21 @@ SPEC_METRICS = {
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
 # the whitening, the motion moments, a frame correlation and a shifted prediction (both moments,
 # phase and shifted-local with the diff stem; pixel moments, cross and shifted with the pair
-# stem), the (opt-in) label head, the moments loss and the moved-pixels loss on.
+# stem), the (opt-in) label head, the moments loss, the moved-pixels loss and the forward model
+# in a learned latent space on.
 PARTS = [
     dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras,
          motion_moments=("patches+pixels" if stem == "diff" else "pixels") if extras else "none",
          frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
          prediction=("shifted-local" if stem == "diff" else "shifted") if extras else "residual",
-         label_classes=3 if extras else 0, moments_weight=0.5 if extras else 0.0, motion_weight=1.0 if extras else 0.0)
+         label_classes=3 if extras else 0, moments_weight=0.5 if extras else 0.0, motion_weight=1.0 if extras else 0.0,
+         forward_target="pixels+latent" if extras else "pixels")
     for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
 ]
 
 
 def part_id(p: dict) -> str:
-    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels-moments-moved-loss" if p["whiten"] else ""
+    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels-moments-moved-latent-loss" if p["whiten"] else ""
     return f"{p['stem']}-{p['action_head']}-{p['quantizer']}{extras}"
 
 
@@ -98,6 +100,7 @@ def test_every_name_the_config_accepts_names_a_class_in_the_registries():
     assert tuple(CORRELATIONS) == lam.config.CORRELATIONS
     assert tuple(MOMENTS) == lam.config.MOMENTS
     assert tuple(PREDICTIONS) == lam.config.PREDICTIONS
+    assert tuple(FORWARD_TARGETS) == lam.config.FORWARD_TARGETS
     assert tuple(HEADS) == lam.config.ACTION_HEADS
     assert tuple(QUANTIZERS) == lam.config.QUANTIZERS
 
@@ -295,12 +298,15 @@ def test_inferred_action_sees_frames_up_to_t_only(parts):
 
 @every_combination
 def test_every_parameter_learns_and_the_metrics_are_the_ones_named(parts):
-    """DDP (without find_unused_parameters) needs a gradient for every parameter."""
+    """DDP (without find_unused_parameters) needs a gradient for every parameter it trains; the
+    latent forward model's target encoder is the one part that learns without (a moving average)."""
     cfg = small_model_config(**parts)
     model = make_model(cfg).train()
     out = model(frames(cfg, b=4, t=4))
     out.loss.backward()
-    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert [n for n, p in model.named_parameters() if not p.requires_grad] == [
+        n for n, _ in model.named_parameters() if n.startswith("latent.target.")]
     assert list(out.metrics) and set(out.metrics) == set(model.metric_names)
     assert ("codebook_loss" in out.metrics) == (parts["quantizer"] == "vq")
 
@@ -425,7 +431,7 @@ def test_attention_over_more_sequences_than_one_kernel_launch_takes_is_sliced_wi
 
 
 def test_the_moved_pixels_loss_averages_each_transitions_moved_pixels_on_their_own():
-    from lam.model.lam import moved_error, moved_mask
+    from lam.model.moved import moved_error, moved_mask
 
     x = torch.zeros(2, 3, 4, 16, 16)
     x[0, 1:, :, 2:4, 2:4] = 1.0  # window 0: a 2x2 object appears at t=1 (and stays at t=2)
@@ -453,3 +459,29 @@ def test_the_moved_pixels_loss_averages_each_transitions_moved_pixels_on_their_o
     assert "moved_loss" in b.metrics and "moved_loss" not in a.metrics
     assert torch.equal(a.predictions, b.predictions)  # a loss term only: predictions unchanged
     assert torch.allclose(b.loss - a.loss, 2.0 * b.metrics["moved_loss"])
+
+
+def test_the_latent_forward_model_trains_its_online_encoder_and_moves_its_target_slowly():
+    torch.manual_seed(0)
+    model = LatentActionModel(small_model_config(forward_target="pixels+latent", latent_ema=0.9, quantizer="gaussian"))
+    latent = model.latent
+    assert all(torch.equal(t, o) for t, o in zip(latent.target.parameters(), latent.online.parameters()))  # starts as a copy
+    assert not any(p.requires_grad for p in latent.target.parameters())
+    assert {"latent_loss", "latent_spread"} <= set(model.metric_names)
+    x = torch.randn(3, 4, 4, 16, 16)
+    out = model(x)
+    assert 0 < float(out.metrics["latent_loss"]) <= 4 and float(out.metrics["latent_spread"]) >= 0
+    out.loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in latent.online.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in latent.target.parameters())  # the target learns by moving average only
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    optimizer.step()
+    before = [t.clone() for t in latent.target.parameters()]
+    model.after_optimizer_step(torch.tensor(False))  # a skipped step moves nothing
+    assert all(torch.equal(b, t) for b, t in zip(before, latent.target.parameters()))
+    model.after_optimizer_step(torch.tensor(True))
+    for b, t, o in zip(before, latent.target.parameters(), latent.online.parameters()):
+        assert torch.allclose(t, 0.9 * b + 0.1 * o, atol=1e-6)
+    # the target sees frame t only as a loss target: predictions do not depend on it (see the causality checks)
+    plain = LatentActionModel(small_model_config(quantizer="gaussian"))
+    assert plain.latent is None and "latent_loss" not in plain.metric_names

@@ -59,6 +59,7 @@ CORRELATIONS = ("none", "phase", "cross")
 ACTION_HEADS = ("token", "token+motion", "motion")
 QUANTIZERS = ("vq", "fsq", "gaussian")
 PREDICTIONS = ("residual", "shifted", "shifted-local")
+FORWARD_TARGETS = ("pixels", "pixels+latent")
 
 
 @dataclass
@@ -109,6 +110,13 @@ class ModelConfig:
                              "shifted-local = that, only where a mask from the decoder says (a moving pointer or agent)",
                              choices=PREDICTIONS)
     change_weight: float = option(0.0, "weight the prediction loss towards latent pixels that changed: 1 + change_weight * |x_t - x_t-1| / its mean (0: plain MSE)")
+    forward_target: str = option("pixels", "what the decoder predicts of frame t: pixels = its VVAE latents; pixels+latent = those and, "
+                                 "from its hidden tokens, frame t's tokens as a moving average of a per-frame encoder sees them "
+                                 "(a forward model in a learned latent space)", choices=FORWARD_TARGETS)
+    latent_weight: float = option(1.0, "pixels+latent: weight of the latent prediction loss (and of its variance guard)")
+    latent_depth: int = option(1, "pixels+latent: transformer blocks of the per-frame encoder")
+    latent_ema: float = option(0.99, "pixels+latent: the target encoder's moving average after each step: target = ema * target + "
+                               "(1 - ema) * online")
     motion_weight: float = option(0.0, "weight of a second squared error, averaged over the latent pixels that moved between t-1 "
                                   "and t in each transition on its own (a pointer of a few pixels counts as much as a pan); "
                                   "added to the plain MSE, which it leaves as it is (0: off)")
@@ -140,7 +148,7 @@ class ModelConfig:
         positive = [
             "in_channels", "latent_size", "patch_dim", "patch_grid", "embed_dim", "num_heads",
             "encoder_depth", "decoder_depth", "codebook_dim", "num_embeddings", "num_codes",
-            "rollout_horizon",
+            "rollout_horizon", "latent_depth",
         ]
         for name in positive:
             value = getattr(self, name)
@@ -150,6 +158,8 @@ class ModelConfig:
             choices = f.metadata["choices"]
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"model.{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
+        if not 0 <= self.latent_ema < 1:
+            raise ValueError(f"model.latent_ema must be in [0, 1), got {self.latent_ema!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
         if self.latent_size % self.patch_grid:
@@ -161,7 +171,7 @@ class ModelConfig:
         if not isinstance(self.label_classes, int) or self.label_classes < 0:
             raise ValueError(f"model.label_classes must be >= 0, got {self.label_classes!r}")
         for name in ("commitment_weight", "noise_std", "kl_weight", "change_weight", "motion_weight", "moments_weight", "rollout_weight",
-                     "label_weight"):
+                     "label_weight", "latent_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.kmeans_samples, int) or self.kmeans_samples < self.num_embeddings:

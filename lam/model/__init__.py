@@ -9,7 +9,8 @@
 
 Files: adapters.py (VVAE frames <-> patches), transformer.py (factorised space-time
 attention), stems.py and heads.py (the encoder's parts, by name), encoder.py,
-decoder.py, quantize/ (one bottleneck a file, one interface), whiten.py,
+decoder.py, latent_target.py (a forward model in a learned latent space), moved.py (the
+moved-pixels loss), quantize/ (one bottleneck a file, one interface), whiten.py,
 distributed.py (the only torch.distributed calls), lam.py (the model), flops.py.
 """
 
@@ -17,6 +18,7 @@ from lam.config import ModelConfig
 from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
 from lam.model.decoder import PREDICTIONS
 from lam.model.heads import HEADS
+from lam.model.latent_target import FORWARD_TARGETS
 from lam.model.lam import LAMOutput, LatentActionModel, VVAELatentActionVQVAE
 from lam.model.quantize import QUANTIZERS, QuantizerOutput
 from lam.model.stems import CORRELATIONS, MOMENTS, STEMS
@@ -33,6 +35,7 @@ __all__ = [
     "MOMENTS",
     "CORRELATIONS",
     "PREDICTIONS",
+    "FORWARD_TARGETS",
     "HEADS",
     "QUANTIZERS",
 ]

@@ -52,11 +52,18 @@ class LatentActionDecoder(nn.Module):
         # Zero output projection: the untrained decoder predicts "no change from frame t-1".
         nn.init.zeros_(self.proj_out.weight)
 
-    def forward(self, patches: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def forward(self, patches: torch.Tensor, actions: torch.Tensor, context: torch.Tensor | None = None,
+                hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """`context` (B, S, N, E), if given, is added to the frames' tokens (a learned frame
+        encoder's view of the same frames). With `hidden`, also the transformer's output tokens."""
         s = patches.shape[1]
         a = self.action_proj(actions.flatten(2).to(self.action_proj.weight.dtype))  # (B, S, E)
         x = self.proj_in(patches) + self.pos_space + self.pos_time[:s, None] + a[:, :, None]  # (B, S, N, E)
-        return self.proj_out(self.transformer(x))  # (B, S, N, P)
+        if context is not None:
+            x = x + context
+        tokens = self.transformer(x)
+        out = self.proj_out(tokens)  # (B, S, N, P)
+        return (out, tokens) if hidden else out
 
 
 class ActionShift(nn.Module):

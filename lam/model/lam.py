@@ -46,6 +46,8 @@ from lam.config import ModelConfig
 from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
 from lam.model.decoder import PREDICTIONS, LatentActionDecoder
 from lam.model.encoder import LatentActionEncoder
+from lam.model.latent_target import FORWARD_TARGETS
+from lam.model.moved import moved_error
 from lam.model.quantize import build_quantizer
 from lam.model.stems import PixelMoments
 from lam.model.whiten import Whitening
@@ -92,6 +94,10 @@ class LatentActionModel(nn.Module):
             self.change_moments = PixelMoments(cfg, project=False)
             self.moments_head = nn.Sequential(nn.Linear(cfg.num_codes * code_dim, cfg.embed_dim), nn.GELU(),
                                               nn.Linear(cfg.embed_dim, self.change_moments.num_features - 2))
+        # With `forward_target: pixels+latent`: the forward model in a learned latent space
+        # (latent_target.py). Registered last, for the same reason.
+        latent = FORWARD_TARGETS[cfg.forward_target]
+        self.latent = latent(cfg) if latent else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -103,6 +109,8 @@ class LatentActionModel(nn.Module):
         self.decoder.init_weights()
         if self.shift is not None:
             self.shift.init_weights()
+        if self.latent is not None:
+            self.latent.reset_target()
 
     @property
     def metric_names(self) -> list[str]:
@@ -113,6 +121,7 @@ class LatentActionModel(nn.Module):
         names += ["label_loss", "label_accuracy"] if self.label_head is not None else []
         names += ["moments_loss"] if self.moments_head is not None else []
         names += ["moved_loss"] if self.config.motion_weight > 0 else []
+        names += list(self.latent.loss_names) if self.latent is not None else []
         return names + (["rollout_loss"] if self.config.use_rollout else [])
 
     def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
@@ -120,6 +129,8 @@ class LatentActionModel(nn.Module):
         model (e.g. VQ's dead-code revival, which keeps the ranks' codebooks identical); with
         `applied` false (a device bool: the step was skipped) nothing changes."""
         self.quantizer.after_optimizer_step(applied)
+        if self.latent is not None:
+            self.latent.update_target(applied)
 
     def after_epoch(self) -> None:
         """Call at the end of every training epoch, before validation and the checkpoint, on
@@ -152,13 +163,18 @@ class LatentActionModel(nn.Module):
         z_ids = self.whiten.with_running_statistics(z.detach())
         return *self.whiten(z, z_head), z_ids
 
-    def _predict(self, frames: torch.Tensor, patches: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    def _predict(self, frames: torch.Tensor, patches: torch.Tensor, actions: torch.Tensor,
+                 latent: bool = False) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Next frames (B, S, C, H, W) from context frames 0..S-1 (B, S, C, H, W), their patches
-        (B, S, N, P) and actions (B, S, K, D) of transitions 0->1 .. S-1->S."""
-        decoded = self.decoder(patches, actions)  # (B, S, N, P)
+        (B, S, N, P) and actions (B, S, K, D) of transitions 0->1 .. S-1->S. With `latent` (and
+        `forward_target: pixels+latent`), also the decoder's hidden tokens and the online tokens
+        it got: {"hidden": ..., "context": ...}."""
+        context = self.latent.context(patches) if self.latent is not None else None
+        decoded, hidden = self.decoder(patches, actions, context, hidden=True)  # (B, S, N, P), (B, S, N, E)
         delta = self.out_adapter(decoded)  # (B, S, C, H, W)
         base = frames if self.shift is None else self.shift(frames, actions, decoded)
-        return base + delta  # the decoder predicts the change from the previous frame (moved, with `shifted`)
+        pred = base + delta  # the decoder predicts the change from the previous frame (moved, with `shifted`)
+        return (pred, {"hidden": hidden, "context": context}) if latent else pred
 
     def _rollout(self, frames, patches, actions, horizon: int, first: torch.Tensor | None = None) -> torch.Tensor:
         """Autoregressive: ground-truth frames 0..S-1 (and their patches), actions (B, >= S-1+horizon, K, D)
@@ -188,7 +204,7 @@ class LatentActionModel(nn.Module):
         patches = self.in_adapter(x)  # (B, T, N, P)
         z, whitening_penalty, z_ids = self._encode(x, patches)  # (B, T-1, K, D)
         q = self.quantizer(z, z_ids)
-        pred = self._predict(x[:, :-1], patches[:, :-1], q.quantized)  # (B, T-1, C, H, W), frames 1..T-1
+        pred, tokens = self._predict(x[:, :-1], patches[:, :-1], q.quantized, latent=True)  # (B, T-1, C, H, W), frames 1..T-1
 
         target = x[:, 1:].float()
         err = pred.float() - target
@@ -217,6 +233,10 @@ class LatentActionModel(nn.Module):
             rollout_loss = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
             loss = loss + cfg.rollout_weight * rollout_loss
             metrics["rollout_loss"] = rollout_loss
+        if self.latent is not None:
+            latent = self.latent.losses(tokens["hidden"], tokens["context"], patches[:, 1:])
+            loss = loss + cfg.latent_weight * (latent["latent_loss"] + latent["latent_spread"])
+            metrics |= latent
         if cfg.motion_weight > 0:
             moved_loss = moved_error(err, x)
             loss = loss + cfg.motion_weight * moved_loss
@@ -362,23 +382,3 @@ class LatentActionModel(nn.Module):
 
 VVAELatentActionVQVAE = LatentActionModel  # the specification's name for it
 
-
-def moved_mask(x: torch.Tensor) -> torch.Tensor:
-    """(B, T, C, H, W) frames -> (B, T-1, H, W) float: 1 where a latent pixel moved between t-1 and
-    t: where its change (mean |x_t - x_t-1| over channels) is at least half the largest change of
-    that transition, so the mask follows what moved most whatever the set's scale (a pointer's
-    few pixels, or most of a panning view); a transition where nothing changed has an empty mask."""
-    change = (x[:, 1:] - x[:, :-1]).float().abs().mean(2)  # (B, T-1, H, W)
-    largest = change.flatten(2).amax(-1)[..., None, None]  # (B, T-1, 1, 1)
-    return ((change >= 0.5 * largest) & (largest > 0)).float()
-
-
-def moved_error(err: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """The squared prediction error `err` (B, T-1, C, H, W) averaged over each transition's moved
-    pixels (`moved_mask`) on their own, then over the transitions where something moved: a
-    small moving object weighs as much as a whole moving view, and the plain MSE beside it
-    keeps the rest of the frame predicted."""
-    mask = moved_mask(x)  # (B, T-1, H, W)
-    area = mask.sum(dim=(-2, -1))  # (B, T-1)
-    per_transition = (mask[:, :, None] * err.float().pow(2)).sum(dim=(2, 3, 4)) / (area * err.shape[2]).clamp_min(1)
-    return per_transition.sum() / (area > 0).sum().clamp_min(1)
