@@ -163,6 +163,29 @@ def test_split_batches_score_every_transition_of_every_file_once(tiny_data):
     assert set(scored.values()) == {1}
 
 
+def test_figure_windows_come_from_every_file_before_any_file_twice(tiny_data):
+    from lam.data.manifest import load_manifest
+    from lam.data.windows import WindowReader
+    from lam.eval.evaluate import figure_windows
+
+    manifest = load_manifest(tiny_data / "manifest.json")
+    train = manifest.split_files("train")  # 2 files, 4 windows of 5 frames each (at 0, 4, 8, 11)
+    x, files = figure_windows(5, manifest, "train", count=5, seed=3)
+    assert x.shape[:2] == (5, 5) and len(files) == 5
+    assert sorted(files[:2]) == sorted(train) and sorted(files[2:4]) == sorted(train)  # a file a round
+    reader = WindowReader(manifest.data_dir, 5, manifest.dataset_key, manifest.latent_shape)
+    try:  # every window is one of its file's windows
+        for window, rel in zip(x, files):
+            assert any(torch.equal(window, torch.from_numpy(reader.read_batch([rel], [start])[0]).float())
+                       for start in (0, 4, 8, 11))
+    finally:
+        reader.close()
+    again, _ = figure_windows(5, manifest, "train", count=5, seed=3)
+    assert torch.equal(again, x)  # seeded
+    everything, _ = figure_windows(5, manifest, "train", count=16, seed=0)
+    assert len(everything) == 8  # a split with fewer windows gives them all
+
+
 def test_real_model_with_a_collapsed_codebook_has_zero_controllability(tiny_data, tmp_path):
     _, cfg, model = write_tiny_checkpoint(tiny_data, tmp_path)
     with torch.no_grad():

@@ -255,6 +255,23 @@ class SplitBatches:
             reader.close()
 
 
+def figure_windows(sequence_length: int, manifest: Manifest, split: str, count: int = 16, device="cpu",
+                   seed: int = 0) -> tuple[torch.Tensor, list[str]]:
+    """`count` windows (count, T, C, H, W) for the figures and the file of each: from as many of the
+    split's files as it has, each at a seeded random place. Consecutive windows of one video show
+    one place at one moment, so whatever sits still there (an agent, a pointer) looked like a fixed
+    pattern of the model's in every panel."""
+    batches = SplitBatches(sequence_length, manifest, split, batch_size=count, device=device)
+    rng = np.random.default_rng(seed)
+    per_file = [rng.permutation(np.flatnonzero(batches.windows[:, 0] == f)).tolist() for f in range(len(batches.files))]
+    files = rng.permutation(len(per_file)).tolist()
+    rows = []
+    while len(rows) < count and any(per_file[f] for f in files):
+        rows += [per_file[f].pop() for f in files if per_file[f]][: count - len(rows)]  # one window a file a round
+    batches.windows = batches.windows[np.asarray(rows)]
+    return torch.cat([batch[0] for batch in batches]), [batches.files[f] for f in batches.windows[:, 0]]
+
+
 def split_batches(sequence_length: int, manifest: Manifest, split: str, batch_size: int, max_windows: int | None = None,
                   device="cpu", skip_bad: bool = False) -> SplitBatches:
     """The split's evaluation batches; see `SplitBatches`."""
@@ -311,7 +328,7 @@ def evaluate_checkpoint(checkpoint, data_dir, manifest_path, split="test", batch
     out_dir = Path(out_dir) if out_dir else Path(checkpoint).parent / f"eval_{split}"
     out_dir.mkdir(parents=True, exist_ok=True)
     if figures:
-        x = next(iter(split_batches(T, manifest, split, batch_size=16, device=device)))[0]
+        x, _ = figure_windows(T, manifest, split, device=device, seed=seed)
         from lam.eval.figure_set import write_figures  # matplotlib: loaded only where figures are drawn
 
         report["figures"] = write_figures(model, x, report, out_dir, split)

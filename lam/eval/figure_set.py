@@ -1,4 +1,9 @@
-"""The figures `lam eval` writes, from the model and one batch of windows, each answering one question.
+"""The figures `lam eval` writes, from the model and a few windows, each answering one question.
+
+The windows come from as many files as the split has, at seeded random places
+(`lam.eval.evaluate.figure_windows`): windows of one video at nearby times show its agent
+or pointer in one place, which made a still agent's predicted move look like a fixed
+pattern of the model's in every panel.
 
 - `changes.png`: does the model predict what changed? For a few windows, the change of the
   last frame (frame t minus frame t-1) next to the predicted change with the inferred action,
