@@ -134,3 +134,18 @@ def test_the_configuration_reference_names_every_field():
     text = (Path(__file__).resolve().parent.parent / "docs" / "configuration.md").read_text()
     fields = [name for name in flat_fields()] + [f.name for f in dataclasses.fields(SweepConfig)]
     assert [name for name in fields if f"`{name}`" not in text] == []
+
+
+def test_whitening_with_fewer_vectors_a_step_than_dims_is_refused_at_start_up():
+    from lam.recipes import recipe_config
+
+    cfg = recipe_config("real")
+    cfg.data.data_dir = "d"
+    cfg.validate()  # 16 windows x 2 transitions = 32 vectors of 4 dims
+    cfg.model.codebook_dim = 32
+    with pytest.raises(UserError, match=r"whiten needs more action vectors per step than each has dims: .* 32 vectors for codebook_dim 32"):
+        cfg.validate()
+    cfg.model.whiten, cfg.model.kl_weight = False, 0.1  # a large continuous action with the KL bottleneck instead
+    cfg.validate()
+    cfg.model.whiten, cfg.model.quantizer = True, "fsq"  # FSQ whitens its few grid dims, whatever codebook_dim says
+    cfg.validate()

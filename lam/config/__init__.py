@@ -230,6 +230,10 @@ class RunConfig:
             (0 <= t.augment_gain < 1, f"augment_gain must be in [0, 1), got {t.augment_gain}"),
             (t.label_schedule in LABEL_SCHEDULES, f"label_schedule must be one of {', '.join(LABEL_SCHEDULES)}, got {t.label_schedule!r}"),
             (t.batch_size >= t.num_workers, f"batch_size {t.batch_size} must be >= num_workers {t.num_workers} (it is split across workers)"),
+            (not whitening_underdetermined(self), f"whiten needs more action vectors per step than each has dims: batch_size "
+             f"{t.batch_size} x {d.sequence_length - 1} transitions a window = {t.batch_size * (d.sequence_length - 1)} vectors for "
+             f"codebook_dim {self.model.codebook_dim}; raise batch_size, or for a large continuous action use whiten false with "
+             "kl_weight > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -325,6 +329,14 @@ def _warn_deprecated(key: str, source: str) -> None:
 
 # -----------------------------------------------------------------------------
 # Overrides and YAML
+
+
+def whitening_underdetermined(cfg: RunConfig) -> bool:
+    """Whether a step's batch has no more action vectors than each has dims, so that the batch
+    covariance that whitening inverts is singular (its null directions would be blown up by
+    1/sqrt(eps)). FSQ whitens its few grid dims, whatever codebook_dim says."""
+    m = cfg.model
+    return m.whiten and m.quantizer != "fsq" and cfg.train.batch_size * (cfg.data.sequence_length - 1) <= m.codebook_dim
 
 
 def apply_overrides(cfg: RunConfig, raw: dict, source: str, warn_deprecated: bool = True) -> RunConfig:
