@@ -146,6 +146,38 @@ def test_code_use_is_counted_over_the_epoch_not_averaged_over_batches():
     assert CodeCounter(2, 3, "cpu").compute("val") == {}  # nothing counted
 
 
+def test_checkpoints_are_ranked_by_the_chosen_metric_and_refused_where_it_cannot_exist(tiny_data, tmp_path):
+    from lam.config import RunConfig
+    from lam.data.manifest import load_manifest
+    from lam.errors import UserError
+    from lam.train.launch import check_checkpoint_metric
+    from lam.train.loop import checkpoint_score
+
+    record = {"val/loss": 0.5, "train/loss": 0.7, "val/delta_psnr": 2.0}
+    assert checkpoint_score(record, "val/loss", "min") == 0.5
+    assert checkpoint_score(record, "val/delta_psnr", "max") == -2.0  # Ray keeps the lowest: higher is better
+    assert checkpoint_score({"train/loss": 0.7}, "val/loss", "min") == 0.7  # no val split: the train loss
+    assert checkpoint_score({"val/loss": 0.5}, "val/delta_psnr", "max") is None  # not this epoch: not saved
+
+    def config(**train):
+        return RunConfig.from_dict({"data_dir": str(tiny_data), **train})
+
+    config(checkpoint_metric="val/delta_psnr", checkpoint_mode="max", eval_every=1, save_every=2).validate()
+    with pytest.raises(UserError, match="it must divide save_every"):
+        config(checkpoint_metric="val/delta_psnr", eval_every=2, save_every=3).validate()
+    with pytest.raises(UserError, match="checkpoint_metric must be an epoch metric"):
+        config(checkpoint_metric="delta_psnr").validate()
+    manifest = load_manifest(tiny_data / "manifest.json")
+    check_checkpoint_metric(config(checkpoint_metric="val/code_map_accuracy"), manifest)  # the val file has true actions
+    manifest.files[manifest.split_files("val")[0]]["has_actions"] = False
+    with pytest.raises(UserError, match="scores the val files against their true actions; .* has none"):
+        check_checkpoint_metric(config(checkpoint_metric="val/code_map_accuracy"), manifest)
+    manifest.splits["val"] = []
+    with pytest.raises(UserError, match="needs a val split"):
+        check_checkpoint_metric(config(checkpoint_metric="val/action_perplexity"), manifest)
+    check_checkpoint_metric(config(), manifest)  # val/loss falls back to the train loss
+
+
 def test_blocks_are_whole_per_worker_batches(ray_session, tiny_data, tmp_path, monkeypatch):
     """A training batch is one block (so the iterator never concatenates): every block holds
     one per-worker batch, except at most one at the end of the epoch."""

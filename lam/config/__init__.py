@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from lam.config.options import option
-from lam.config.train import LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
+from lam.config.train import ACTION_CHECK_METRICS, LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
 from lam.errors import UserError
 
 
@@ -229,6 +229,12 @@ class RunConfig:
             (0 <= t.augment_crop < 1, f"augment_crop must be in [0, 1), got {t.augment_crop}"),
             (0 <= t.augment_gain < 1, f"augment_gain must be in [0, 1), got {t.augment_gain}"),
             (t.label_schedule in LABEL_SCHEDULES, f"label_schedule must be one of {', '.join(LABEL_SCHEDULES)}, got {t.label_schedule!r}"),
+            (t.checkpoint_mode in ("min", "max"), f"checkpoint_mode must be min or max, got {t.checkpoint_mode!r}"),
+            (t.checkpoint_metric.startswith(("train/", "val/")), f"checkpoint_metric must be an epoch metric (train/... or val/...), "
+             f"got {t.checkpoint_metric!r}"),
+            (t.checkpoint_metric not in ACTION_CHECK_METRICS or (t.eval_every and t.save_every % t.eval_every == 0),
+             f"checkpoint_metric {t.checkpoint_metric} comes from the action check every eval_every ({t.eval_every}) epochs: "
+             f"it must divide save_every ({t.save_every}), so every checkpoint has the metric"),
             (t.batch_size >= t.num_workers, f"batch_size {t.batch_size} must be >= num_workers {t.num_workers} (it is split across workers)"),
             (not whitening_underdetermined(self), f"whiten needs more action vectors per step than each has dims: batch_size "
              f"{t.batch_size} x {d.sequence_length - 1} transitions a window = {t.batch_size * (d.sequence_length - 1)} vectors for "

@@ -10,6 +10,9 @@ from lam.errors import UserError
 # The schedules of `lam.train.schedule.label_multiplier`, named here so that the config needs no training code.
 LABEL_SCHEDULES = ("constant", "decay", "warmup")
 
+# Metrics of the periodic action check (`eval_every`), not of every epoch.
+ACTION_CHECK_METRICS = ("val/delta_psnr", "val/nmi", "val/code_map_accuracy")
+
 TRAINING, SCALING, OUTPUTS = "training", "scaling", "outputs and logging"
 
 
@@ -51,7 +54,11 @@ class TrainConfig:
     save_every: int = option(5, "epochs between checkpoints (and always at the end)", group=OUTPUTS)
     checkpoint_upload: str = option("async", "async: training waits only for a copy of the state in memory, the file is written and copied "
                                     "into the run directory in the background | sync: before the next step", group=OUTPUTS)
-    keep_best: int = option(3, "checkpoints kept, by lowest val/loss (the latest is always kept too)", group=OUTPUTS)
+    keep_best: int = option(3, "checkpoints kept, the best by checkpoint_metric (the latest is always kept too)", group=OUTPUTS)
+    checkpoint_metric: str = option("val/loss", "the epoch metric that ranks checkpoints for keep_best, e.g. val/loss, val/delta_psnr (an "
+                                    "action check: eval_every must divide save_every), val/action_perplexity, val/code_map_accuracy "
+                                    "(val files with true actions)", group=OUTPUTS)
+    checkpoint_mode: str = option("min", "whether checkpoint_metric is better low (min) or high (max)", group=OUTPUTS, choices=("min", "max"))
     log_every: int = option(10, "steps between progress lines and metric records inside an epoch", group=OUTPUTS)
     eval_every: int = option(1, "epochs between action-quality checks on val (delta-t PSNR, NMI); 0: never", group=OUTPUTS)
     wandb_project: str = option("vvae-lam", "wandb project", group=OUTPUTS)

@@ -65,9 +65,27 @@ def prepare(cfg: RunConfig):
     if cfg.data.manifest_path:
         cfg.data.manifest_path = os.path.abspath(cfg.data.manifest_path)
     manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
+    check_checkpoint_metric(cfg, manifest)
     cfg.resolve_run_name()
     cfg.train.wandb_mode = resolve_wandb_mode(cfg.train.wandb_mode)
     return manifest
+
+
+def check_checkpoint_metric(cfg: RunConfig, manifest) -> None:
+    """The metric that ranks checkpoints must exist in every saved epoch: a val metric needs a val
+    split (val/loss falls back to train/loss), and a score against true actions needs them in
+    every val file."""
+    metric = cfg.train.checkpoint_metric
+    if not metric.startswith("val/") or metric == "val/loss" or cfg.train.test_mode:
+        return
+    val = manifest.split_files("val")
+    if not val:
+        raise UserError(f"checkpoint_metric {metric} needs a val split; {manifest.path or 'the manifest'} has none")
+    if metric in ("val/nmi", "val/code_map_accuracy"):
+        missing = [rel for rel in val if not manifest.files.get(rel, {}).get("has_actions", True)]
+        if missing:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            raise UserError(f"checkpoint_metric {metric} scores the val files against their true actions; {missing[0]}{more} has none")
 
 
 def run_dirs(cfg: RunConfig) -> tuple[str, str, str]:

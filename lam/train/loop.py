@@ -224,7 +224,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         save = last or (not t.test_mode and (epoch + 1) % t.save_every == 0)
         if not (is_log_point or save):
             continue
-        score = record.get("val/loss", record.get("train/loss"))
+        score = checkpoint_score(record, t.checkpoint_metric, t.checkpoint_mode)
         record["checkpoint_score"] = score
         state = None
         if rank == 0:
@@ -234,8 +234,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
                   f" | elapsed {format_eta(time.time() - run_start)}", flush=True)
             healthy = score is not None and math.isfinite(score) and state_is_finite(raw_model)
             if save and not healthy:  # a poisoned checkpoint must never be registered (and evict a good one)
-                print(f"[lam] warning: epoch {epoch + 1}: not saving a checkpoint: the weights or the score "
-                      f"({score}) are not finite", flush=True)
+                why = f"this epoch has no {t.checkpoint_metric}" if score is None else f"the weights or the score ({score}) are not finite"
+                print(f"[lam] warning: epoch {epoch + 1}: not saving a checkpoint: {why}", flush=True)
             elif save:
                 state = dict(model=raw_model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                              epoch=epoch, step=step, config=cfg.to_dict(),
@@ -252,6 +252,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
     if logger is not None:
         logger.close()
+
+
+def checkpoint_score(record: dict, metric: str, mode: str) -> float | None:
+    """The number Ray Train keeps the lowest `keep_best` checkpoints by: `metric` of the epoch's
+    record (val/loss falls back to train/loss in a run without a val split), negated for mode
+    max; None when the record lacks it (the checkpoint is then not saved, with a warning)."""
+    value = record.get(metric, record.get("train/loss") if metric == "val/loss" else None)
+    if value is None:
+        return None
+    return value if mode == "min" else -value
 
 
 def step_metric_name(key: str) -> str:
