@@ -216,6 +216,10 @@ def evaluate(checkpoint: str, cfg: RunConfig) -> dict:
                                       out_dir=Path(checkpoint) / "eval_test"))
 
 
+# The last epoch's val metrics a report keeps per run (`bench/score_ranking.py`).
+VAL_SCORES = ("val/loss", "val/mse_loss", "val/delta_psnr", "val/action_perplexity", "val/action_ids_used", "val/codebook_usage",
+              "val/nmi", "val/code_map_accuracy")
+
 UNTRAINED_FIT_WINDOWS = 512  # training-split windows the untrained model's k-means ids are fitted on
 
 
@@ -253,6 +257,9 @@ def trained(cfg: RunConfig, epochs: int, run_name: str) -> dict:
     outcome = train(cfg, verbose=False)
     result = evaluate(outcome.checkpoint_path, cfg)
     result["train_seconds"] = time.time() - start
+    # What training itself saw of the run on val, without test labels: the candidates that
+    # `python -m bench.score_ranking` compares with the test probe as ways to rank runs.
+    result["val_scores"] = {k: float(v) for k, v in outcome.metrics.items() if k in VAL_SCORES}
     return result
 
 

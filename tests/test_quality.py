@@ -397,3 +397,35 @@ def test_an_earlier_reports_ceiling_is_used_only_if_fitted_on_the_same_data_by_t
     assert f"fitted by inverse-dynamics model version {IDM_VERSION - 1}, not {IDM_VERSION}" in printed
     assert "fitting the ceiling" in printed and fitted["idm_version"] == IDM_VERSION and fitted["test_accuracy"] != 0.123
     path.unlink()
+
+
+def test_score_ranking_says_which_training_score_ranks_runs_like_the_probe(tmp_path, capsys):
+    from bench.score_ranking import main
+
+    def run(probe, psnr, mse):
+        return {"ours": {"probe_accuracy": probe, "val_scores": {"val/delta_psnr": psnr, "val/mse_loss": mse}}}
+
+    probes = [0.3, 0.4, 0.5, 0.6, 0.7]
+    report = {"datasets": {
+        # delta-t PSNR rises with the probe; val/mse_loss falls with it (lower is better: it ranks well too)
+        "minigrid": {"per_seed": [run(p, 0.1 + p, 1 - p) for p in probes]},
+        # here val/mse_loss rises with the probe: it ranks runs backwards
+        "miniwob": {"per_seed": [run(p, 0.1 + p, p) for p in probes]},
+        "crafter": {"per_seed": [run(0.5, 1.0, 0.1)]},  # too few runs: left out
+    }}
+    old = {"datasets": {"minigrid": {"per_seed": [{"ours": {"probe_accuracy": 0.9}}]}}}  # no val scores: left out
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    paths[0].write_text(json.dumps(report))
+    paths[1].write_text(json.dumps(old))
+    assert main([str(p) for p in paths] + ["--out", str(tmp_path / "out.json")]) == 0
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert set(out) == {"minigrid", "miniwob"} and out["minigrid"]["runs"] == 5
+    assert out["minigrid"]["correlations"]["val/delta_psnr"] == pytest.approx(1.0)
+    assert out["minigrid"]["correlations"]["val/mse_loss"] == pytest.approx(1.0)
+    assert out["miniwob"]["correlations"]["val/mse_loss"] == pytest.approx(-1.0)
+    assert out["miniwob"]["correlations"]["val/action_perplexity"] is None  # not in these runs
+    table = capsys.readouterr().out
+    assert table.index("| val/delta_psnr |") < table.index("| val/mse_loss |")  # the best first
+    assert "| val/delta_psnr | +1.00 | +1.00 | +1.00 |" in table
+    assert main([str(paths[1])]) == 2  # nothing to rank
+    assert "no dataset has 4 or more runs" in capsys.readouterr().err
