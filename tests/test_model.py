@@ -24,21 +24,21 @@ SPEC_METRICS = {
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
 # the whitening, the motion moments, a frame correlation and a shifted prediction (both moments,
 # phase and shifted-local with the diff stem; pixel moments, cross and shifted with the pair
-# stem), the (opt-in) label head, the moments loss, the moved-pixels loss and the forward model
-# in a learned latent space on.
+# stem), the (opt-in) label head, the moments loss, the moved-pixels loss, the forward model
+# in a learned latent space and a frame offset of 2 on.
 PARTS = [
     dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras,
          motion_moments=("patches+pixels" if stem == "diff" else "pixels") if extras else "none",
          frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
          prediction=("shifted-local" if stem == "diff" else "shifted") if extras else "residual",
          label_classes=3 if extras else 0, moments_weight=0.5 if extras else 0.0, motion_weight=1.0 if extras else 0.0,
-         forward_target="pixels+latent" if extras else "pixels")
+         forward_target="pixels+latent" if extras else "pixels", action_offset=2 if extras else 1)
     for stem, head, quantizer, extras in itertools.product(STEMS, HEADS, QUANTIZERS, (False, True))
 ]
 
 
 def part_id(p: dict) -> str:
-    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels-moments-moved-latent-loss" if p["whiten"] else ""
+    extras = f"-whiten-{p['motion_moments']}-{p['frame_correlation']}-{p['prediction']}-labels-moments-moved-latent-loss-offset2" if p["whiten"] else ""
     return f"{p['stem']}-{p['action_head']}-{p['quantizer']}{extras}"
 
 
@@ -279,7 +279,7 @@ def test_frame_t_minus_1_of_decode_input_is_never_read(parts):
 
 @every_combination
 def test_inferred_action_sees_frames_up_to_t_only(parts):
-    """z_pre of t-1 -> t changes with frame t (and t-1), never with frames > t."""
+    """z_pre of t-1 -> t changes with frame t (and t-1, or t-k with action_offset k), never with frames > t."""
     cfg = small_model_config(**parts)
     model = make_model(cfg)
     t_len = 6
@@ -292,8 +292,9 @@ def test_inferred_action_sees_frames_up_to_t_only(parts):
             _, z2 = model.encode_actions(x2)
             torch.testing.assert_close(z2[:, : t - 1], z[:, : t - 1], rtol=0, atol=1e-5)  # earlier transitions
             assert (z2[:, t - 1] - z[:, t - 1]).abs().max() > 1e-3  # its own transition sees frame t
-            if t + 1 < t_len:  # frame t is the previous frame of t -> t+1
-                assert (z2[:, t] - z[:, t]).abs().max() > 1e-3
+            later = t + cfg.action_offset - 1  # frame t is what the action of t+k-1 -> t+k compares with (k = action_offset)
+            if later < t_len - 1:
+                assert (z2[:, later] - z[:, later]).abs().max() > 1e-3
 
 
 @every_combination
@@ -485,3 +486,22 @@ def test_the_latent_forward_model_trains_its_online_encoder_and_moves_its_target
     # the target sees frame t only as a loss target: predictions do not depend on it (see the causality checks)
     plain = LatentActionModel(small_model_config(quantizer="gaussian"))
     assert plain.latent is None and "latent_loss" not in plain.metric_names
+
+
+@pytest.mark.parametrize("stem", ["pair", "diff"])
+def test_an_action_offset_compares_frame_t_with_frame_t_minus_k(stem):
+    parts = dict(stem=stem, motion_moments="patches+pixels" if stem == "diff" else "pixels",
+                 frame_correlation="phase", action_head="motion")
+    torch.manual_seed(0)
+    one = LatentActionModel(small_model_config(**parts)).eval()
+    two = LatentActionModel(small_model_config(**parts, action_offset=2)).eval()
+    two.load_state_dict(one.state_dict())
+    x = torch.randn(2, 5, 4, 16, 16)
+    with torch.no_grad():
+        z1, z2 = one.encoder(one.in_adapter(x), x), two.encoder(two.in_adapter(x), x)
+        # the first transition has no frame t-2 in the window: it is compared with frame 0, as with offset 1
+        torch.testing.assert_close(z2[:, 0], z1[:, 0])
+        # transition t-1 -> t of offset 2 is transition 0 -> 2 of offset 1 on the frames (t-2, t)
+        for t in range(2, 5):
+            pair = x[:, [t - 2, t]]
+            torch.testing.assert_close(z2[:, t - 1], one.encoder(one.in_adapter(pair), pair)[:, 0], rtol=1e-4, atol=1e-5)

@@ -91,6 +91,9 @@ class ModelConfig:
     action_head: str = option("token", "where an action comes from: token = the encoder transformer's action token, "
                               "token+motion = that plus a linear map of the stem's features, "
                               "motion = the stem's features alone (no encoder transformer)", choices=ACTION_HEADS)
+    action_offset: int = option(1, "the frame the encoder compares frame t with for the action of t-1 -> t: t - action_offset (the "
+                                "window's first where that is before it); 1: the previous frame; more, for sets where one latent frame "
+                                "moves little. The decoder still predicts t from t-1")
     quantizer: str = option("vq", "the action bottleneck: vq = learned codebooks (the spec), "
                             "fsq = finite scalar quantisation (a fixed grid; nothing to collapse), "
                             "gaussian = a continuous vector plus noise in training, ids from k-means", choices=QUANTIZERS)
@@ -148,7 +151,7 @@ class ModelConfig:
         positive = [
             "in_channels", "latent_size", "patch_dim", "patch_grid", "embed_dim", "num_heads",
             "encoder_depth", "decoder_depth", "codebook_dim", "num_embeddings", "num_codes",
-            "rollout_horizon", "latent_depth",
+            "rollout_horizon", "latent_depth", "action_offset",
         ]
         for name in positive:
             value = getattr(self, name)
