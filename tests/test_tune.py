@@ -36,7 +36,8 @@ def write_space(tmp_path: Path, space: dict) -> str:
 def test_default_space_covers_size_bottleneck_and_inputs_and_is_valid():
     raw = load_search_space(None)
     assert set(raw) == {"embed_dim", "encoder_depth", "decoder_depth", "learning_rate", "quantizer", "num_codes", "num_embeddings", "codebook_dim",
-                        "commitment_weight", "noise_std", "stem", "motion_moments", "frame_correlation", "prediction", "change_weight", "augment_shift"}
+                        "commitment_weight", "noise_std", "stem", "motion_moments", "frame_correlation", "prediction", "change_weight", "augment_shift",
+                        "motion_weight", "forward_target", "action_offset", "augment_crop"}
     assert raw["quantizer"] == {"choice": ["vq", "fsq", "gaussian"]}
     base = RunConfig()
     base.data.data_dir = "unused"
