@@ -39,21 +39,29 @@ def test_quick_suite_writes_a_sane_report(tmp_path):
     for row in ingest["rows"].values():
         assert positive(row["windows_per_s"]) and positive(row["mb_per_s"])
         assert {e["windows"] for e in row["epochs"]} == {ingest["dataset"]["windows_per_epoch"]}  # every window, every epoch
-    assert all(positive(v) for v in ingest["ratios"].values())
+    rate = {name: row["windows_per_s"] for name, row in ingest["rows"].items()}
+    assert ingest["ratios"] == pytest.approx({"ray_data_vs_dataloader": rate["ray_data"] / rate["dataloader"],
+                                              "ray_data_vs_h5py_loop": rate["ray_data"] / rate["h5py_loop"]})
     assert set(ingest["targets"]) == set(ingest["ratios"])
+    assert all(t["met"] == (ingest["ratios"][k] >= t["target"]) for k, t in ingest["targets"].items())
 
     train = report["train"]
     assert {(r["precision"], r["compile"]) for r in train["rows"]} == {("fp32", False)}  # --quick: no bf16, no compile
     for row in train["rows"]:
         assert positive(row["bare"]["samples_per_s"]) and positive(row["ray_train"]["samples_per_s"])
-        assert positive(row["ray_vs_bare"])
+        assert row["ray_vs_bare"] == pytest.approx(row["ray_train"]["samples_per_s"] / row["bare"]["samples_per_s"])
         assert row["ray_train"]["epochs"] == 2
-    assert isinstance(train["targets"]["ray_train_overhead"]["met"], bool)
+    overhead = train["targets"]["ray_train_overhead"]
+    assert overhead["worst"] == pytest.approx(1 - min(r["ray_vs_bare"] for r in train["rows"]))
+    assert overhead["met"] == (overhead["worst"] <= overhead["target"] + 1e-12)
 
     mfu = report["mfu"]
     assert positive(mfu["flops_per_sample"]) and positive(mfu["peak_flops"]["fp32"]) and positive(mfu["peak_flops"]["bf16"])
     assert len(mfu["rows"]) == 2 * len(train["rows"])
-    assert all(positive(r["achieved_flops"]) and 0 < r["mfu"] for r in mfu["rows"])
+    for r, (row, runner) in zip(mfu["rows"], [(row, runner) for row in train["rows"] for runner in ("bare", "ray_train")]):
+        assert r["runner"] == runner
+        assert r["achieved_flops"] == pytest.approx(mfu["flops_per_sample"] * row[runner]["samples_per_s"])
+        assert r["mfu"] == pytest.approx(r["achieved_flops"] / mfu["peak_flops"][r["precision"]])
 
     scaling = report["scaling"]
     assert [r["workers"] for r in scaling["rows"]] == [1, 2]

@@ -42,7 +42,12 @@ def test_the_cpu_dry_run_runs_every_section_and_writes_the_report(tmp_path):
     ingest = report["ingest"]
     assert positive(ingest["model_windows_per_s"]) and positive(ingest["ray_data_windows_per_s"]) and ingest["read_cpus"] >= 1
     overfit = report["overfit"]
-    assert isinstance(overfit["passed"], bool) and positive(overfit["mse"]) and positive(overfit["mae"])
+    assert positive(overfit["mse"]) and positive(overfit["mae"]) and positive(overfit["copy_last_mse"])
+    from lam.train.launch import OVERFIT_BASELINE_RATIO, OVERFIT_MAE, OVERFIT_MSE
+
+    # PASS is the spec's rule on the numbers the report gives, not a flag on its own
+    assert overfit["passed"] is (overfit["mse"] < OVERFIT_MSE and overfit["mae"] < OVERFIT_MAE
+                                 and overfit["mse"] < OVERFIT_BASELINE_RATIO * overfit["copy_last_mse"])
     ckpt = report["checkpoint"]
     assert positive(ckpt["size_mb"]) and positive(ckpt["snapshot_s"]) and ckpt["sync_stall_s"] > ckpt["async_stall_s"]
 
