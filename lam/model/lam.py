@@ -49,6 +49,7 @@ from lam.model.encoder import LatentActionEncoder
 from lam.model.latent_target import FORWARD_TARGETS
 from lam.model.moved import moved_error
 from lam.model.quantize import build_quantizer
+from lam.model.quantize.base import action_radix
 from lam.model.stems import PixelMoments
 from lam.model.whiten import Whitening
 
@@ -157,10 +158,11 @@ class LatentActionModel(nn.Module):
             return *self.whiten(self.encoder(patches, x)), None
         z, z_head = self.encoder(patches, x, head_view=True)  # the penalty trains the head's output layers only
         # Batch statistics (what the decoder is trained on) and the running ones differ by a
-        # batch's sampling error: ids and k-means read from the vectors as evaluation whitens
-        # them (before this batch updates the running statistics), so a window gets the same id
-        # in a training forward as in evaluation of the same model.
-        z_ids = self.whiten.with_running_statistics(z.detach())
+        # batch's sampling error: a continuous bottleneck's ids and k-means read from the vectors
+        # as evaluation whitens them (before this batch updates the running statistics), so a
+        # window gets the same id in a training forward as in evaluation of the same model. A
+        # discrete bottleneck's ids are its codes: no second whitening for it.
+        z_ids = self.whiten.with_running_statistics(z.detach()) if self.quantizer.continuous else None
         return *self.whiten(z, z_head), z_ids
 
     def _predict(self, frames: torch.Tensor, patches: torch.Tensor, actions: torch.Tensor,
@@ -367,8 +369,7 @@ class LatentActionModel(nn.Module):
         return (ids.long()[..., None] // self._radix(ids.device)) % self.config.num_embeddings
 
     def _radix(self, device) -> torch.Tensor:
-        m, k = self.config.num_embeddings, self.config.num_codes
-        return m ** torch.arange(k - 1, -1, -1, device=device, dtype=torch.long)  # (K,)
+        return action_radix(self.config.num_codes, self.config.num_embeddings, device)  # (K,)
 
     def _check_indices(self, indices: torch.Tensor, batch: int, steps: int) -> None:
         want = (batch, steps, self.config.num_codes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from lam.model.quantize.base import count_codes, usage_and_perplexity
+from lam.model.quantize.base import action_radix, count_codes, usage_and_perplexity
 
 
 class MeanTracker:
@@ -72,8 +72,7 @@ class CodeCounter:
         """Count a step's `indices` (..., K) long on this rank; with `keep` false (a device bool,
         e.g. a skipped step), nothing, decided on the device."""
         codes = count_codes(indices, self.num_codes, self.num_embeddings)
-        radix = self.num_embeddings ** torch.arange(self.num_codes - 1, -1, -1, device=indices.device)
-        ids = (indices.reshape(-1, self.num_codes) * radix).sum(-1)  # the mixed-radix action id
+        ids = (indices.reshape(-1, self.num_codes) * action_radix(self.num_codes, self.num_embeddings, indices.device)).sum(-1)
         actions = torch.bincount(ids, minlength=self.actions.numel())
         if keep is not None:
             codes, actions = torch.where(keep, codes, 0), torch.where(keep, actions, 0)

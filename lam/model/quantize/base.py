@@ -89,6 +89,11 @@ class Quantizer(nn.Module):
         return (counts, *usage_and_perplexity(counts))
 
 
+def action_radix(num_codes: int, num_embeddings: int, device=None) -> torch.Tensor:
+    """(K,) long: the place value of each code position in an action id, M**(K-1-k)."""
+    return num_embeddings ** torch.arange(num_codes - 1, -1, -1, device=device, dtype=torch.long)
+
+
 def count_codes(indices: torch.Tensor, num_codes: int, num_embeddings: int) -> torch.Tensor:
     """How often each choice is used in `indices` (..., K): (K, M) long, local to this rank."""
     flat = indices.reshape(-1, num_codes).t()  # (K, n)
