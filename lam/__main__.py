@@ -1,5 +1,5 @@
 import sys
 
-from lam.cli import main
+from lam.commands import main
 
 sys.exit(main())

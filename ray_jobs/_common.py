@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's `lam`, installed or not
 
-from lam.cli import main
+from lam.commands import main
 
 STORAGE_COMMANDS = ("train", "tune")
 

@@ -87,7 +87,7 @@ def test_a_format_1_run_resumes_with_the_same_next_step(name):
 
 
 def test_lam_eval_runs_on_a_format_1_checkpoint(tiny_data, tmp_path, capsys):
-    from lam.cli import main
+    from lam.commands import main
 
     code = main(["eval", "--checkpoint", str(checkpoint("fsq_whiten_diff_moments_token_motion")), "--data_dir", str(tiny_data),
                  "--split", "test", "--out", str(tmp_path / "eval"), "--no_figures"])

@@ -8,10 +8,10 @@ from argparse import ArgumentParser
 import pytest
 import yaml
 
-from lam.cli import main
+from lam.commands import main
+from lam.commands.flags import add_config_flags, config_from_args
 from lam.config import DEPRECATED_KEYS, ModelConfig, RunConfig, SweepConfig, apply_overrides, flat_fields, load_yaml
 from lam.errors import UserError
-from lam.flags import add_config_flags, config_from_args
 from lam.recipes import RECIPES, recipe_config
 
 

@@ -221,7 +221,7 @@ def test_eval_writes_report_and_figures(tiny_data, tmp_path):
 
 
 def test_lam_eval_end_to_end_with_groups(tiny_data, tmp_path, capsys):
-    from lam.cli import main
+    from lam.commands import main
 
     ckpt, _, _ = write_tiny_checkpoint(tiny_data, tmp_path)
     code = main(["eval", "--checkpoint", str(ckpt), "--data_dir", str(tiny_data), "--split", "train", "--out", str(tmp_path / "eval"),
@@ -240,13 +240,13 @@ def test_lam_eval_end_to_end_with_groups(tiny_data, tmp_path, capsys):
 
 
 def test_lam_eval_refuses_a_bad_group_pattern(tiny_data, tmp_path):
-    from lam.cli import main
+    from lam.commands import main
 
     ckpt, _, _ = write_tiny_checkpoint(tiny_data, tmp_path)
     assert main(["eval", "--checkpoint", str(ckpt), "--data_dir", str(tiny_data), "--group_by", "(unclosed"]) == 2
 
 
 def test_eval_cli_refuses_a_folder_that_is_not_a_checkpoint(tmp_path):
-    from lam.cli import main
+    from lam.commands import main
 
     assert main(["eval", "--checkpoint", str(tmp_path), "--data_dir", str(tmp_path)]) == 2

@@ -164,7 +164,7 @@ def test_a_nan_window_written_after_the_manifest_is_skipped_counted_and_named(ra
     assert "\n" not in message and f"{data_copy / bad_file}: window of latent frames 4..7 contains NaN" in message, message
 
     # `lam manifest --full_check` reads every chunk: the file is left out, with the chunk named
-    from lam.cli import main
+    from lam.commands import main
 
     capfd.readouterr()
     assert main(["manifest", str(data_copy), "--out", str(tmp_path / "checked.json"), "--full_check"]) == 0

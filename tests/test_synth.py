@@ -190,7 +190,7 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_lam_synth_command(tmp_path):
-    from lam.cli import main
+    from lam.commands import main
 
     assert main(["synth", str(tmp_path), "--files", "2", "--chunks", "2", "--vary-length", "--num_actions", "9"]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.h5")) == ["video_0000.h5", "video_0001.h5"]

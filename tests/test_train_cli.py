@@ -2,7 +2,7 @@
 
 import pytest
 
-from lam.cli import main
+from lam.commands import main
 
 TINY_FLAGS = ["--sequence_length", "3", "--patch_grid", "8", "--patch_dim", "128", "--embed_dim", "64", "--num_heads", "4",
               "--encoder_depth", "1", "--decoder_depth", "1", "--codebook_dim", "32", "--num_embeddings", "8",

@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from helpers import tiny_config
-from lam.cli import build_parser, main as lam_main
+from lam.commands import build_parser, main as lam_main
+from lam.commands.flags import config_from_args
 from lam.config import RunConfig, SweepConfig, dump_yaml, load_yaml
 from lam.errors import UserError
-from lam.flags import config_from_args
 from lam.tune.space import DEFAULT_SPACE_PATH, check_against, count_grid, load_search_space, to_param_space
 from lam.tune.sweep import derive_max_concurrent, run_sweep, trial_config
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lam.flags import add_config_flags, add_sweep_flags, config_from_args, recipes_help, sweep_from_args
+from lam.commands.flags import add_config_flags, add_sweep_flags, config_from_args, recipes_help, sweep_from_args
 
 TUNE_EXAMPLES = """examples:
   # 8 random draws of the default space (lam/tune/default_space.yaml), 20 epochs max each

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from lam.flags import add_config_flags, config_from_args, recipes_help
+from lam.commands.flags import add_config_flags, config_from_args, recipes_help
 from lam.recipes import recipe_config
 
 TRAIN_EXAMPLES = """examples:

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from lam.flags import add_flag
+from lam.commands.flags import add_flag
 
 RAW = argparse.RawDescriptionHelpFormatter
 

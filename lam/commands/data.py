@@ -9,10 +9,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from lam.commands.flags import add_flag
 from lam.data.h5 import FileInfo, LatentShape, find_h5_files, inspect_file
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.errors import DataError, UserError
-from lam.flags import add_flag
 
 RAW = argparse.RawDescriptionHelpFormatter
 

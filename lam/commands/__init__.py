@@ -1,4 +1,5 @@
-"""The `lam` command: one entry point, a subcommand per job. Nothing imports this module.
+"""The `lam` command: one entry point, a subcommand per job; the package holds every command's
+argument handling, and only `python -m lam` (lam/__main__.py) imports it.
 
     lam synth demo_data --files 16 --chunks 64 --seed 0
     lam manifest demo_data --train_ratio 0.8 --val_ratio 0.1 --test_ratio 0.1 --seed 42
@@ -18,11 +19,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lam.data import cli as data_cli
+from lam.commands import data as data_cli
+from lam.commands import eval as eval_cli
+from lam.commands import train as train_cli
+from lam.commands import tune as tune_cli
 from lam.errors import UserError
-from lam.eval import cli as eval_cli
-from lam.train import cli as train_cli
-from lam.tune import cli as tune_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
