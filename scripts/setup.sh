@@ -8,10 +8,10 @@
 # torch==2.13.0; on machines that keep a CPU wheel of it on disk this takes seconds). The
 # project itself only asks for a range, so a GPU user's own torch build is kept.
 #
-# Without `run`, the `bench` extra (the environments of bench.realplay) comes too; where this runs
+# Without `run`, the `bench` extra (the environments of bench.quality.realplay) comes too; where this runs
 # as root with apt-get and a program of its GUI environments is missing, so do their Debian
 # packages: chromium + chromium-driver (miniwob), Xvfb, Openbox and the desktop applications
-# (desktop) (LAM_SETUP_NO_APT=1 skips that). Without them bench.realplay's tests are skipped,
+# (desktop) (LAM_SETUP_NO_APT=1 skips that). Without them bench.quality.realplay's tests are skipped,
 # saying what to install (under CI, where they must run, they fail).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ else
   echo "[setup] installing lam, its dependencies, test tools and benchmark environments"
   pip_install -e ".[test,bench]"
   if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium, Xlib" 2>/dev/null; then
-    echo "[setup] warning: the bench extra did not install; bench.realplay's tests will be skipped (under CI: fail)" >&2
+    echo "[setup] warning: the bench extra did not install; bench.quality.realplay's tests will be skipped (under CI: fail)" >&2
     pip_install -e ".[test]"
   fi
 fi
@@ -53,7 +53,7 @@ for program in $GUI_PROGRAMS; do
   command -v "$program" >/dev/null 2>&1 || missing="$missing $program"
 done
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && [ -z "${LAM_SETUP_NO_APT:-}" ]; then
-  echo "[setup] installing $GUI_PACKAGES (apt) for bench.realplay's GUI environments (missing:$missing)"
+  echo "[setup] installing $GUI_PACKAGES (apt) for bench.quality.realplay's GUI environments (missing:$missing)"
   # shellcheck disable=SC2086  # one word per package
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $GUI_PACKAGES; } >/dev/null \
     || echo "[setup] warning: the GUI environments' packages did not install; the miniwob and desktop tests will be skipped (under CI: fail)" >&2

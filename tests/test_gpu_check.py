@@ -1,4 +1,4 @@
-"""The GPU check (`bash bench/gpu_check.sh`) runs end to end in its CPU dry run, so it cannot rot
+"""The GPU check (`bash bench/perf/gpu_check.sh`) runs end to end in its CPU dry run, so it cannot rot
 between GPU loans. Correctness only: no rate is asserted. It runs as a subprocess because it
 starts and shuts down its own local Ray."""
 
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_cpu_dry_run_runs_every_section_and_writes_the_report(tmp_path):
     out = tmp_path / "results-gpu.json"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu-dry-run", "--out", str(out), "--workdir", str(tmp_path / "work")],
+    proc = subprocess.run(["bash", "bench/perf/gpu_check.sh", "--cpu-dry-run", "--out", str(out), "--workdir", str(tmp_path / "work")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -62,6 +62,6 @@ def test_without_a_gpu_the_real_mode_says_so_and_exits_2():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible here: the real mode would run")
-    proc = subprocess.run([sys.executable, "-m", "bench.gpu_check"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([sys.executable, "-m", "bench.perf.gpu_check"], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2
     assert "sees no CUDA device" in proc.stderr and "--cpu-dry-run" in proc.stderr

@@ -64,7 +64,7 @@ def test_labelled_transitions_are_a_seeded_few_of_every_train_file_only(tmp_path
 
 def test_the_label_head_sees_the_transitions_of_the_label_budget_ceiling(tmp_path):
     """A run with --label_fraction F and seed s is compared with the ceiling trained on the same labels."""
-    from bench.idm import transitions
+    from bench.quality.idm import transitions
     from lam.data.manifest import create_manifest
     from lam.data.synth import write_synthetic_dataset
 
@@ -72,7 +72,7 @@ def test_the_label_head_sees_the_transitions_of_the_label_budget_ceiling(tmp_pat
     manifest = create_manifest(tmp_path, 0.5, 0.25, 0.25, seed=0)
     _, _, files = transitions(manifest, "train")
     for fraction, seed in ((0.025, 0), (0.1, 3)):
-        ceiling = label_budget(files, fraction, seed)  # indices into the split's transitions, as bench.idm trains on
+        ceiling = label_budget(files, fraction, seed)  # indices into the split's transitions, as bench.quality.idm trains on
         chosen = labelled_transitions(manifest, fraction, seed)
         train = manifest.split_files("train")
         per_file = [(train.index(rel), t) for rel, ts in chosen.items() for t in ts]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.idm import fit_inverse_dynamics
+from bench.quality.idm import fit_inverse_dynamics
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.data.synth import write_synthetic_dataset
 
@@ -35,7 +35,7 @@ def test_the_ceiling_converges_and_scores_every_test_transition(small_world):
 def test_a_training_pair_is_shifted_as_a_whole():
     import torch
 
-    from bench.idm import shifted
+    from bench.quality.idm import shifted
 
     pairs = torch.zeros(6, 2, 3, 16, 16)
     pairs[:, 0, :, 7, 7] = 1.0  # a dot that moves one pixel right between the two frames
@@ -56,9 +56,9 @@ def test_a_training_pair_is_shifted_as_a_whole():
 def generated_world(tmp_path, monkeypatch):
     """A data root where bench.quality generates its synthetic set itself, at a tiny size: 10 files of
     16 latent frames, split 5/1/4 by file as the yardstick splits; its ceilings fitted and cached
-    (with fast checks, stopped by patience) as `python -m bench.idm` would."""
-    import bench.quality as quality
-    from bench.idm import LABEL_BUDGETS, cache_path
+    (with fast checks, stopped by patience) as `python -m bench.quality.idm` would."""
+    import bench.quality.yardstick as quality
+    from bench.quality.idm import LABEL_BUDGETS, cache_path
 
     monkeypatch.setattr(quality, "SYNTHETIC", {"files": 10, "chunks": 8})
     root = tmp_path / "data"
@@ -73,8 +73,8 @@ def generated_world(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, generated_world, tmp_path, capsys):
-    from bench.idm import IDM_VERSION
-    from bench.quality import main
+    from bench.quality.idm import IDM_VERSION
+    from bench.quality.yardstick import main
 
     data = generated_world / "synthetic"
     stamp = json.loads((data / "dataset.json").read_text())
@@ -128,7 +128,8 @@ def test_one_seed_end_to_end_every_row_on_the_same_transitions(ray_session, gene
     printed = capsys.readouterr().out
     text = readme.read_text()
     assert "OLD TABLE" not in text and text.startswith("intro\n") and text.endswith("rest\n")
-    assert "| synthetic | 4 / 60 |" in text and f"python -m bench.quality --table {out}" in text
+    assert "| synthetic | 1 |" in text and f"python -m bench.quality --table {out}" in text  # the headline rows
+    assert "IDM 1.0% labels" not in text and "IDM 1.0% labels" in printed
     assert "| synthetic | 4 / 60 |" in printed
 
     # --extend keeps the earlier seeds below --seeds as they were, and trains none of them again;
@@ -158,7 +159,7 @@ def test_a_dataset_is_generated_by_one_process_at_a_time(tmp_path, monkeypatch, 
     import fcntl
     import threading
 
-    from bench import quality
+    import bench.quality.yardstick as quality
 
     monkeypatch.setattr(quality, "SYNTHETIC", {"files": 4, "chunks": 2})
     root = tmp_path / "data"
@@ -176,7 +177,7 @@ def test_a_dataset_is_generated_by_one_process_at_a_time(tmp_path, monkeypatch, 
 
 
 def test_rows_scored_on_different_transitions_are_an_error():
-    from bench.quality import check_same_transitions
+    from bench.quality.yardstick import check_same_transitions
     from lam.errors import UserError
 
     run = {"seed": 0, "test_transitions": 762, "untrained": {"scored_transitions": 762}, "ours": {"scored_transitions": 762},
@@ -188,7 +189,7 @@ def test_rows_scored_on_different_transitions_are_an_error():
 
 
 def test_a_run_with_labels_is_read_against_the_ceiling_on_the_same_labels(monkeypatch):
-    import bench.quality as quality
+    import bench.quality.yardstick as quality
 
     fitted = []
     monkeypatch.setattr(quality, "cached_ceiling", lambda data_dir, manifest, seed, fraction=1.0, kept=None:
@@ -219,8 +220,8 @@ def test_a_run_with_labels_is_read_against_the_ceiling_on_the_same_labels(monkey
 
 
 def test_a_changed_environment_regenerates_only_its_own_dataset(monkeypatch):
-    from bench.quality import dataset_spec
-    from bench.realplay.crafter_env import CrafterPlay
+    from bench.quality.yardstick import dataset_spec
+    from bench.quality.realplay.crafter_env import CrafterPlay
 
     crafter, minigrid = dataset_spec("crafter"), dataset_spec("minigrid")
     monkeypatch.setattr(CrafterPlay, "version", CrafterPlay.version + 1)
@@ -229,7 +230,7 @@ def test_a_changed_environment_regenerates_only_its_own_dataset(monkeypatch):
 
 
 def test_extended_runs_are_kept_only_on_data_generated_the_same_way(capsys):
-    from bench.quality import dataset_spec, kept_seeds
+    from bench.quality.yardstick import dataset_spec, kept_seeds
     from lam.errors import UserError
 
     spec = dataset_spec("crafter")
@@ -255,7 +256,7 @@ def test_extended_runs_are_kept_only_on_data_generated_the_same_way(capsys):
 
 
 def test_an_extended_report_carries_every_dataset_until_it_is_merged():
-    from bench.quality import carried_datasets
+    from bench.quality.yardstick import carried_datasets
     from lam.errors import UserError
 
     a = ("a.json", {"datasets": {"synthetic": {"per_seed": [0]}, "crafter": {"per_seed": [0]}}})
@@ -268,7 +269,7 @@ def test_an_extended_report_carries_every_dataset_until_it_is_merged():
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
-    from bench.quality import main
+    from bench.quality.yardstick import main
 
     assert main(["--datasets", "nope", "--data_root", str(tmp_path)]) == 2
     assert "unknown datasets ['nope']" in capsys.readouterr().err
@@ -285,7 +286,7 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
 def untrained_checkpoint(world, folder, **model_keys):
     """The tiny recipe's model on `world`, untrained (its seed's weights, ids fitted as bench.quality
     fits its floor's): a checkpoint whose scores must equal the floor's."""
-    from bench.quality import untrained_model
+    from bench.quality.yardstick import untrained_model
     from helpers import tiny_config
     from lam.runtime.checkpoint import save_checkpoint
 
@@ -294,7 +295,7 @@ def untrained_checkpoint(world, folder, **model_keys):
 
 
 def test_id_schemes_of_an_untrained_checkpoint_equal_its_floor(small_world, tmp_path, capsys):
-    from bench.id_schemes import main
+    from bench.quality.id_schemes import main
 
     ckpt = untrained_checkpoint(small_world / "synthetic", tmp_path, quantizer="gaussian", num_embeddings=5,
                                 prediction="shifted-local")
@@ -312,7 +313,7 @@ def test_id_schemes_of_an_untrained_checkpoint_equal_its_floor(small_world, tmp_
 
 
 def test_id_schemes_refuse_a_discrete_bottleneck(small_world, tmp_path, capsys):
-    from bench.id_schemes import main
+    from bench.quality.id_schemes import main
 
     ckpt = untrained_checkpoint(small_world / "synthetic", tmp_path, quantizer="fsq", num_embeddings=5)
     assert main([str(ckpt)]) == 2
@@ -320,8 +321,8 @@ def test_id_schemes_refuse_a_discrete_bottleneck(small_world, tmp_path, capsys):
 
 
 def test_a_ceiling_that_did_not_converge_is_refused_with_the_refit_command(small_world, tmp_path):
-    from bench.idm import IDM_VERSION, data_fingerprint
-    from bench.quality import cached_ceiling
+    from bench.quality.idm import IDM_VERSION, data_fingerprint
+    from bench.quality.yardstick import cached_ceiling
     from lam.errors import UserError
 
     data = small_world / "synthetic"
@@ -333,14 +334,14 @@ def test_a_ceiling_that_did_not_converge_is_refused_with_the_refit_command(small
     with pytest.raises(UserError) as refused:
         cached_ceiling(data, manifest, 7)
     assert str(path) in str(refused.value) and "stopped by time at step 400" in str(refused.value)
-    assert f"python -m bench.idm {data} --seed 7 --max_steps 1600" in str(refused.value)
+    assert f"python -m bench.quality.idm {data} --seed 7 --max_steps 1600" in str(refused.value)
     path.write_text(json.dumps(dict(capped, stopped="patience")))
     assert cached_ceiling(data, manifest, 7)["test_accuracy"] == 0.7  # converged: read from the cache, not fitted again
     path.unlink()
 
 
 def test_the_idm_command_fits_and_caches_a_ceiling(small_world, capsys):
-    from bench.idm import main
+    from bench.quality.idm import main
 
     data = small_world / "synthetic"
     assert main([str(data), "--seed", "3", "--label_fraction", "0.1", "--quiet"]) == 0
@@ -358,7 +359,7 @@ def test_the_data_fingerprint_is_of_the_content_not_of_the_files(small_world, tm
 
     import h5py
 
-    from bench.idm import data_fingerprint
+    from bench.quality.idm import data_fingerprint
 
     original = load_manifest(small_world / "synthetic" / "manifest.json")
     time.sleep(0.01)  # the copies get other modification times
@@ -375,9 +376,9 @@ def test_the_data_fingerprint_is_of_the_content_not_of_the_files(small_world, tm
 def test_an_earlier_reports_ceiling_is_used_only_if_fitted_on_the_same_data_by_the_same_model(small_world, capsys, monkeypatch):
     import functools
 
-    from bench import quality
-    from bench.idm import IDM_VERSION, cache_path, data_fingerprint
-    from bench.quality import cached_ceiling
+    import bench.quality.yardstick as quality
+    from bench.quality.idm import IDM_VERSION, cache_path, data_fingerprint
+    from bench.quality.yardstick import cached_ceiling
 
     # the real fit, with checks as frequent as the other tests' so that it stops soon
     monkeypatch.setattr(quality, "fit_inverse_dynamics", functools.partial(fit_inverse_dynamics, eval_every=10, patience=2, bootstrap=10))
@@ -400,7 +401,7 @@ def test_an_earlier_reports_ceiling_is_used_only_if_fitted_on_the_same_data_by_t
 
 
 def test_score_ranking_says_which_training_score_ranks_runs_like_the_probe(tmp_path, capsys):
-    from bench.score_ranking import main
+    from bench.quality.score_ranking import main
 
     def run(probe, psnr, mse):
         return {"ours": {"probe_accuracy": probe, "val_scores": {"val/delta_psnr": psnr, "val/mse_loss": mse}}}

@@ -1,4 +1,4 @@
-"""Real rendered play (`bench.realplay`): the encoder's recipe, the files' contract, determinism, and
+"""Real rendered play (`bench.quality.realplay`): the encoder's recipe, the files' contract, determinism, and
 that every action shows on screen.
 
 Each environment's tests skip, with the install command, where its package (or Chromium) is
@@ -18,9 +18,9 @@ import pytest
 from helpers import ROOT
 
 sys.path.insert(0, str(ROOT))  # `bench` is a folder of the repository, not an installed package
-from bench.realplay import encoder
-from bench.realplay.base import ENVIRONMENTS, MissingDependency, make_env
-from bench.realplay.generate import choose_action, generate, play_episode
+from bench.quality.realplay import encoder
+from bench.quality.realplay.base import ENVIRONMENTS, MissingDependency, make_env
+from bench.quality.realplay.generate import choose_action, generate, play_episode
 from lam.data.h5 import inspect_file
 from lam.data.manifest import load_manifest
 
@@ -216,7 +216,7 @@ def test_play_episode_counts_latent_frames():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "bench.realplay", *map(str, args)], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "bench.quality.realplay", *map(str, args)], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -230,7 +230,7 @@ def test_cli_help_and_user_errors():
 
 def test_cli_says_what_to_install_when_something_is_missing(tmp_path):
     env = {**os.environ, "MINIWOB_CHROME_BINARY": str(tmp_path / "no-chromium"), "MINIWOB_CHROMEDRIVER": str(tmp_path / "no-driver")}
-    out = subprocess.run([sys.executable, "-m", "bench.realplay", "--env", "miniwob", "--out", str(tmp_path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "bench.quality.realplay", "--env", "miniwob", "--out", str(tmp_path)], cwd=ROOT,
                          env=env, capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 2 and "apt-get install chromium chromium-driver" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1 and not (tmp_path / "miniwob").exists()
@@ -287,7 +287,7 @@ def test_desktop_plays_varied_actions_and_leaves_no_process():
 
 
 def test_desktop_says_what_to_install(monkeypatch, tmp_path):
-    from bench.realplay.desktop_env import DesktopPlay
+    from bench.quality.realplay.desktop_env import DesktopPlay
 
     monkeypatch.setenv("PATH", str(tmp_path))  # no program found
     with pytest.raises(MissingDependency, match="apt-get install xvfb openbox mousepad"):

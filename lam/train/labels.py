@@ -7,7 +7,7 @@ carries an `actions` dataset, as evenly as possible, and each file's share is dr
 random from its transitions (`label_budget`): a few labels from every video, not every
 label of a few videos, which is what a labelling budget buys in practice. For a run's seed
 these are exactly the transitions the label-budget ceiling of the same fraction and seed is
-trained on (`bench/idm.py`), so the two are compared on the same labels. Val and test files
+trained on (`bench/quality/idm.py`), so the two are compared on the same labels. Val and test files
 are never chosen, so evaluation stays on files whose labels training never saw. The model's
 label head (`model.label_classes`, set here from the labelled files when left at 0) learns to
 read the true action off the action vector, which steers what the codes carry.

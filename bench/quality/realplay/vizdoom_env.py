@@ -32,8 +32,8 @@ import tempfile
 
 import numpy as np
 
-from bench.realplay.base import PlayEnv, require
-from bench.realplay.encoder import resize_frame
+from bench.quality.realplay.base import PlayEnv, require
+from bench.quality.realplay.encoder import resize_frame
 
 MAPS = ("map01", "map02", "map03", "map04", "map05", "map06", "map07", "map08")
 TICS_PER_FRAME = 4

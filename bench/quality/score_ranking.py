@@ -1,6 +1,6 @@
 """How well does a score that training sees rank runs the way the test probe does?
 
-    python -m bench.score_ranking bench/quality-v2-real-4epochs.json bench/results/screen-*.json
+    python -m bench.quality.score_ranking bench/results/quality-v2-real-4epochs.json screen-*.json
 
 Sweeps (`lam tune`) and checkpoint choice (`checkpoint_metric`) need a score that training
 can compute: val/mse_loss by default, which can rise while the actions get better. Every run
@@ -75,7 +75,7 @@ def table(per_dataset: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.score_ranking", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.score_ranking", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("reports", nargs="+", help="reports of `python -m bench.quality` (any recipes, levers, seeds)")
     parser.add_argument("--out", help="also write the correlations as JSON here")
@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             reports.append(json.loads(Path(path).read_text()))
         except (OSError, json.JSONDecodeError) as e:
-            print(f"python -m bench.score_ranking: error: {path}: {e}", file=sys.stderr)
+            print(f"python -m bench.quality.score_ranking: error: {path}: {e}", file=sys.stderr)
             return 2
     per_dataset = {name: {"runs": len(runs), "correlations": correlations(runs)}
                    for name, runs in runs_by_dataset(reports).items() if len(runs) >= MIN_RUNS}
     if not per_dataset:
-        print(f"python -m bench.score_ranking: error: no dataset has {MIN_RUNS} or more runs with val scores in these reports",
+        print(f"python -m bench.quality.score_ranking: error: no dataset has {MIN_RUNS} or more runs with val scores in these reports",
               file=sys.stderr)
         return 2
     print(table(per_dataset))

@@ -89,7 +89,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.realplay.base import MissingDependency, PlayEnv, repeat, require
+from bench.quality.realplay.base import MissingDependency, PlayEnv, repeat, require
 
 APT_PACKAGES = ("xvfb", "openbox", "mousepad", "pcmanfm", "gnumeric", "xterm", "fonts-dejavu-core")
 APT_HINT = f"apt-get install {' '.join(APT_PACKAGES)} (Debian)"

@@ -11,7 +11,7 @@
 # source maps, so that the folder plus the repository stay under the 64 MiB that
 # can be carried to that machine.
 #
-#   usage: bench/gpu_wheels.sh [DEST]        # DEST defaults to .whl/ at the repo root
+#   usage: bench/perf/gpu_wheels.sh [DEST]        # DEST defaults to .whl/ at the repo root
 #   env:   PYTHON (default python3), RAY_VERSION (2.60.0),
 #          EXTRAS (default,train,tune,data; drop "default" to leave out the dashboard)
 #
@@ -34,7 +34,7 @@
 # one than the image's is harmless.
 set -euo pipefail
 
-REPO=$(cd "$(dirname "$0")/.." && pwd)
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
 DEST=${1:-$REPO/.whl}
 PY=${PYTHON:-python3}
 RAY_VERSION=${RAY_VERSION:-2.60.0}

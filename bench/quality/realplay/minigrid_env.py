@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.realplay.base import PlayEnv, repeat, require
+from bench.quality.realplay.base import PlayEnv, repeat, require
 
 TILE = 27  # 19 cells x 27 px = 513 px, cropped to 512
 MINIGRID_ACTIONS = (0, 1, 2)  # minigrid Actions.left, .right, .forward

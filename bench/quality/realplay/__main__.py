@@ -1,4 +1,4 @@
-"""Command line: `python -m bench.realplay --help`."""
+"""Command line: `python -m bench.quality.realplay --help`."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import argparse
 import sys
 import time
 
-from bench.realplay.base import ENVIRONMENTS, MissingDependency, make_env
-from bench.realplay.generate import HOLD_PROB, generate
+from bench.quality.realplay.base import ENVIRONMENTS, MissingDependency, make_env
+from bench.quality.realplay.generate import HOLD_PROB, generate
 
 EXAMPLES = """examples:
-  python -m bench.realplay                                    # every environment, 16 episodes of 64 chunks
-  python -m bench.realplay --env crafter --episodes 4 --chunks 16 --out /tmp/rp
-  python -m bench.realplay --env minigrid,vizdoom --seed 1 --out realplay_seed1
+  python -m bench.quality.realplay                                    # every environment, 16 episodes of 64 chunks
+  python -m bench.quality.realplay --env crafter --episodes 4 --chunks 16 --out /tmp/rp
+  python -m bench.quality.realplay --env minigrid,vizdoom --seed 1 --out realplay_seed1
   lam validate realplay_data/crafter                          # then train and evaluate on a folder
 
 Each environment gets OUT/ENV/episode_0000.h5, ... and OUT/ENV/manifest.json (split 0.75/0.125/0.125).
@@ -30,7 +30,7 @@ class Parser(argparse.ArgumentParser):
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = Parser(
-        prog="python -m bench.realplay",
+        prog="python -m bench.quality.realplay",
         description="Record random play in real environments, encode frames as VVAE-shaped latents "
         "([N, 16, 2, 64, 64] float16) and write one H5 file per episode with the true actions.",
         epilog=EXAMPLES,
@@ -61,7 +61,7 @@ def env_names(spec: str) -> list[str]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    prog = "python -m bench.realplay"
+    prog = "python -m bench.quality.realplay"
     try:
         names = env_names(args.env)
         if args.episodes < 1 or args.chunks < 1:

@@ -21,11 +21,11 @@ import numpy as np
 
 # name -> module:class; the modules import their third-party packages only when an environment is made
 ENVIRONMENTS = {
-    "minigrid": "bench.realplay.minigrid_env:MiniGridPlay",
-    "crafter": "bench.realplay.crafter_env:CrafterPlay",
-    "vizdoom": "bench.realplay.vizdoom_env:DoomPlay",
-    "miniwob": "bench.realplay.miniwob_env:WebPlay",
-    "desktop": "bench.realplay.desktop_env:DesktopPlay",
+    "minigrid": "bench.quality.realplay.minigrid_env:MiniGridPlay",
+    "crafter": "bench.quality.realplay.crafter_env:CrafterPlay",
+    "vizdoom": "bench.quality.realplay.vizdoom_env:DoomPlay",
+    "miniwob": "bench.quality.realplay.miniwob_env:WebPlay",
+    "desktop": "bench.quality.realplay.desktop_env:DesktopPlay",
 }
 PIP_HINT = "pip install -e '.[bench]'"
 

@@ -3,7 +3,7 @@
     python -m bench.quality --recipe real --seeds 3 --epochs 16          # the baseline table
     python -m bench.quality --datasets synthetic --seeds 1 --minutes 1    # a quick look
     python -m bench.quality --recipe real --seeds 3 --epochs 4 --extend screen.json --out full.json   # seeds 1, 2 added
-    python -m bench.quality --table bench/quality.json --readme README.md  # the table again, and into the README
+    python -m bench.quality --table bench/results/quality-v2-real-4epochs.json --readme README.md  # the table again, and into the README
     python -m bench.quality --prepare --seeds 3                            # only generate the data and fit the ceilings
 
 For every dataset and seed it trains the recipe (`lam.train.launch.train`, as `lam train`
@@ -17,7 +17,7 @@ the count stops with an error):
     a single frame gives away;
   - untrained: the same model with its seed's random weights, through the same evaluation;
   - the ceiling: an inverse-dynamics model trained with the true actions on the same split
-    (`bench/idm.py`), stopped by patience on validation (a ceiling that did not converge is
+    (`bench/quality/idm.py`), stopped by patience on validation (a ceiling that did not converge is
     refused, with the command that fits it again), and the same model trained on 1%, 2.5% and
     10% of the train labels (label-budget ceilings), for runs that use that many labels.
 The headline, "gap closed beyond one frame", is (model - max(untrained, frames only)) /
@@ -29,13 +29,14 @@ files) is reported apart. The true actions are only ever read by the evaluation 
 ceilings, never by training.
 
 Datasets: `synthetic` (`lam synth`'s world) and the real-play environments of
-`bench.realplay` (rendered episodes turned into VVAE-shaped latents; `pip install -e
+`bench.quality.realplay` (rendered episodes turned into VVAE-shaped latents; `pip install -e
 '.[bench]'`), each with at least 20 test files and 2,000 test transitions. Data are
 generated once under --data_root and reused (`dataset.json` there records how and how
 long); ceilings are fitted once per seed and cached beside the data. Training time per
 run is set by --minutes: the epochs are chosen from a timing of the recipe's training step
 on this machine (the JSON records the epochs used), or fixed with --epochs.
-Writes bench/quality-RECIPE.json (--out) and prints the table (Markdown).
+Writes ~/.cache/lam-bench/quality-RECIPE.json ($LAM_BENCH_HOME; --out) and prints the table
+(Markdown); the reports the docs cite are in bench/results/.
 """
 
 from __future__ import annotations
@@ -55,14 +56,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.idm import IDM_VERSION, LABEL_BUDGETS, cache_path, data_fingerprint, fit_inverse_dynamics, fitted_version, refit_command
+from bench.home import REPO, bench_home
+from bench.quality.idm import IDM_VERSION, LABEL_BUDGETS, cache_path, data_fingerprint, fit_inverse_dynamics, fitted_version, refit_command
 from lam.config import RunConfig, apply_overrides
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.data.windows import build_window_index
 from lam.errors import UserError
 from lam.recipes import RECIPES, recipe_config
 
-REPO = Path(__file__).resolve().parent.parent
 YARDSTICK_VERSION = 2  # reports of another version are not merged by --extend: their rows were scored otherwise
 # Every dataset has at least 20 test files and 2,000 test transitions, so that the sampling spread
 # of a probe (bootstrap over test files) is small next to the spread between seeds.
@@ -76,20 +77,22 @@ MIN_TEST_FILES, MIN_TEST_TRANSITIONS = 20, 2000
 
 
 def realplay_envs() -> list[str]:
-    from bench.realplay.base import ENVIRONMENTS
+    from bench.quality.realplay.base import ENVIRONMENTS
 
     return list(ENVIRONMENTS)
 
 
 def dataset_spec(name: str) -> dict:
     """What a dataset is generated with; a folder generated otherwise is generated again."""
-    from bench.realplay.encoder import ENCODER_VERSION
-    from bench.realplay.generate import GENERATOR_VERSION
+    from bench.quality.realplay.encoder import ENCODER_VERSION
+    from bench.quality.realplay.generate import GENERATOR_VERSION
 
     if name == "synthetic":
         return {"generator": "lam.data.synth", **SYNTHETIC, "seed": 0}
-    from bench.realplay.base import env_class
+    from bench.quality.realplay.base import env_class
 
+    # "bench.realplay" names the generator in every report and file written since it existed (its
+    # module has moved under bench.quality since): a new name would read every kept run as other data.
     return {"generator": "bench.realplay", "generator_version": GENERATOR_VERSION, "encoder_version": ENCODER_VERSION,
             "env_version": env_class(name).version, **REALPLAY, "seed": 0}
 
@@ -127,7 +130,7 @@ def _ensure_dataset(name: str, root: Path) -> Path:
 
         write_synthetic_dataset(data_dir, files=spec["files"], chunks=spec["chunks"], seed=spec["seed"])
     else:
-        from bench.realplay.generate import generate
+        from bench.quality.realplay.generate import generate
 
         generate(name, root, episodes=spec["episodes"], chunks=spec["chunks"], seed=spec["seed"])
     seconds = time.time() - start
@@ -258,7 +261,7 @@ def trained(cfg: RunConfig, epochs: int, run_name: str) -> dict:
     result = evaluate(outcome.checkpoint_path, cfg)
     result["train_seconds"] = time.time() - start
     # What training itself saw of the run on val, without test labels: the candidates that
-    # `python -m bench.score_ranking` compares with the test probe as ways to rank runs.
+    # `python -m bench.quality.score_ranking` compares with the test probe as ways to rank runs.
     result["val_scores"] = {k: float(v) for k, v in outcome.metrics.items() if k in VAL_SCORES}
     return result
 
@@ -436,18 +439,36 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def short_table(report: dict, report_path: str) -> str:
+    """The headline rows of a report, for the README: the full table (label budgets, NMI, the
+    sampling spread, the commits) is `python -m bench.quality --table REPORT`."""
+    header = ["dataset", "seeds", "chance", "frames only", "untrained", "ceiling (IDM)", "model",
+              "gap closed beyond one frame", "Δt-PSNR dB"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, d in report["datasets"].items():
+        s = d["summary"]
+        row = [name, len(d["per_seed"]), fmt(s["chance"]), fmt(s["frames_only"]), fmt(s["untrained"]["probe_accuracy"]),
+               fmt(s["ceiling"]), fmt(s["ours"]["probe_accuracy"]), f"**{fmt(s['gap_closed'])}**", fmt(s["ours"]["delta_psnr"])]
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    epochs = sorted({d["epochs"] for d in report["datasets"].values()})
+    lines += ["", f"Recipe `{report['recipe']}`, {', '.join(map(str, epochs))} epochs a run, code -> action probe accuracy "
+              "on every test transition; ± is the std over seeds. Full table (label-budget ceilings, NMI, "
+              f"sampling spread, commits): `python -m bench.quality --table {report_path}`."]
+    return "\n".join(lines)
+
+
 README_START, README_END = "<!-- quality-table:start -->", "<!-- quality-table:end -->"
 
 
 def write_readme_table(report_path: str, readme: Path) -> None:
-    """Put the report's table in the README between its markers, with the command that made it."""
+    """Put the report's headline table in the README between its markers, with the command that made it."""
     report = json.loads(Path(report_path).read_text())
     text = readme.read_text()
     if README_START not in text or README_END not in text:
         raise UserError(f"{readme}: no {README_START} ... {README_END} markers to put the table between")
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
-    body = f"\n<!-- made by: python -m bench.quality --table {report_path} --readme {readme.name} -->\n{table(report)}\n"
+    body = f"\n<!-- made by: python -m bench.quality --table {report_path} --readme {readme.name} -->\n{short_table(report, report_path)}\n"
     readme.write_text(head + README_START + body + README_END + tail)
 
 
@@ -539,7 +560,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--datasets", default="", help="comma-separated (default: synthetic and every real-play environment)")
     parser.add_argument("--minutes", type=float, default=3.0, help="training time per run, which sets the epochs (default: 3)")
     parser.add_argument("--epochs", type=int, default=0, help="fixed epochs per run instead of --minutes")
-    parser.add_argument("--data_root", default=str(REPO / "bench" / "data"), help="where datasets are generated and reused")
+    parser.add_argument("--data_root", default=str(bench_home() / "data"), help="where datasets are generated and reused (default: $LAM_BENCH_HOME/data, ~/.cache/lam-bench/data unless set)")
     parser.add_argument("--workdir", default="", help="where runs go (default: a new temporary folder, kept: "
                         "every run's checkpoint and evaluation report)")
     parser.add_argument("--out", default="", help="JSON report (default: bench/quality-RECIPE.json)")
@@ -551,7 +572,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="generate the datasets and fit their ceilings for seeds 0..SEEDS-1, train nothing")
     parser.add_argument("--table", default="", metavar="REPORT", help="print the table of a written report and train nothing")
     parser.add_argument("--readme", default="", metavar="README",
-                        help="with --table: also put the table in this file between its quality-table markers")
+                        help="with --table: also put the headline table in this file between its quality-table markers")
     args = parser.parse_args(argv)
     try:
         if args.table:
@@ -595,7 +616,7 @@ def prepare(args) -> int:
 
 
 def run(args) -> int:
-    args.out = args.out or str(REPO / "bench" / f"quality-{args.recipe}.json")
+    args.out = args.out or str(bench_home() / f"quality-{args.recipe}.json")
     datasets = chosen_datasets(args.datasets)
     overrides = parse_set(args.set)
     check = apply_overrides(recipe_config(args.recipe), overrides, source="--set")

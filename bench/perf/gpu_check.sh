@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
 # The GPU check: run this first whenever a GPU is available. It sets up what it needs from
-# a clean tree, then runs `python -m bench.gpu_check` (what it measures: bench/gpu_check.py
-# and bench/README.md), writing bench/results-gpu.json and printing a table.
+# a clean tree, then runs `python -m bench.perf.gpu_check` (what it measures: bench/perf/gpu_check.py
+# and bench/README.md), writing $LAM_BENCH_HOME/results-gpu.json and printing a table.
 #
-#   bash bench/gpu_check.sh                 # on a GPU machine
-#   bash bench/gpu_check.sh --cpu-dry-run   # anywhere: the same sections on CPU with the tiny recipe
+#   bash bench/perf/gpu_check.sh                 # on a GPU machine
+#   bash bench/perf/gpu_check.sh --cpu-dry-run   # anywhere: the same sections on CPU with the tiny recipe
 #
 # Which Python and torch, in this order:
 #   1. .venv (made by scripts/setup.sh) when its torch sees a CUDA device (always, for --cpu-dry-run;
 #      created with `scripts/setup.sh run`, the project alone, if missing);
 #   2. else the machine's own python3 (LAM_PYTHON) when its torch sees a CUDA device: its CUDA build
 #      is kept, and what the project needs beyond it goes to .gpu-site/ (on PYTHONPATH): from the
-#      wheels in .whl/ when that folder exists (an offline machine; bench/gpu_wheels.sh prepares
+#      wheels in .whl/ when that folder exists (an offline machine; bench/perf/gpu_wheels.sh prepares
 #      it where pip works), else from the package index;
 #   3. else, when nvidia-smi finds a GPU: a new .venv-gpu with torch from PyTorch's CUDA wheel
 #      index (LAM_TORCH_INDEX, default https://download.pytorch.org/whl/cu128) and the project.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 REPO=$(pwd)
 DRY_RUN=0
 for arg in "$@"; do [ "$arg" = "--cpu-dry-run" ] && DRY_RUN=1; done
@@ -52,9 +52,9 @@ elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; the
   .venv-gpu/bin/python -m pip install -q -e .
   PY=.venv-gpu/bin/python
 else
-  echo "[gpu-check] no GPU found (no torch that sees a CUDA device, no nvidia-smi); to check the script itself: bash bench/gpu_check.sh --cpu-dry-run" >&2
+  echo "[gpu-check] no GPU found (no torch that sees a CUDA device, no nvidia-smi); to check the script itself: bash bench/perf/gpu_check.sh --cpu-dry-run" >&2
   exit 2
 fi
 
 export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-exec "$PY" -m bench.gpu_check "$@"
+exec "$PY" -m bench.perf.gpu_check "$@"

@@ -39,8 +39,8 @@ import time
 
 import numpy as np
 
-from bench.realplay.base import MissingDependency, PlayEnv, repeat, require
-from bench.realplay.encoder import resize_frame
+from bench.quality.realplay.base import MissingDependency, PlayEnv, repeat, require
+from bench.quality.realplay.encoder import resize_frame
 
 APT_HINT = "apt-get install chromium chromium-driver (Debian), or set MINIWOB_CHROME_BINARY and MINIWOB_CHROMEDRIVER"
 TASK = "terminal"

@@ -12,10 +12,10 @@ of those files, so they too score every test transition). What it reaches is wha
 these latents allow a supervised model of this size to know about the actions; an
 unsupervised model's probe accuracy is read between its floor and this.
 
-    python -m bench.idm bench/data/crafter --seed 0                        # fit, print, write the cache file
-    python -m bench.idm bench/data/crafter --seed 0 --label_fraction 0.01  # the 1% label budget
+    python -m bench.quality.idm ~/.cache/lam-bench/data/crafter --seed 0                        # fit, print, write the cache file
+    python -m bench.quality.idm ~/.cache/lam-bench/data/crafter --seed 0 --label_fraction 0.01  # the 1% label budget
 
-    from bench.idm import fit_inverse_dynamics
+    from bench.quality.idm import fit_inverse_dynamics
     result = fit_inverse_dynamics(manifest, seed=0)   # {"test_accuracy": ..., "stopped": "patience", ...}
 
 A fit stops for one of two reasons, recorded as `stopped`: `patience` (the val accuracy
@@ -202,13 +202,13 @@ def cache_path(data_dir: str | Path, seed: int, label_fraction: float = 1.0) -> 
 
 def refit_command(data_dir: str | Path, seed: int, label_fraction: float = 1.0, max_steps: int = MAX_STEPS) -> str:
     budget = "" if label_fraction >= 1.0 else f" --label_fraction {label_fraction:g}"
-    return f"python -m bench.idm {data_dir} --seed {seed}{budget} --max_steps {max_steps}"
+    return f"python -m bench.quality.idm {data_dir} --seed {seed}{budget} --max_steps {max_steps}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.idm", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.idm", description=__doc__.split("\n\n")[0],
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("data_dir", help="a dataset folder with manifest.json and files with `actions` (e.g. bench/data/crafter)")
+    parser.add_argument("data_dir", help="a dataset folder with manifest.json and files with `actions` (e.g. ~/.cache/lam-bench/data/crafter)")
     parser.add_argument("--seed", type=int, default=0, help="the fit's seed (default: 0)")
     parser.add_argument("--label_fraction", type=float, default=1.0,
                         help="fraction of the train transitions whose labels it trains on, spread over every train file (default: 1)")
@@ -217,17 +217,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifest_path = Path(args.data_dir) / "manifest.json"
     if not manifest_path.is_file():
-        print(f"python -m bench.idm: error: {manifest_path}: no manifest (generate the data with python -m bench.quality first)", file=sys.stderr)
+        print(f"python -m bench.quality.idm: error: {manifest_path}: no manifest (generate the data with python -m bench.quality first)", file=sys.stderr)
         return 2
     if not 0.0 < args.label_fraction <= 1.0 or args.max_steps < 1:
-        print("python -m bench.idm: error: --label_fraction must be in (0, 1] and --max_steps >= 1", file=sys.stderr)
+        print("python -m bench.quality.idm: error: --label_fraction must be in (0, 1] and --max_steps >= 1", file=sys.stderr)
         return 2
     manifest = load_manifest(manifest_path, args.data_dir)
     try:
         result = fit_inverse_dynamics(manifest, seed=args.seed, label_fraction=args.label_fraction, max_steps=args.max_steps,
                                       progress=not args.quiet)
     except ValueError as e:
-        print(f"python -m bench.idm: error: {e}", file=sys.stderr)
+        print(f"python -m bench.quality.idm: error: {e}", file=sys.stderr)
         return 2
     path = cache_path(args.data_dir, args.seed, args.label_fraction)
     path.write_text(json.dumps(result, indent=2) + "\n")

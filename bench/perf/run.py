@@ -1,6 +1,6 @@
 """The benchmark suite: ingest, training step, MFU, scaling; each figure next to its baseline.
 
-    python -m bench                         # full suite (a few minutes on 2 CPU cores), writes bench/results.json
+    python -m bench                         # full suite (a few minutes on 2 CPU cores), writes ~/.cache/lam-bench/results.json ($LAM_BENCH_HOME)
     python -m bench --quick                 # tiny sizes, fp32 only, no torch.compile: checks the suite itself
     python -m bench --no-compile            # skip the torch.compile rows (on CPU they compile C++ for minutes)
     python -m bench --model spec            # the spec's model (for GPUs; many seconds a step on 2 CPU cores)
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.home import REPO, bench_home
 from lam.recipes import RECIPES
 
-REPO = Path(__file__).resolve().parent.parent
 
 # Targets: ratios within one run, never absolute numbers.
 TARGET_INGEST_VS_DATALOADER = 1.0
@@ -112,7 +112,7 @@ def quiet_warnings() -> None:
 
 
 def run_ingest(args, s: dict, workdir: Path) -> dict:
-    from bench import ingest
+    from bench.perf import ingest
 
     z = s["ingest"]
     print(f"[bench] ingest: writing {z['files']} files x {z['chunks']} chunks", flush=True)
@@ -142,7 +142,7 @@ def run_ingest(args, s: dict, workdir: Path) -> dict:
 
 def train_setup(args, s: dict, workdir: Path):
     """Training data (one epoch = `steps` batches), the bench config, and the same windows in memory."""
-    from bench.train_step import model_preset
+    from bench.perf.train_step import model_preset
     from lam.data.windows import WindowReader, build_window_index
 
     z = s["train"]
@@ -177,7 +177,7 @@ def variant_config(cfg, precision: str, compile_: bool, workers: int, cpus_per_w
 
 
 def run_train(args, s: dict, workdir: Path, cfg, batches) -> dict:
-    from bench import train_step as ts
+    from bench.perf import train_step as ts
 
     z = s["train"]
     # One worker gets the bare loop's threads: Ray sets a worker's torch threads to its CPUs.
@@ -227,7 +227,7 @@ def run_train(args, s: dict, workdir: Path, cfg, batches) -> dict:
 
 
 def run_mfu(args, cfg, train: dict) -> dict:
-    from bench import train_step as ts
+    from bench.perf import train_step as ts
 
     print("[bench] mfu: counting FLOPs and measuring matmul peak", flush=True)
     flops = ts.flops_per_sample(cfg.model, cfg.data.sequence_length)
@@ -253,7 +253,7 @@ def run_mfu(args, cfg, train: dict) -> dict:
 
 
 def run_scaling(args, s: dict, cfg, train: dict | None) -> dict:
-    from bench import train_step as ts
+    from bench.perf import train_step as ts
     from lam.model import ModelConfig
 
     cores = os.cpu_count() or 1
@@ -286,7 +286,7 @@ def run_checkpoint(args, workdir: Path) -> dict:
     """How long training waits for a checkpoint, synchronous upload against asynchronous: Ray
     Train runs of the default model (or the tiny one with --quick) that save every epoch, each
     epoch a couple of steps; the stall of every checkpoint but the last is in the next record."""
-    from bench import train_step as ts
+    from bench.perf import train_step as ts
     from lam.config import ModelConfig
     from lam.recipes import recipe_config
 
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--quick", action="store_true", help="tiny sizes and model, no torch.compile: checks the suite, numbers mean little")
-    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"), help="JSON report (default: bench/results.json)")
+    parser.add_argument("--out", default=str(bench_home() / "results.json"), help="JSON report (default: $LAM_BENCH_HOME/results.json, ~/.cache/lam-bench/ unless set; bench/results/results.json is the one the docs cite)")
     parser.add_argument("--sections", default="ingest,train,scaling,checkpoint",
                         help="comma-separated subset of ingest,train,scaling,checkpoint (train includes MFU)")
     parser.add_argument("--model", default=None, choices=list(RECIPES),

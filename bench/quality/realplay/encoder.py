@@ -29,7 +29,7 @@ Recipe (ENCODER_VERSION 3), for 4 frames `(4, H, W, 3)` uint8 -> one latent fram
 7. Store as float16.
 
 The constants were measured once per environment with
-`bench.realplay.generate.measure_channel_stats(env, episodes=4, chunks=32, seed=1000)` (seeds
+`bench.quality.realplay.generate.measure_channel_stats(env, episodes=4, chunks=32, seed=1000)` (seeds
 that the default datasets do not use) and written below; they are part of the encoder, not
 of a dataset, so files of one environment are comparable whatever their seed. A file records
 the constants it was written with (attrs `latent_mean`, `latent_std`). When an environment's

@@ -1,8 +1,8 @@
 """The GPU check: one command to run first whenever a GPU is available.
 
-    bash bench/gpu_check.sh                 # sets up what it needs, then runs this (writes bench/results-gpu.json)
-    bash bench/gpu_check.sh --cpu-dry-run   # the same sections on CPU with the tiny recipe (CI runs it)
-    python -m bench.gpu_check --help
+    bash bench/perf/gpu_check.sh                 # sets up what it needs, then runs this (writes $LAM_BENCH_HOME/results-gpu.json)
+    bash bench/perf/gpu_check.sh --cpu-dry-run   # the same sections on CPU with the tiny recipe (CI runs it)
+    python -m bench.perf.gpu_check --help
 
 Sections, each recorded in the JSON report (an error in one is recorded as a finding and the
 others still run):
@@ -47,7 +47,8 @@ from types import SimpleNamespace
 
 import torch
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.home import REPO, bench_home
+
 
 # What each mode runs: the model's recipe, batch, steps per epoch, variants, and the overfit run.
 PLANS = {
@@ -82,7 +83,7 @@ def nvidia_smi() -> dict:
 def versions(device: torch.device, plan: dict) -> dict:
     import ray
 
-    from bench.train_step import matmul_peak
+    from bench.perf.train_step import matmul_peak
 
     info = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
             "cuda": torch.version.cuda, "ray": ray.__version__, "python": platform.python_version(), "cpus": os.cpu_count(),
@@ -121,8 +122,8 @@ def attention(device: torch.device, model_cfg, frames: int) -> dict:
 
 
 def train_rows(variants: list, plan: dict, cfg, device: torch.device, peak: dict, deadline: float) -> list[dict]:
-    from bench.run import variant_config
-    from bench.train_step import flops_per_sample, ray_train
+    from bench.perf.run import variant_config
+    from bench.perf.train_step import flops_per_sample, ray_train
 
     flops = flops_per_sample(cfg.model, cfg.data.sequence_length)
     cpus = 1 if device.type == "cuda" else max(1, (os.cpu_count() or 2) // 2)
@@ -150,9 +151,9 @@ def train_rows(variants: list, plan: dict, cfg, device: torch.device, peak: dict
 def ingest(plan: dict, cfg, manifest, batches, device: torch.device, workdir: Path) -> dict:
     import ray
 
-    from bench import ingest as bench_ingest
-    from bench.run import variant_config
-    from bench.train_step import bare_loop
+    from bench.perf import ingest as bench_ingest
+    from bench.perf.run import variant_config
+    from bench.perf.train_step import bare_loop
 
     print("[gpu-check] ingest: the model's appetite (bare bf16 loop, batches in memory)", flush=True)
     appetite = bare_loop(variant_config(cfg, "bf16", False, 1, 1, "appetite"), batches, 2, max(4, len(batches) - 2), device)
@@ -216,8 +217,8 @@ def batch_scaling(plan: dict, cfg, batches: list[torch.Tensor], device: torch.de
 
     The windows in memory are regrouped into batches of each size and cycled, so every size trains on
     the same data. A size the card cannot hold is recorded as such and ends the sweep."""
-    from bench.run import variant_config
-    from bench.train_step import bare_loop, flops_per_sample
+    from bench.perf.run import variant_config
+    from bench.perf.train_step import bare_loop, flops_per_sample
 
     flops = flops_per_sample(cfg.model, cfg.data.sequence_length)
     windows = torch.cat(batches)
@@ -303,10 +304,10 @@ def print_table(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.gpu_check", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.perf.gpu_check", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     parser.add_argument("--cpu-dry-run", action="store_true", help="run every section on CPU with the tiny recipe (no GPU needed)")
-    parser.add_argument("--out", default=None, help="JSON report (default: bench/results-gpu.json; bench/results-gpu-dry-run.json for a dry run)")
+    parser.add_argument("--out", default=None, help="JSON report (default: $LAM_BENCH_HOME/results-gpu.json, ~/.cache/lam-bench/ unless set; results-gpu-dry-run.json for a dry run)")
     parser.add_argument("--budget_s", type=float, default=420,
                         help="sections and rows not started by then are skipped (recorded as such); default 420 s, so the "
                              "whole check with its set-up fits in about 8 minutes")
@@ -323,12 +324,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpu check: torch {torch.__version__} sees no CUDA device; run with --cpu-dry-run to check the script on CPU", file=sys.stderr)
         return 2
     device = torch.device("cuda" if mode == "gpu" else "cpu")
-    out = Path(args.out or REPO / "bench" / ("results-gpu.json" if mode == "gpu" else "results-gpu-dry-run.json"))
+    out = Path(args.out or bench_home() / ("results-gpu.json" if mode == "gpu" else "results-gpu-dry-run.json"))
 
     # A private local Ray, never someone's cluster; Ray workers must import `bench` and `lam`.
     os.environ.pop("RAY_ADDRESS", None)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    from bench.run import quiet_warnings, train_setup
+    from bench.perf.run import quiet_warnings, train_setup
     from lam.runtime.cluster import init_ray
 
     quiet_warnings()

@@ -5,7 +5,7 @@ real environments that install from the package index with their assets, turns t
 into latents with a fixed encoder and writes files the product reads (`lam validate`,
 `lam manifest`, `lam train`, `lam eval`):
 
-    python -m bench.realplay --env all --episodes 16 --chunks 64 --seed 0 --out realplay_data
+    python -m bench.quality.realplay --env all --episodes 16 --chunks 64 --seed 0 --out realplay_data
     lam train --recipe demo --data_dir realplay_data/crafter --manifest_path realplay_data/crafter/manifest.json
     lam eval --checkpoint runs/RUN/checkpoint_epoch0010 --data_dir realplay_data/crafter --split test
 

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bench.realplay import encoder
-from bench.realplay.base import PlayEnv, make_env
+from bench.quality.realplay import encoder
+from bench.quality.realplay.base import PlayEnv, make_env
 from lam.data.synth import T_LATENT, file_seed, frames_to_chunks
 
 GENERATOR_VERSION = 2  # bump when the same seed starts giving different data
@@ -108,7 +108,7 @@ def write_episode(path: pathlib.Path, env: PlayEnv, episode: Episode, *, seed: i
             f.create_dataset("latents", data=latents, chunks=(1, *latents.shape[1:]))
             f.create_dataset("actions", data=actions)
             f.attrs.update(
-                generator="bench.realplay",
+                generator="bench.realplay",  # the generator's name in every file and report, kept as it was
                 generator_version=GENERATOR_VERSION,
                 env=env.name,
                 env_version=int(env.version),

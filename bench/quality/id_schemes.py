@@ -1,7 +1,7 @@
 """How much of what a continuous action carries do its ids keep? Ids of one checkpoint, several ways.
 
-    python -m bench.id_schemes RUN/checkpoint_epoch0004
-    python -m bench.id_schemes CKPT --out ids.json --seed 1
+    python -m bench.quality.id_schemes RUN/checkpoint_epoch0004
+    python -m bench.quality.id_schemes CKPT --out ids.json --seed 1
 
 For a checkpoint of a continuous bottleneck (`quantizer: gaussian`) and its data's test split
 (true actions needed), each row is a way to turn the pre-quantisation action vectors into ids,
@@ -48,7 +48,7 @@ from lam.model import LatentActionModel
 from lam.model.stems import PixelMoments
 from lam.runtime.checkpoint import load_model
 
-from bench.quality import UNTRAINED_FIT_WINDOWS, untrained_model
+from bench.quality.yardstick import UNTRAINED_FIT_WINDOWS, untrained_model
 
 
 @torch.no_grad()
@@ -145,7 +145,7 @@ def run(checkpoint: str, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.id_schemes", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m bench.quality.id_schemes", description=__doc__.split("\n\n")[0],
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="a checkpoint folder of `lam train` with a continuous bottleneck")
     parser.add_argument("--seed", type=int, default=0, help="seed of the probe's file split and of k-means (default 0)")

@@ -57,7 +57,7 @@ import collections
 
 import numpy as np
 
-from bench.realplay.base import PlayEnv, repeat, require
+from bench.quality.realplay.base import PlayEnv, repeat, require
 
 ACTION_NAMES = ("noop", "left", "right", "up", "down", "do")
 CRAFTER_NAMES = {"left": "move_left", "right": "move_right", "up": "move_up", "down": "move_down"}
