@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lam.errors import UserError
-from lam.runtime.checkpoint import FORMAT, load_checkpoint, load_model, save_checkpoint
+from lam.runtime.checkpoint import FORMAT, load_checkpoint, load_model, load_optimizer_state, optimizer_state, save_checkpoint
 
 FORMAT_1 = Path(__file__).parent / "data" / "format1_checkpoints"
 OLD = {  # fixture -> the parts its old boolean flags name today
@@ -52,8 +52,8 @@ def test_format_1_checkpoint_loads_with_its_parts_named_and_gives_the_same_outpu
 
 @pytest.mark.parametrize("name", OLD)
 def test_a_format_1_run_resumes_with_the_same_next_step(name):
-    """Resuming restores the optimizer state, which is indexed by parameter position: the step
-    after the checkpoint must match the one the old version took."""
+    """Resuming restores the optimizer state, which format 1 indexed by parameter position: the
+    step after the checkpoint must match the one the old version took."""
     from lam.runtime.checkpoint import _rename
     from lam.train.schedule import lr_multiplier
 
@@ -62,7 +62,8 @@ def test_a_format_1_run_resumes_with_the_same_next_step(name):
     model, _ = load_model(checkpoint(name))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, 2, 10, 0.1))
-    optimizer.load_state_dict(state["optimizer"])
+    assert all(isinstance(name, str) for name in state["optimizer"]["state"])  # upgraded: keyed by name
+    load_optimizer_state(optimizer, model, state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
 
     ref = torch.load(FORMAT_1 / name / "reference.pt", weights_only=True)
@@ -84,6 +85,74 @@ def test_a_format_1_run_resumes_with_the_same_next_step(name):
         # changes the step itself.
         assert p.sum().item() == pytest.approx(total, rel=0, abs=0.01 * step.abs().sum().item() + 1e-6), old_name
         assert p.pow(2).sum().item() == pytest.approx(squares, rel=0, abs=0.02 * (p * step).abs().sum().item() + 1e-6), old_name
+
+
+class TwoParts(torch.nn.Module):
+    """Two parts registered in either order: the same parameter names, other positions."""
+
+    def __init__(self, first: str):
+        super().__init__()
+        for name in (first, "b" if first == "a" else "a"):
+            self.add_module(name, torch.nn.Linear(3, 2))
+
+
+def stepped(model: torch.nn.Module) -> torch.optim.Optimizer:
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    loss = sum((i + 1) * p.pow(2).sum() for i, (_, p) in enumerate(sorted(model.named_parameters())))
+    loss.backward()
+    optimizer.step()
+    return optimizer
+
+
+def test_optimizer_state_is_restored_by_parameter_name_whatever_the_registration_order(tmp_path):
+    torch.manual_seed(0)
+    saved = TwoParts("a")
+    optimizer = stepped(saved)
+    save_checkpoint(tmp_path / "ckpt", model=saved.state_dict(), optimizer=optimizer_state(saved, optimizer), config={})
+    state = load_checkpoint_raw(tmp_path / "ckpt")
+
+    resumed = TwoParts("b")  # a part registered earlier now: every position moved
+    resumed.load_state_dict(state["model"])
+    fresh = torch.optim.AdamW(resumed.parameters(), lr=0.1)
+    load_optimizer_state(fresh, resumed, state["optimizer"])
+    by_param = {id(p): name for name, p in resumed.named_parameters()}
+    restored = {by_param[id(p)]: s["exp_avg"] for p, s in fresh.state.items()}
+    original = {name: optimizer.state[p]["exp_avg"] for name, p in saved.named_parameters()}
+    assert restored.keys() == original.keys() == {"a.weight", "a.bias", "b.weight", "b.bias"}
+    for name in original:
+        torch.testing.assert_close(restored[name], original[name], rtol=0, atol=0)
+    # read by position instead, b's moments would land on a's weights: the test can tell
+    assert not torch.equal(original["a.weight"], original["b.weight"])
+
+    with pytest.raises(UserError, match="do not match"):  # another model's state is refused, not half-loaded
+        load_optimizer_state(torch.optim.AdamW(torch.nn.Linear(3, 2).parameters()), torch.nn.Linear(3, 2), state["optimizer"])
+
+
+def test_a_format_2_checkpoint_gets_its_optimizer_state_keyed_by_name(tmp_path):
+    """Format 2 indexed the optimizer state by position, in the order the model registered its
+    parameters then; loading keys it by name."""
+    from lam.model import LatentActionModel
+    from lam.recipes import recipe_config
+
+    cfg = recipe_config("tiny")
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, cfg.data.sequence_length, 16, 64, 64)).loss.backward()
+    optimizer.step()
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": cfg.to_dict(), "format": 2,
+                "epoch": 0, "step": 1}, tmp_path / "ckpt" / "state.pt")
+    state = load_checkpoint(tmp_path / "ckpt")
+    assert state["format"] == FORMAT
+    names = [name for name, _ in model.named_parameters()]
+    assert list(state["optimizer"]["state"]) == [names[i] for i in optimizer.state_dict()["state"]]
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(state["optimizer"]["state"][name]["exp_avg_sq"], optimizer.state[p]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def load_checkpoint_raw(directory: Path) -> dict:
+    return torch.load(directory / "state.pt", weights_only=True)
 
 
 def test_lam_eval_runs_on_a_format_1_checkpoint(tiny_data, tmp_path, capsys):

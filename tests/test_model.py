@@ -19,7 +19,7 @@ from lam.model import (
 )
 
 SPEC_METRICS = {
-    "loss", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity",
+    "loss", "loss/prediction", "loss/bottleneck", "mse_loss", "mae_loss", "vq_loss", "codebook_loss", "commitment_loss", "codebook_usage", "perplexity",
 }
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
 # the whitening, the motion moments, a frame correlation and a shifted prediction (both moments,
@@ -193,7 +193,7 @@ def test_tiny_config_outputs(rollout, bf16):
     assert out.predictions.shape == (2, 4, 4, 16, 16)
     assert out.indices.shape == (2, 4, 3) and out.indices.dtype == torch.long
     assert int(out.indices.min()) >= 0 and int(out.indices.max()) < cfg.num_embeddings
-    assert set(out.metrics) == SPEC_METRICS | ({"rollout_loss"} if rollout else set())
+    assert set(out.metrics) == SPEC_METRICS | ({"rollout_loss", "loss/rollout"} if rollout else set())
     assert list(out.metrics) != [] and set(out.metrics) == set(model.metric_names)
     for name, value in out.metrics.items():
         assert value.ndim == 0 and not value.requires_grad and value.dtype == torch.float32, name
@@ -315,6 +315,10 @@ def test_every_parameter_learns_and_the_metrics_are_the_ones_named(parts):
         n for n, _ in model.named_parameters() if n.startswith("latent.target.")]
     assert list(out.metrics) and set(out.metrics) == set(model.metric_names)
     assert ("codebook_loss" in out.metrics) == (parts["quantizer"] == "vq")
+    # the loss is its named terms, each weighted once, and nothing else
+    assert list(out.terms) and set(out.terms) <= set(model.loss_terms)
+    torch.testing.assert_close(out.loss, sum(out.terms.values()))
+    torch.testing.assert_close(out.metrics["loss"], sum(out.metrics[f"loss/{term}"] for term in model.loss_terms))
 
 
 # ----------------------------------------------------------------------------- consistency of the entry points

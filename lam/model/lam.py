@@ -47,7 +47,7 @@ from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
 from lam.model.decoder import PREDICTIONS, LatentActionDecoder
 from lam.model.encoder import LatentActionEncoder
 from lam.model.latent_target import FORWARD_TARGETS
-from lam.model.moved import moved_error
+from lam.model.moved import change_weighted_error, moved_error
 from lam.model.quantize import build_quantizer
 from lam.model.quantize.base import action_radix
 from lam.model.stems import PixelMoments
@@ -58,8 +58,9 @@ from lam.model.whiten import Whitening
 class LAMOutput:
     predictions: torch.Tensor  # (B, T-1, C, H, W): prediction of frame t at index t-1
     indices: torch.Tensor  # (B, T-1, K) long: codes of the transition t-1 -> t at index t-1
-    loss: torch.Tensor  # scalar, with grad
+    loss: torch.Tensor  # scalar, with grad: the sum of `terms`
     metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # detached scalars, keys: metric_names
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # the loss's weighted terms by name (loss_terms), with grad
 
 
 class LatentActionModel(nn.Module):
@@ -75,8 +76,12 @@ class LatentActionModel(nn.Module):
         self.in_adapter = VVAEtoLAMAdapter(cfg.in_channels, **adapter_kw)
         quantizer = build_quantizer(cfg)
         code_dim = quantizer.code_dim
-        # Registration order = parameter order, which optimizer states are indexed by: the
-        # encoder's parameters come before the codebook's, as they always have.
+        # The loss's named terms, in the order they are added: each optional part below adds its
+        # own where it is built (checkpoints restore parameters and optimizer state by name, so
+        # the order in which parts register does not matter).
+        self.loss_terms = ["prediction"]
+        if quantizer.loss_names or cfg.whiten:
+            self.loss_terms.append("bottleneck")  # the quantizer's weighted terms and the whitening penalty
         self.encoder = LatentActionEncoder(cfg, code_dim)
         self.quantizer = quantizer
         self.whiten = Whitening(cfg.num_codes, code_dim) if cfg.whiten else None
@@ -84,21 +89,27 @@ class LatentActionModel(nn.Module):
         self.out_adapter = LAMtoVVAEAdapter(cfg.in_channels, **adapter_kw)
         shift = PREDICTIONS[cfg.prediction]
         self.shift = shift(cfg, code_dim) if shift else None
+        if cfg.use_rollout:
+            self.loss_terms.append("rollout")  # the decoder fed its own predictions (`rollout_weight`)
+        if cfg.motion_weight > 0:
+            self.loss_terms.append("moved")  # the error on what moved (moved.py)
         # Opt-in, not unsupervised: true actions of a few files train a linear map from the action
-        # vector to them (a few labels steer what the action codes carry). Registered last, so
-        # the parameter order of models without it stays as it was.
+        # vector to them (a few labels steer what the action codes carry).
         self.label_head = nn.Linear(cfg.num_codes * code_dim, cfg.label_classes) if cfg.label_classes else None
-        # With `moments_weight`: a map from the action alone to the pixel moments of its transition's
-        # change. Registered after everything else, for the same reason.
+        if self.label_head is not None:
+            self.loss_terms.append("label")
+        # With `moments_weight`: a map from the action alone to the pixel moments of its transition's change.
         self.moments_head = None
         if cfg.moments_weight > 0:
             self.change_moments = PixelMoments(cfg, project=False)
             self.moments_head = nn.Sequential(nn.Linear(cfg.num_codes * code_dim, cfg.embed_dim), nn.GELU(),
                                               nn.Linear(cfg.embed_dim, self.change_moments.num_features - 2))
-        # With `forward_target: pixels+latent`: the forward model in a learned latent space
-        # (latent_target.py). Registered last, for the same reason.
+            self.loss_terms.append("moments")
+        # With `forward_target: pixels+latent`: the forward model in a learned latent space (latent_target.py).
         latent = FORWARD_TARGETS[cfg.forward_target]
         self.latent = latent(cfg) if latent else None
+        if self.latent is not None:
+            self.loss_terms.append("latent")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -115,10 +126,12 @@ class LatentActionModel(nn.Module):
 
     @property
     def metric_names(self) -> list[str]:
-        """The keys of `LAMOutput.metrics` (the loop logs them as train/NAME and val/NAME).
+        """The keys of `LAMOutput.metrics` (the loop logs them as train/NAME and val/NAME): the
+        loss, its weighted terms as `loss/TERM` (they sum to it), then the unweighted parts.
         `vq_loss` is everything the bottleneck adds to the loss (its terms, weighted, and the
         whitening penalty); the quantizer's own terms follow under their names."""
-        names = ["loss", "mse_loss", "mae_loss", "vq_loss", *self.quantizer.loss_names, "codebook_usage", "perplexity"]
+        names = ["loss", *(f"loss/{term}" for term in self.loss_terms)]
+        names += ["mse_loss", "mae_loss", "vq_loss", *self.quantizer.loss_names, "codebook_usage", "perplexity"]
         names += ["label_loss", "label_accuracy"] if self.label_head is not None else []
         names += ["moments_loss"] if self.moments_head is not None else []
         names += ["moved_loss"] if self.config.motion_weight > 0 else []
@@ -211,13 +224,15 @@ class LatentActionModel(nn.Module):
         target = x[:, 1:].float()
         err = pred.float() - target
         mse_loss = err.pow(2).mean()
-        prediction_loss = mse_loss if cfg.change_weight == 0 else self._change_weighted(err, x)
+        prediction_loss = mse_loss if cfg.change_weight == 0 else change_weighted_error(err, x, cfg.change_weight)
         # Only terms that exist join the loss: under torch.compile (inductor) a constant zero
         # added to the loss made the compiled loss come back without a graph.
         bottleneck_loss = q.loss
         if whitening_penalty is not None:
             bottleneck_loss = whitening_penalty if bottleneck_loss is None else bottleneck_loss + whitening_penalty
-        loss = prediction_loss if bottleneck_loss is None else prediction_loss + bottleneck_loss
+        terms = {"prediction": prediction_loss}
+        if bottleneck_loss is not None:
+            terms["bottleneck"] = bottleneck_loss
         metrics = {
             "mse_loss": mse_loss,
             "mae_loss": err.abs().mean(),
@@ -232,32 +247,32 @@ class LatentActionModel(nn.Module):
             if t0 < 0:
                 raise ValueError(f"rollout_horizon {h} needs windows of at least {h + 1} frames, got {t}")
             rolled = self._rollout(x[:, : t0 + 1], patches[:, : t0 + 1], q.quantized, h, first=pred[:, t0])
-            rollout_loss = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
-            loss = loss + cfg.rollout_weight * rollout_loss
-            metrics["rollout_loss"] = rollout_loss
-        if self.latent is not None:
-            latent = self.latent.losses(tokens["hidden"], tokens["context"], patches[:, 1:])
-            loss = loss + cfg.latent_weight * (latent["latent_loss"] + latent["latent_spread"])
-            metrics |= latent
+            metrics["rollout_loss"] = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
+            terms["rollout"] = cfg.rollout_weight * metrics["rollout_loss"]
         if cfg.motion_weight > 0:
-            moved_loss = moved_error(err, x)
-            loss = loss + cfg.motion_weight * moved_loss
-            metrics["moved_loss"] = moved_loss
-        if self.moments_head is not None:
-            moments_loss = self._moments_loss(q.quantized, x)
-            loss = loss + cfg.moments_weight * moments_loss
-            metrics["moments_loss"] = moments_loss
+            metrics["moved_loss"] = moved_error(err, x)
+            terms["moved"] = cfg.motion_weight * metrics["moved_loss"]
         if self.label_head is not None:
             label_loss, label_accuracy = self._label_terms(q.quantized, labels)
             weight = cfg.label_weight if label_scale is None else cfg.label_weight * label_scale
-            loss = loss + weight * label_loss
+            terms["label"] = weight * label_loss
             metrics |= {"label_loss": label_loss, "label_accuracy": label_accuracy}
-        metrics["loss"] = loss
+        if self.moments_head is not None:
+            metrics["moments_loss"] = self._moments_loss(q.quantized, x)
+            terms["moments"] = cfg.moments_weight * metrics["moments_loss"]
+        if self.latent is not None:
+            latent = self.latent.losses(tokens["hidden"], tokens["context"], patches[:, 1:])
+            terms["latent"] = cfg.latent_weight * (latent["latent_loss"] + latent["latent_spread"])
+            metrics |= latent
+        loss = _total(terms)
+        zero = loss.new_zeros(())  # a declared term that adds nothing here (e.g. no whitening penalty in evaluation)
+        metrics |= {"loss": loss, **{f"loss/{name}": zero for name in self.loss_terms}, **{f"loss/{name}": value for name, value in terms.items()}}
         return LAMOutput(
             predictions=pred,
             indices=q.indices,
             loss=loss,
             metrics={k: v.detach().float() for k, v in metrics.items()},
+            terms=terms,
         )
 
     def _label_terms(self, actions: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,14 +307,6 @@ class LatentActionModel(nn.Module):
             weight = torch.cat([share, share, share, torch.ones_like(share[..., :2])], dim=-1)  # (B, T-1, 3C + 2)
             err = self.moments_head(actions.flatten(2).float()) - target
             return (weight * err.pow(2)).sum(-1).mean() / weight.sum(-1).mean().clamp_min(1e-6)
-
-    def _change_weighted(self, err: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Squared error weighted towards what changed: w = 1 + change_weight * |x_t - x_t-1| / its
-        mean over the batch, normalised by mean(w), so a static background (most of a frame) does
-        not drown the few latent pixels where an action shows."""
-        change = (x[:, 1:] - x[:, :-1]).float().abs()
-        w = 1 + self.config.change_weight * change / change.mean().clamp_min(1e-8)
-        return (w * err.pow(2)).mean() / w.mean()
 
     # ------------------------------------------------------------- inference
     def encode_actions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -383,3 +390,11 @@ class LatentActionModel(nn.Module):
 
 VVAELatentActionVQVAE = LatentActionModel  # the specification's name for it
 
+
+def _total(terms: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The loss: its terms added in order (no constant zero start, for torch.compile's sake)."""
+    values = iter(terms.values())
+    total = next(values)
+    for value in values:
+        total = total + value
+    return total

@@ -1,4 +1,5 @@
-"""The moved-pixels loss (`motion_weight`): the prediction's error where something moved, each transition on its own.
+"""The moved-pixels loss (`motion_weight`): the prediction's error where something moved, each
+transition on its own; and the change-weighted error (`change_weight`).
 
 A static screen is most of a GUI frame, and a moving pointer a few latent pixels: in the
 plain MSE the pointer's error is drowned, and a decoder that leaves the pointer where it
@@ -32,3 +33,12 @@ def moved_error(err: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     area = mask.sum(dim=(-2, -1))  # (B, T-1)
     per_transition = (mask[:, :, None] * err.float().pow(2)).sum(dim=(2, 3, 4)) / (area * err.shape[2]).clamp_min(1)
     return per_transition.sum() / (area > 0).sum().clamp_min(1)
+
+
+def change_weighted_error(err: torch.Tensor, x: torch.Tensor, change_weight: float) -> torch.Tensor:
+    """Squared error weighted towards what changed: w = 1 + change_weight * |x_t - x_t-1| / its
+    mean over the batch, normalised by mean(w), so a static background (most of a frame) does
+    not drown the few latent pixels where an action shows. err: (B, T-1, C, H, W); x: (B, T, ...)."""
+    change = (x[:, 1:] - x[:, :-1]).float().abs()
+    w = 1 + change_weight * change / change.mean().clamp_min(1e-8)
+    return (w * err.pow(2)).mean() / w.mean()

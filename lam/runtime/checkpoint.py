@@ -1,8 +1,9 @@
 """Training checkpoints: everything needed to continue a run exactly where it stopped, and checkpoint -> model.
 
 A checkpoint is a folder with one file, `state.pt`, holding the model (with the
-quantizer's buffers: usage counters and recent encoder outputs), optimizer,
-scheduler, epoch, step and config. (No RNG state: every epoch seeds itself from the
+quantizer's buffers: usage counters and recent encoder outputs), optimizer (its
+per-parameter state keyed by the parameter's name, so a change in the order in which
+the model registers its parts needs no re-indexing), scheduler, epoch, step and config. (No RNG state: every epoch seeds itself from the
 run's seed and the epoch, see lam/train/loop.py.) It is written to a temp name and
 renamed, and Ray Train only registers a checkpoint after it is fully persisted,
 so a crash never leaves a half-written checkpoint that a resume would pick up.
@@ -11,8 +12,8 @@ cannot be read (cut short by a full or failing disk, overwritten, empty) is a
 `CorruptCheckpoint`, one line naming the file; `lam.train.resume` then falls back to
 the newest intact checkpoint of the run.
 
-Checkpoints of older versions load too: `load_checkpoint` upgrades them (config keys
-and model state-dict keys) to today's format, so evaluation, export and resuming
+Checkpoints of older versions load too: `load_checkpoint` upgrades them (config keys,
+model state-dict keys, and the optimizer state from positions to names) to today's format, so evaluation, export and resuming
 see one format.
 """
 
@@ -31,9 +32,11 @@ from lam.runtime import storage
 from lam.model import LatentActionModel
 
 STATE_FILE = "state.pt"
-# 2: the model's components are named choices (stem, action_head, quantizer, whiten) and the
-# encoder is split into stem, moments and head. 1 (no `format` key): the boolean-flag model.
-FORMAT = 2
+# 3: the optimizer's per-parameter state is keyed by parameter name. 2: the model's components
+# are named choices (stem, action_head, quantizer, whiten) and the encoder is split into stem,
+# moments and head; the optimizer state keyed by parameter position. 1 (no `format` key): the
+# boolean-flag model.
+FORMAT = 3
 _FORMAT_1_MODEL_KEYS = (  # old prefix -> new prefix, first match wins
     ("encoder.motion_pool.", "encoder.stem.pool."),
     ("encoder.motion.", "encoder.stem.mlp."),
@@ -86,27 +89,49 @@ def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:
 
 
 def upgrade(state: dict) -> dict:
-    """A format-1 checkpoint in today's format: config booleans -> component names, model keys
-    renamed, and the optimizer state (indexed by parameter position) put in today's parameter order."""
-    config = apply_overrides(RunConfig(), state["config"], source="checkpoint", warn_deprecated=False)
-    model = {_rename(key): value for key, value in state["model"].items()}
-    upgraded = {**state, "config": config.to_dict(), "model": model, "format": FORMAT}
-    if "optimizer" in state:
-        with torch.device("meta"):  # only the parameters' names and order are needed
-            names = [name for name, _ in LatentActionModel(config.model).named_parameters()]
-        saved_order = [key for key in model if key in set(names)]  # a state dict lists parameters in the order they had
-        upgraded["optimizer"] = _reorder(state["optimizer"], saved_order, names)
+    """An older checkpoint in today's format. Format 1: config booleans -> component names and
+    model keys renamed. Formats 1 and 2: the optimizer state, indexed by parameter position,
+    keyed by parameter name (a state dict lists parameters in the order the model registered them)."""
+    version = state.get("format", 1)
+    upgraded = {**state, "format": FORMAT}
+    if version < 2:
+        config = apply_overrides(RunConfig(), state["config"], source="checkpoint", warn_deprecated=False)
+        upgraded |= {"config": config.to_dict(), "model": {_rename(key): value for key, value in state["model"].items()}}
+    if state.get("optimizer"):
+        config = RunConfig.from_dict(upgraded["config"])
+        with torch.device("meta"):  # only the parameters' names are needed
+            names = {name for name, _ in LatentActionModel(config.model).named_parameters()}
+        saved_order = [key for key in upgraded["model"] if key in names]
+        if len(saved_order) != len(names):
+            raise UserError(f"checkpoint's parameters do not match the model's: {sorted(names - set(saved_order))[:5]}")
+        upgraded["optimizer"] = _by_name(state["optimizer"], saved_order)
     return upgraded
 
 
-def _reorder(optimizer_state: dict, saved_order: list[str], order: list[str]) -> dict:
-    """The optimizer state of parameters saved in `saved_order`, re-indexed for `order`."""
-    if sorted(saved_order) != sorted(order):
-        raise UserError(f"checkpoint's parameters do not match the model's: {sorted(set(saved_order) ^ set(order))[:5]}")
-    position = {name: i for i, name in enumerate(saved_order)}
-    per_param = optimizer_state["state"]
-    state = {new: per_param[position[name]] for new, name in enumerate(order) if position[name] in per_param}
-    return {**optimizer_state, "state": state}
+def _by_name(indexed: dict, names: list[str]) -> dict:
+    """An optimizer state dict whose parameters are positions into `names`, keyed by those names."""
+    return {**indexed, "state": {names[i]: value for i, value in indexed["state"].items()},
+            "param_groups": [{**group, "params": [names[i] for i in group["params"]]} for group in indexed["param_groups"]]}
+
+
+def optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer's state dict with its parameters keyed by their names in `model` (which the
+    optimizer was built over, in `model.parameters()` order)."""
+    return _by_name(optimizer.state_dict(), [name for name, _ in model.named_parameters()])
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module, state: dict) -> None:
+    """Restore a by-name optimizer state (`optimizer_state`) into an optimizer built over
+    `model.parameters()`, whatever order the model registers them in now."""
+    position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+    saved = {name for group in state["param_groups"] for name in group["params"]}
+    if saved != set(position):
+        raise UserError(f"checkpoint's parameters do not match the model's: {sorted(saved ^ set(position))[:5]}")
+    # torch pairs a saved group's ids with the optimizer's own parameters in order: list each
+    # group's positions in the order the optimizer holds them (the model's order).
+    optimizer.load_state_dict({**state, "state": {position[name]: value for name, value in state["state"].items()},
+                               "param_groups": [{**group, "params": sorted(position[name] for name in group["params"])}
+                                                for group in state["param_groups"]]})
 
 
 def _rename(key: str) -> str:
