@@ -248,3 +248,13 @@ def test_a_diverging_run_skips_bad_steps_then_stops_in_one_line_and_saves_nothin
     assert records and not math.isfinite(records[0]["val/loss"]) and records[0]["train/skipped_steps"] >= 1
     assert math.isfinite(records[0]["train/loss"])  # skipped steps stay out of the epoch's means
     assert list(run_dir.glob("checkpoint_epoch*")) == []
+
+
+def test_the_epoch_line_shows_each_loss_with_the_terms_it_is_made_of():
+    from lam.train.loop import epoch_summary
+
+    record = {"train/loss": 5.99, "train/loss/prediction": 0.019, "train/loss/bottleneck": 5.971, "train/mse_loss": 0.019,
+              "train/vq_loss": 5.971, "val/loss": 0.021, "val/loss/prediction": 0.021, "val/loss/bottleneck": 0.0, "epoch": 2}
+    line = epoch_summary(record)
+    assert line == "train/loss 5.99 (prediction 0.019 + bottleneck 5.971), train/mse_loss 0.019, val/loss 0.021"
+

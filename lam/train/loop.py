@@ -297,12 +297,13 @@ CONSOLE_METRICS = ("train/loss", "train/mse", "train/mae", "val/loss", "val/mse"
 
 def epoch_summary(record: dict) -> str:
     """The epoch line: each loss with its weighted terms beside it (`loss/TERM`, which add up to
-    it), so that a large bottleneck or label term is not read as the prediction error."""
+    it; a term that added nothing, e.g. the whitening penalty in validation, left out), so that a
+    large bottleneck or label term is not read as the prediction error."""
     parts = []
     for key, value in record.items():
         if not key.startswith(CONSOLE_METRICS) or "/loss/" in key:
             continue
-        terms = [f"{k.rsplit('/', 1)[1]} {v:.4g}" for k, v in record.items() if k.startswith(f"{key}/")]
+        terms = [f"{k.rsplit('/', 1)[1]} {v:.4g}" for k, v in record.items() if k.startswith(f"{key}/") and v != 0]
         parts.append(f"{key} {value:.4g}" + (f" ({' + '.join(terms)})" if len(terms) > 1 else ""))
     return ", ".join(parts)
 
