@@ -166,7 +166,7 @@ def test_lam_eval_runs_on_a_format_1_checkpoint(tiny_data, tmp_path, capsys):
 
 def test_save_is_atomic_and_marks_the_format(tmp_path):
     path = save_checkpoint(tmp_path / "ckpt", model={"w": torch.ones(2)}, config={})
-    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["state.pt"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["state.pt", "state.pt.sha256"]  # no temporary left
     state = torch.load(path, weights_only=True)
     assert state["format"] == FORMAT and state["model"]["w"].tolist() == [1.0, 1.0]
 
@@ -174,3 +174,49 @@ def test_save_is_atomic_and_marks_the_format(tmp_path):
 def test_a_folder_that_is_not_a_checkpoint_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="not a lam checkpoint"):
         load_model(tmp_path)
+
+
+def flip_a_byte_in_the_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_byte_in_the_tensor_data_is_a_corrupt_checkpoint(tmp_path):
+    from lam.runtime.checkpoint import CorruptCheckpoint
+
+    weights = torch.arange(200_000, dtype=torch.float32)  # most of the file: its middle is tensor data
+    path = save_checkpoint(tmp_path / "ckpt", model={"w": weights}, config={})
+    flip_a_byte_in_the_middle(path)
+    changed = torch.load(path, weights_only=True)["model"]["w"]  # what torch alone makes of it: no error
+    assert int((changed != weights).sum()) == 1
+    with pytest.raises(CorruptCheckpoint, match=f"{path}: corrupt checkpoint: its bytes differ from those written"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_a_state_file_cut_short_is_named_with_the_bytes_it_lost(tmp_path):
+    from lam.runtime.checkpoint import CorruptCheckpoint
+
+    path = save_checkpoint(tmp_path / "ckpt", model={"w": torch.ones(1000)}, config={})
+    size = path.stat().st_size
+    path.write_bytes(path.read_bytes()[: size // 2])
+    with pytest.raises(CorruptCheckpoint, match=rf"corrupt checkpoint, cannot be read \({size // 2} of the {size} bytes written\)"):
+        load_checkpoint(tmp_path / "ckpt")
+
+
+def test_lam_eval_on_a_checkpoint_with_a_flipped_byte_exits_2_in_one_line(tiny_data, tmp_path, capsys):
+    from lam.commands import main
+    from lam.model import LatentActionModel
+    from lam.recipes import recipe_config
+
+    cfg = recipe_config("tiny")
+    path = save_checkpoint(tmp_path / "ckpt", model=LatentActionModel(cfg.model).state_dict(), config=cfg.to_dict(), epoch=0, step=0)
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data_dir", str(tiny_data), "--split", "test",
+                 "--out", str(tmp_path / "eval"), "--no_figures"]) == 0  # intact: evaluates
+    flip_a_byte_in_the_middle(path)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data_dir", str(tiny_data), "--split", "test",
+                 "--out", str(tmp_path / "eval2"), "--no_figures"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and "corrupt checkpoint" in err[0], err
+

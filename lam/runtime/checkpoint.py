@@ -7,10 +7,13 @@ the model registers its parts needs no re-indexing), scheduler, epoch, step and 
 run's seed and the epoch, see lam/train/loop.py.) It is written to a temp name and
 renamed, and Ray Train only registers a checkpoint after it is fully persisted,
 so a crash never leaves a half-written checkpoint that a resume would pick up.
-Loading uses `torch.load(weights_only=True)`: no pickled code runs. A state file that
-cannot be read (cut short by a full or failing disk, overwritten, empty) is a
-`CorruptCheckpoint`, one line naming the file; `lam.train.resume` then falls back to
-the newest intact checkpoint of the run.
+Loading uses `torch.load(weights_only=True)`: no pickled code runs. Beside the state file,
+`state.pt.sha256` holds the SHA-256 and size of the bytes written; loading checks them first,
+because `torch.load` reads a file with a flipped byte in its tensor data without complaint. A
+state file that cannot be read or whose bytes differ from those written (cut short by a full
+or failing disk, changed by a bad disk or copy, overwritten, empty) is a `CorruptCheckpoint`,
+one line naming the file; `lam.train.resume` then falls back to the newest intact checkpoint
+of the run. Checkpoints written before the checksum existed load without the check.
 
 Checkpoints of older versions load too: `load_checkpoint` upgrades them (config keys,
 model state-dict keys, and the optimizer state from positions to names) to today's format, so evaluation, export and resuming
@@ -19,6 +22,7 @@ see one format.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -32,6 +36,7 @@ from lam.runtime import storage
 from lam.model import LatentActionModel
 
 STATE_FILE = "state.pt"
+CHECKSUM_FILE = "state.pt.sha256"  # "<sha256 hex> <bytes>" of the state file as written
 # 3: the optimizer's per-parameter state is keyed by parameter name. 2: the model's components
 # are named choices (stem, action_head, quantizer, whiten) and the encoder is split into stem,
 # moments and head; the optimizer state keyed by parameter position. 1 (no `format` key): the
@@ -47,18 +52,53 @@ _FORMAT_1_MODEL_KEYS = (  # old prefix -> new prefix, first match wins
 
 
 def save_checkpoint(directory: str | os.PathLike, **state) -> Path:
+    """Write `state` (with today's format) to DIRECTORY/state.pt and its checksum beside it, each
+    to a temporary name first; a full disk is a `StorageFull`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{STATE_FILE}.tmp"
+    tmp, tmp_sum = directory / f".{STATE_FILE}.tmp", directory / f".{CHECKSUM_FILE}.tmp"
     try:
         torch.save({**state, "format": FORMAT}, tmp)
+        tmp_sum.write_text(f"{file_sha256(tmp)} {tmp.stat().st_size}\n")  # of the bytes on disk, read back
     except (OSError, RuntimeError) as e:  # torch reports a full disk as a RuntimeError of its zip writer
         tmp.unlink(missing_ok=True)
+        tmp_sum.unlink(missing_ok=True)
         if storage.is_no_space(e) or "No space left" in str(e):
             raise storage.StorageFull(directory) from None
         raise
+    # The checksum first: a crash between the two leaves a mismatch (read as corrupt), never a
+    # state file that passes for another's.
+    os.replace(tmp_sum, directory / CHECKSUM_FILE)
     os.replace(tmp, directory / STATE_FILE)
     return directory / STATE_FILE
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_checksum(path: Path) -> None:
+    """A CorruptCheckpoint when the state file's bytes are not those written (no-op for a
+    checkpoint written before checksums)."""
+    recorded = path.with_name(CHECKSUM_FILE)
+    if not recorded.is_file():
+        return
+    try:
+        expected, expected_size = recorded.read_text().split()
+        expected_size = int(expected_size)
+    except ValueError:
+        raise CorruptCheckpoint(f"{path}: corrupt checkpoint: its checksum file {recorded.name} cannot be read") from None
+    size = path.stat().st_size
+    if size != expected_size:
+        raise CorruptCheckpoint(f"{path}: corrupt checkpoint, cannot be read ({size} of the {expected_size} bytes written); "
+                                "it was probably cut short by a full or failing disk")
+    if file_sha256(path) != expected:
+        raise CorruptCheckpoint(f"{path}: corrupt checkpoint: its bytes differ from those written (SHA-256 mismatch); "
+                                "a failing disk or a bad copy changed it")
 
 
 def check_checkpoint(directory: str | os.PathLike) -> Path:
@@ -77,6 +117,7 @@ def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:
     """The checkpoint's state, in today's format whatever version wrote it; a CorruptCheckpoint
     when its state file is damaged."""
     path = check_checkpoint(directory)
+    verify_checksum(path)
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
