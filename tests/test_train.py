@@ -258,3 +258,15 @@ def test_the_epoch_line_shows_each_loss_with_the_terms_it_is_made_of():
     line = epoch_summary(record)
     assert line == "train/loss 5.99 (prediction 0.019 + bottleneck 5.971), train/mse_loss 0.019, val/loss 0.021"
 
+
+def test_the_data_wait_is_a_share_of_the_epoch_and_a_large_one_is_said():
+    from lam.train.metrics import EpochClock, data_wait_warning
+
+    clock = EpochClock(0.0)
+    clock.loop_start, clock.loop_end, clock.data_wait = 10.0, 30.0, 3.0
+    record = clock.record()
+    assert record["train/data_wait_fraction"] == pytest.approx(0.15) and record["train/data_wait_s"] == 3.0
+    assert "waited on data for 15% of the epoch" in data_wait_warning(record, epoch=1) and "epoch 2" in data_wait_warning(record, 1)
+    clock.data_wait = 0.5  # 2.5%: ingest keeps up, nothing said
+    assert data_wait_warning(clock.record(), 1) is None
+

@@ -40,7 +40,7 @@ from lam.model import LatentActionModel
 from lam.runtime.checkpoint import load_optimizer_state, optimizer_state
 from lam.runtime.run_log import RunLogger, format_eta
 from lam.train.health import SkippedSteps, params_in_sync, report_bad_windows, state_is_finite
-from lam.train.metrics import CodeCounter, MeanTracker
+from lam.train.metrics import CodeCounter, EpochClock, MeanTracker, data_wait_warning
 from lam.train import saving
 from lam.train.resume import load_resume_state, new_checkpoint_name
 from lam.train.schedule import label_multiplier, lr_multiplier
@@ -213,6 +213,8 @@ class WorkerRun:
         record["train/lr"] = lr
         record["train/grad_norm"] = grad_norms.compute("train", ["grad_norm"], device).get("train/grad_norm", 0.0)
         record["train/skipped_steps"] = self.skips.check(self.step, lr, warn=self.rank == 0) - skipped_before  # not finite
+        if self.rank == 0 and not t.test_mode and (warning := data_wait_warning(record, epoch)):
+            print(warning, flush=True)
         return record
 
     def log_step(self, epoch: int, metrics: dict, grad_norm, clock: EpochClock) -> None:
@@ -306,22 +308,6 @@ def epoch_summary(record: dict) -> str:
         terms = [f"{k.rsplit('/', 1)[1]} {v:.4g}" for k, v in record.items() if k.startswith(f"{key}/") and v != 0]
         parts.append(f"{key} {value:.4g}" + (f" ({' + '.join(terms)})" if len(terms) > 1 else ""))
     return ", ".join(parts)
-
-
-class EpochClock:
-    """An epoch's throughput bookkeeping: time blocked on the data iterator, and the rate after
-    the epoch's first step (which carries the pipeline's start-up and, in epoch 1, compile warm-up)."""
-
-    def __init__(self, start: float) -> None:
-        self.start, self.samples, self.data_wait = start, 0, 0.0
-        self.steady_start, self.steady_samples, self.loop_end = None, 0, None
-
-    def record(self) -> dict:
-        rate = self.samples / max(time.time() - self.start, 1e-9)
-        steady_time = self.loop_end - self.steady_start if self.steady_start is not None else 0.0
-        steady = (self.samples - self.steady_samples) / steady_time if self.samples > self.steady_samples else rate
-        return {"train/samples_per_s": rate, "train/steady_samples_per_s": steady,
-                "train/data_wait_s": self.data_wait}  # rank 0's; ~0 when ingest keeps up with the model
 
 
 def checkpoint_score(record: dict, metric: str, mode: str) -> float | None:

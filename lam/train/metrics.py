@@ -12,6 +12,8 @@ epoch (`CodeCounter`), the same way for train and val.
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -93,3 +95,36 @@ class CodeCounter:
         _, action_perplexity = usage_and_perplexity(actions[None])
         return {f"{prefix}/codebook_usage": float(usage), f"{prefix}/perplexity": float(perplexity),
                 f"{prefix}/action_ids_used": int((actions > 0).sum()), f"{prefix}/action_perplexity": float(action_perplexity)}
+
+
+# Above this share of an epoch spent waiting on data, rank 0 says so on the console.
+DATA_WAIT_WARNING = 0.05
+
+
+class EpochClock:
+    """An epoch's throughput bookkeeping: time blocked on the data iterator, and the rate after
+    the epoch's first step (which carries the pipeline's start-up and, in epoch 1, compile warm-up)."""
+
+    def __init__(self, start: float) -> None:
+        self.start, self.samples, self.data_wait = start, 0, 0.0
+        self.loop_start = time.perf_counter()
+        self.steady_start, self.steady_samples, self.loop_end = None, 0, None
+
+    def record(self) -> dict:
+        rate = self.samples / max(time.time() - self.start, 1e-9)
+        steady_time = self.loop_end - self.steady_start if self.steady_start is not None else 0.0
+        steady = (self.samples - self.steady_samples) / steady_time if self.samples > self.steady_samples else rate
+        loop_time = max(self.loop_end - self.loop_start, 1e-9)
+        return {"train/samples_per_s": rate, "train/steady_samples_per_s": steady,
+                "train/data_wait_s": self.data_wait,  # rank 0's; ~0 when ingest keeps up with the model
+                "train/data_wait_fraction": min(self.data_wait / loop_time, 1.0)}  # of the epoch's training loop
+
+
+def data_wait_warning(record: dict, epoch: int) -> str | None:
+    """The console's line when training waited on data for more than DATA_WAIT_WARNING of the epoch."""
+    fraction = record.get("train/data_wait_fraction", 0.0)
+    if fraction <= DATA_WAIT_WARNING:
+        return None
+    return (f"[lam] warning: epoch {epoch + 1}: training waited on data for {fraction:.0%} of the epoch "
+            "(train/data_wait_fraction): more CPUs for reading (fewer --cpus_per_worker on a shared machine) "
+            "or a larger --prefetch_batches would keep the model busy")
