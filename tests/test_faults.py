@@ -57,15 +57,22 @@ def test_a_truncated_checkpoint_is_named_and_the_run_resumes_from_the_newest_int
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(state_file) in lines[0] and "corrupt checkpoint" in lines[0], proc.stderr
 
+    # A folder a killed driver wrote but Ray Train never registered: removed first, with a line
+    orphan = run_dir / "checkpoint_epoch0009"
+    orphan.mkdir()
+    (orphan / "state.pt").write_bytes((run_dir / "checkpoint_epoch0002" / "state.pt").read_bytes())
+
     # The same command again: epoch 3 is trained again from epoch 2's checkpoint, into a new folder
     capfd.readouterr()
     again = train(cfg.copy(), verbose=False)
+    assert not orphan.exists()
     assert Path(again.checkpoint_path).name == "checkpoint_epoch0003-2"
     assert load_checkpoint(again.checkpoint_path)["epoch"] == 2
     assert epochs_logged(run_dir) == [1, 2, 3]  # epoch 3 once: its first record was dropped with its checkpoint
     assert state_file.stat().st_size > 0  # the damaged folder is left for the user, never written over
     console = _console_until(capfd, "[lam] resumed")
     assert f"{state_file}: corrupt checkpoint" in console and "resumed damaged from checkpoint_epoch0002 at epoch 3" in console
+    assert f"[lam] removed {orphan}: a checkpoint folder written but never registered" in console
 
 
 def _console_until(capfd, text: str, tries: int = 50) -> str:
@@ -171,3 +178,29 @@ def test_a_nan_window_written_after_the_manifest_is_skipped_counted_and_named(ra
     report = capfd.readouterr().out
     assert f"invalid, left out: {bad_file}: latents contain 1 NaN and 0 Inf values in all chunks (first in chunk 2: latent frames 4..5)" in report
     assert bad_file not in sum(load_manifest(tmp_path / "checked.json", data_copy).splits.values(), [])
+
+
+def test_checkpoint_folders_ray_never_registered_are_removed_and_named(tmp_path, capsys):
+    from lam.train.resume import RAY_CHECKPOINT_RECORD, remove_orphan_checkpoints
+
+    run = tmp_path / "run"
+    for name in ("checkpoint_epoch0001", "checkpoint_epoch0002", "checkpoint_epoch0002-2", "checkpoint_epoch0003"):
+        (run / name).mkdir(parents=True)
+        (run / name / "state.pt").write_bytes(b"x")
+    (run / "metrics.jsonl").write_text("")
+    record = {"checkpoint_results": [{"checkpoint_dir_name": "checkpoint_epoch0001"}, {"checkpoint_dir_name": "checkpoint_epoch0002-2"}],
+              "latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_epoch0002-2"}}
+    (run / RAY_CHECKPOINT_RECORD).write_text(json.dumps(record))
+    assert remove_orphan_checkpoints(str(run)) == ["checkpoint_epoch0003", "checkpoint_epoch0002"]  # newest first
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint_epoch0001", "checkpoint_epoch0002-2", RAY_CHECKPOINT_RECORD,
+                                                    "metrics.jsonl"]
+    out = capsys.readouterr().out
+    assert out.count("a checkpoint folder written but never registered") == 2 and str(run / "checkpoint_epoch0003") in out
+
+    # A record in a form this code does not know: nothing is removed
+    (run / RAY_CHECKPOINT_RECORD).write_text(json.dumps({"checkpoints": []}))
+    assert remove_orphan_checkpoints(str(run)) == [] and (run / "checkpoint_epoch0001").is_dir()
+    # No record at all: Ray registered nothing, so every checkpoint folder is an orphan
+    (run / RAY_CHECKPOINT_RECORD).unlink()
+    assert remove_orphan_checkpoints(str(run)) == ["checkpoint_epoch0002-2", "checkpoint_epoch0001"]
+

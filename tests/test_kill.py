@@ -23,7 +23,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 # What depends on the machine's speed, not on the seed.
-TIME_KEYS = {"time", "train/samples_per_s", "train/steady_samples_per_s", "train/data_wait_s", "checkpoint/stall_s"}
+TIME_KEYS = {"time", "train/samples_per_s", "train/steady_samples_per_s", "train/data_wait_s", "train/data_wait_fraction", "checkpoint/stall_s"}
 EPOCHS = 10
 
 

@@ -105,3 +105,10 @@ def list_names(path: str) -> list[str]:
     if fs.get_file_info(p).type == pafs.FileType.NotFound:
         return []
     return sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(p)))
+
+
+def remove_dir(path: str) -> None:
+    """Remove the folder `path` and everything in it."""
+    fs, p = _fs(path)
+    fs.delete_dir(p)
+

@@ -34,6 +34,7 @@ from lam.train.ingest import build_datasets, data_config
 from lam.train.ledger import RunLedger
 from lam.train.labels import label_fraction_note, resolve_label_classes
 from lam.train.loop import train_loop_per_worker
+from lam.train.resume import remove_orphan_checkpoints
 
 OVERFIT_MSE, OVERFIT_MAE = 0.01, 0.05  # the spec's overfit success criterion
 # ...and the model must have learned something: MSE at most 0.9x copying the last frame
@@ -157,6 +158,7 @@ def train(cfg: RunConfig, verbose: bool = True, ray_logs: bool = False) -> Train
 def _fit(cfg: RunConfig, manifest, verbose: bool, ray_logs: bool) -> TrainOutcome:
     t = cfg.train
     route_console(Path(run_dirs(cfg)[2]) / "ray.log", verbose=ray_logs)
+    remove_orphan_checkpoints(run_dirs(cfg)[1])  # before Ray reads the run's checkpoints
     trainer, run_dir, local_dir = build_trainer(cfg, manifest, verbose=verbose)
     try:
         result = trainer.fit()

@@ -7,6 +7,11 @@ folder of the run that can be read, and rank 0 prints one warning per damaged
 checkpoint it passed over. Only when no checkpoint of the run can be read does the
 run stop, with an error naming the run directory.
 
+A checkpoint folder that a run wrote but Ray Train never registered (the driver died while
+it was being saved, or Ray could not delete a checkpoint that `keep_best` evicted) is an
+orphan: no resume would use it, and `keep_best` does not count it. A re-run removes such
+folders first, one line each (`remove_orphan_checkpoints`).
+
 Checkpoint folders are `checkpoint_epochNNNN`, NNNN the epochs done. A folder of that
 name may already exist when a run trains an epoch again: after falling back past a
 damaged checkpoint, or when an earlier process was killed while its checkpoint was
@@ -17,6 +22,7 @@ removing it would remove the new one): the new folder is `checkpoint_epochNNNN-2
 
 from __future__ import annotations
 
+import json
 import re
 
 import ray.train
@@ -65,3 +71,38 @@ def load_resume_state(latest: ray.train.Checkpoint, run_dir: str, device) -> tup
             damaged.append(str(e))
     raise UserError(f"{run_dir}: no checkpoint of this run can be read ({len(damaged)} tried; the newest: {damaged[0]}); "
                     "start the run again under a new --run_name")
+
+
+# Ray Train's record of the checkpoints it registered, in the run directory. Its format is
+# Ray's own (not a public API), so it is read in one place, and a form this code does not know
+# makes it remove nothing.
+RAY_CHECKPOINT_RECORD = "checkpoint_manager_snapshot.json"
+
+
+def registered_checkpoints(run_dir: str) -> set[str] | None:
+    """The checkpoint folders Ray Train registered for the run: empty when it registered none
+    (no record yet); None when its record is in a form not understood."""
+    text = storage.read_text(storage.join(run_dir, RAY_CHECKPOINT_RECORD))
+    if text is None:
+        return set()
+    try:
+        record = json.loads(text)
+        results = [*record["checkpoint_results"], record.get("latest_checkpoint_result") or {}]
+        return {r["checkpoint_dir_name"] for r in results if r.get("checkpoint_dir_name")}
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def remove_orphan_checkpoints(run_dir: str) -> list[str]:
+    """Remove the run's checkpoint folders that Ray Train never registered, saying so; the
+    names removed. Call with the run's lock held, before the run starts (no save is under way)."""
+    registered = registered_checkpoints(run_dir)
+    if registered is None:
+        return []
+    orphans = [name for name in checkpoint_folders(run_dir) if name not in registered]
+    for name in orphans:
+        storage.remove_dir(storage.join(run_dir, name))
+        print(f"[lam] removed {storage.join(run_dir, name)}: a checkpoint folder written but never registered "
+              "(its run stopped while saving it, or Ray could not delete it when keep_best evicted it)", flush=True)
+    return orphans
+
