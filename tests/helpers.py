@@ -58,12 +58,11 @@ def tiny_config(data_dir, storage, **overrides) -> RunConfig:
 def small_model_config(**overrides) -> ModelConfig:
     """The tiny recipe's model on 4-channel 16x16 latents (4x4 patches of dim 16): a few thousand
     parameters, fast enough to run every causality check over every combination of parts."""
-    cfg = recipe_config("tiny").model
+    cfg = recipe_config("tiny")
     base = dict(in_channels=4, latent_size=16, patch_dim=16, embed_dim=32, encoder_depth=2, decoder_depth=2,
                 num_embeddings=5, num_codes=3, max_frames=8)
-    for key, value in {**base, **overrides}.items():
-        setattr(cfg, key, value)
-    return cfg.validate()
+    apply_overrides(cfg, {**base, **overrides}, source="test")  # a quantizer's settings through its flat keys
+    return cfg.model.validate()
 
 
 # The config keys that choose the model's parts (not its sizes).

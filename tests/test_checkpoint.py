@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from lam.config import apply_overrides
 from lam.errors import UserError
 from lam.runtime.checkpoint import FORMAT, load_checkpoint, load_model, load_optimizer_state, optimizer_state, save_checkpoint
 
@@ -220,3 +221,40 @@ def test_lam_eval_on_a_checkpoint_with_a_flipped_byte_exits_2_in_one_line(tiny_d
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and "corrupt checkpoint" in err[0], err
 
+
+
+@pytest.mark.parametrize("quantizer", ["fsq", "gaussian"])
+def test_a_format_3_checkpoint_listing_every_quantizers_settings_evaluates_as_today(quantizer, tiny_data, tmp_path):
+    """Format 3 configs listed every quantizer's settings flat, the chosen one's and the rest
+    (at their defaults, or set by a user and ignored by the model): loading keeps the chosen
+    one's, and `lam eval` reports what it reports on the same weights saved today."""
+    import json
+
+    from lam.commands import main
+    from lam.model import LatentActionModel
+    from lam.recipes import recipe_config
+
+    cfg = recipe_config("tiny")
+    apply_overrides(cfg, {"quantizer": quantizer, "num_embeddings": 4}, "test")
+    torch.manual_seed(0)
+    weights = LatentActionModel(cfg.model).state_dict()
+    every_setting = {"codebook_dim": 8, "commitment_weight": 0.4, "dead_code_steps": 100, "noise_std": 0.5, "kl_weight": 0.0,
+                     "kmeans_samples": 4096}  # commitment_weight 0.4: a value set and never read
+    old_config = cfg.to_dict()
+    old_config["model"] = {**old_config["model"], **every_setting, **cfg.to_dict()["model"]}
+    assert old_config["model"]["commitment_weight"] == 0.4 and cfg.model.quantizer != "vq"
+    save_checkpoint(tmp_path / "today", model=weights, config=cfg.to_dict(), epoch=0, step=0)
+    save_checkpoint(tmp_path / "format3", model=weights, config=old_config, epoch=0, step=0)
+    state = torch.load(tmp_path / "format3" / "state.pt", weights_only=True)
+    torch.save({**state, "format": 3}, tmp_path / "format3" / "state.pt")
+    (tmp_path / "format3" / "state.pt.sha256").unlink()  # format 3 predates the checksum's file too
+
+    state = load_checkpoint(tmp_path / "format3")
+    assert state["format"] == FORMAT and state["config"] == cfg.to_dict()
+    reports = []
+    for name in ("today", "format3"):
+        assert main(["eval", "--checkpoint", str(tmp_path / name), "--data_dir", str(tiny_data), "--split", "test",
+                     "--out", str(tmp_path / f"eval-{name}"), "--no_figures"]) == 0
+        report = json.loads((tmp_path / f"eval-{name}" / "report.json").read_text())
+        reports.append(json.dumps(report, sort_keys=True).replace(name, "CHECKPOINT"))
+    assert reports[0] == reports[1]

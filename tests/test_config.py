@@ -10,6 +10,7 @@ import yaml
 
 from lam.commands import main
 from lam.commands.flags import add_config_flags, config_from_args
+import lam.config as lam_config
 from lam.config import DEPRECATED_KEYS, ModelConfig, RunConfig, SweepConfig, apply_overrides, flat_fields, load_yaml
 from lam.errors import UserError
 from lam.recipes import RECIPES, recipe_config
@@ -43,7 +44,7 @@ def test_recipes_are_valid_configs_and_the_spec_recipe_is_the_defaults():
     demo = recipe_config("demo").model
     assert (demo.stem, demo.action_head, demo.quantizer, demo.whiten, demo.motion_moments) == ("diff", "token+motion", "fsq", True, "patches")
     real = recipe_config("real")  # the demo's model and training, with the continuous bottleneck and the shifts
-    assert real.model.quantizer == "gaussian" and real.model.noise_std > 0
+    assert real.model.quantizer == "gaussian" and real.model.quantizer_settings.noise_std > 0
     assert (real.model.frame_correlation, real.model.prediction) == ("phase", "shifted-local")
     assert (real.model.stem, real.model.embed_dim, real.data.sequence_length, real.train.num_epochs) == \
         (demo.stem, demo.embed_dim, recipe_config("demo").data.sequence_length, recipe_config("demo").train.num_epochs)
@@ -142,10 +143,66 @@ def test_whitening_with_fewer_vectors_a_step_than_dims_is_refused_at_start_up():
     cfg = recipe_config("real")
     cfg.data.data_dir = "d"
     cfg.validate()  # 16 windows x 2 transitions = 32 vectors of 4 dims
-    cfg.model.codebook_dim = 32
+    cfg.model.quantizer_settings.codebook_dim = 32
     with pytest.raises(UserError, match=r"whiten needs more action vectors per step than each has dims: .* 32 vectors for codebook_dim 32"):
         cfg.validate()
-    cfg.model.whiten, cfg.model.kl_weight = False, 0.1  # a large continuous action with the KL bottleneck instead
+    cfg.model.whiten, cfg.model.quantizer_settings.kl_weight = False, 0.1  # a large continuous action with the KL bottleneck instead
     cfg.validate()
-    cfg.model.whiten, cfg.model.quantizer = True, "fsq"  # FSQ whitens its few grid dims, whatever codebook_dim says
+    cfg.model.whiten = True
+    apply_overrides(cfg, {"quantizer": "fsq"}, "test")  # FSQ whitens its few grid dims, and has no codebook_dim
     cfg.validate()
+
+
+# ----------------------------------------------------------------------------- a component's own settings
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--quantizer", "fsq", "--noise_std", "0.3"], "'noise_std' is a setting of the gaussian quantizer; quantizer fsq does not use it"),
+    (["--commitment_weight", "0.3", "--quantizer", "gaussian"],
+     "'commitment_weight' is a setting of the vq quantizer; quantizer gaussian does not use it"),
+    (["--recipe", "demo", "--codebook_dim", "16"], "'codebook_dim' is a setting of the vq and gaussian quantizers; quantizer fsq does not use it"),
+])
+def test_a_setting_the_chosen_quantizer_does_not_read_exits_2_in_one_line_naming_both(tmp_path, capsys, args, message):
+    code = main(["train", "--data_dir", str(tmp_path), "--storage_path", str(tmp_path), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_yaml_file_with_a_setting_its_quantizer_does_not_read_is_refused_naming_the_file(tmp_path):
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"model": {"quantizer": "vq", "kmeans_samples": 512}}))
+    with pytest.raises(UserError, match=f"{cfg_file}: 'kmeans_samples' is a setting of the gaussian quantizer; quantizer vq"):
+        parse("--config", str(cfg_file))
+
+
+def test_settings_follow_their_quantizer_whatever_the_order_and_a_new_choice_starts_from_its_defaults():
+    cfg = parse("--noise_std", "0.3", "--quantizer", "gaussian", "--codebook_dim", "8")  # the choice is applied first
+    assert cfg.model.quantizer_settings == lam_config.GaussianSettings(codebook_dim=8, noise_std=0.3)
+    real = recipe_config("real").model.quantizer_settings
+    assert (real.codebook_dim, real.noise_std) == (4, 0.5)
+    switched = parse("--recipe", "real", "--quantizer", "vq")  # the recipe's gaussian settings are not vq's
+    assert switched.model.quantizer_settings == lam_config.VQSettings()
+    assert parse("--recipe", "real", "--quantizer", "gaussian").model.quantizer_settings == real  # the same choice keeps them
+    assert parse("--recipe", "real", "--fsq").model.quantizer_settings == lam_config.FSQSettings()  # so does the old boolean
+
+
+def test_a_config_written_in_full_by_an_older_version_loads_and_keeps_only_what_its_quantizer_reads():
+    """Older versions listed every quantizer's settings, at their defaults unless a user set one
+    (which the model then ignored): the defaults pass, a changed value is named."""
+    old = {"quantizer": "fsq", "num_embeddings": 9, "codebook_dim": 128, "commitment_weight": 0.25, "dead_code_steps": 100,
+           "noise_std": 0.5, "kl_weight": 0.0, "kmeans_samples": 4096}
+    cfg = RunConfig.from_dict({"model": old}, source="old.yaml")
+    assert cfg.model.quantizer_settings == lam_config.FSQSettings() and cfg.model.num_embeddings == 9
+    assert "codebook_dim" not in cfg.to_dict()["model"]
+    with pytest.raises(UserError, match="old.yaml: 'noise_std' is a setting of the gaussian quantizer; quantizer fsq"):
+        RunConfig.from_dict({"model": {**old, "noise_std": 0.9}}, source="old.yaml")
+    dropped = RunConfig.from_dict({"model": {**old, "noise_std": 0.9}}, source="checkpoint", unused="drop")
+    assert dropped.model == cfg.model
+
+
+def test_every_quantizer_name_has_its_settings_class_and_the_registry_is_built_from_them():
+    from lam.model.quantize import QUANTIZERS
+
+    assert {name: cls.settings for name, cls in QUANTIZERS.items()} == lam_config.QUANTIZER.choices
+    with pytest.raises(TypeError, match="no class for"):
+        lam_config.QUANTIZER.registry(QUANTIZERS["vq"], QUANTIZERS["fsq"])

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from helpers import small_model_config
 
 import lam.config
+from lam.config import VQSettings, apply_overrides
 from lam.model import (
     CORRELATIONS, FORWARD_TARGETS, HEADS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
     VVAEtoLAMAdapter,
@@ -80,7 +81,8 @@ def random_indices(cfg: ModelConfig, b: int, steps: int, seed: int = 2) -> torch
 def test_config_defaults_are_the_spec():
     c = ModelConfig()
     assert (c.patch_dim, c.num_patches, c.embed_dim, c.encoder_depth, c.decoder_depth) == (256, 256, 512, 3, 3)
-    assert (c.codebook_dim, c.num_embeddings, c.num_codes, c.commitment_weight) == (128, 12, 3, 0.25)
+    assert c.quantizer_settings == VQSettings(codebook_dim=128, commitment_weight=0.25, dead_code_steps=100)
+    assert (c.num_embeddings, c.num_codes) == (12, 3)
     assert (c.stem, c.action_head, c.quantizer, c.whiten, c.motion_moments, c.frame_correlation, c.prediction) == \
         ("pair", "token", "vq", False, "none", "none", "residual")
     assert c.num_actions == 1728 and c.rollout_horizon == 2 and c.patch_size == 4
@@ -111,12 +113,16 @@ def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, vali
         LatentActionModel(ModelConfig(**{field: "nope"}))
 
 
-def test_config_round_trips_through_asdict_and_yaml():
+@pytest.mark.parametrize("quantizer", lam.config.QUANTIZERS)
+def test_config_round_trips_through_its_flat_dict_and_yaml(quantizer):
     yaml = pytest.importorskip("yaml")
-    c = ModelConfig(embed_dim=256, use_rollout=True, rollout_weight=0.5, stem="diff", quantizer="fsq")
-    d = dataclasses.asdict(c)
-    assert all(type(v) in (int, float, bool, str) for v in d.values())
-    assert ModelConfig(**yaml.safe_load(yaml.safe_dump(d))) == c
+    c = lam.config.RunConfig()
+    apply_overrides(c, {"embed_dim": 256, "use_rollout": True, "rollout_weight": 0.5, "stem": "diff", "quantizer": quantizer}, "test")
+    d = c.to_dict()["model"]
+    assert all(type(v) in (int, float, bool, str) for v in d.values())  # the quantizer's settings are flat keys
+    assert {key for key in d if key not in {f.name for f in dataclasses.fields(ModelConfig)}} == \
+        {f.name for f in dataclasses.fields(type(c.model.quantizer_settings))}
+    assert lam.config.RunConfig.from_dict({"model": yaml.safe_load(yaml.safe_dump(d))}).model == c.model
 
 
 @pytest.mark.parametrize(
@@ -125,8 +131,9 @@ def test_config_round_trips_through_asdict_and_yaml():
         (dict(embed_dim=100, num_heads=8), "num_heads"),
         (dict(latent_size=64, patch_grid=10), "patch_grid"),
         (dict(num_embeddings=0), "num_embeddings"),
-        (dict(commitment_weight=-1.0), "commitment_weight"),
-        (dict(dead_code_steps=-1), "dead_code_steps"),
+        (dict(quantizer_settings=VQSettings(commitment_weight=-1.0)), "commitment_weight"),
+        (dict(quantizer_settings=VQSettings(dead_code_steps=-1)), "dead_code_steps"),
+        (dict(quantizer="fsq", quantizer_settings=VQSettings()), "quantizer_settings must be FSQSettings, the settings of quantizer fsq"),
         (dict(max_frames=1), "max_frames"),
         (dict(use_rollout=True, rollout_horizon=8, max_frames=8), "rollout_horizon"),
     ],

@@ -144,7 +144,7 @@ def shift_picked_by_the_action(prediction: str, dy: int, dx: int):
         model.shift.gate.fill_(1.0 / model.shift.RATE)
         model.shift.to_shift.weight.zero_()
         model.shift.to_shift.weight[[8 + dy, 16 + 8 + dx], 0] = 50.0
-    picks = torch.zeros(2, 2, cfg.num_codes, cfg.codebook_dim)
+    picks = torch.zeros(2, 2, cfg.num_codes, cfg.quantizer_settings.codebook_dim)
     picks[..., 0, 0] = 1.0
     return model, picks
 
@@ -154,7 +154,7 @@ def test_shifted_prediction_starts_as_a_copy_and_moves_the_frame_where_the_actio
     torch.manual_seed(0)
     model = LatentActionModel(cfg)
     x = torch.randn(2, 2, 4, 16, 16)
-    actions = torch.randn(2, 2, cfg.num_codes, cfg.codebook_dim)
+    actions = torch.randn(2, 2, cfg.num_codes, cfg.quantizer_settings.codebook_dim)
     torch.testing.assert_close(model.shift(x, actions), x)  # untrained: the previous frame
     torch.testing.assert_close(model.shift.kernel(actions).sum(dim=(-2, -1)), torch.ones(2, 2))
     model, picks = shift_picked_by_the_action("shifted", 3, -2)

@@ -19,7 +19,8 @@ REAL_PARTS = recipe_parts("real")
 
 def make_step(**model_overrides) -> tuple[TrainStep, LatentActionModel, torch.optim.Optimizer]:
     torch.manual_seed(0)
-    model = LatentActionModel(small_model_config(**({"quantizer": "vq", "dead_code_steps": 1} | model_overrides)))
+    vq_revival = {"dead_code_steps": 1} if model_overrides.get("quantizer", "vq") == "vq" else {}  # a vq setting
+    model = LatentActionModel(small_model_config(**({"quantizer": "vq"} | vq_revival | model_overrides)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     return TrainStep(model, model, optimizer, scheduler, nullcontext(), grad_clip=1.0), model, optimizer

@@ -82,6 +82,19 @@ def test_a_value_that_breaks_the_config_fails_at_start_up(tmp_path):
         check_against(base, raw, "space.yaml")
 
 
+def test_a_quantizers_settings_are_drawn_beside_it_and_a_trial_keeps_those_its_quantizer_reads(tmp_path):
+    base = RunConfig()
+    base.data.data_dir = "unused"
+    space = {"quantizer": {"choice": ["vq", "fsq"]}, "commitment_weight": {"uniform": [0.1, 0.5]}}
+    check_against(base, load_search_space(write_space(tmp_path, space)), "space.yaml")  # checked on vq, which reads it
+    fsq = trial_config(base.to_dict(), {"quantizer": "fsq", "commitment_weight": 0.3}, str(tmp_path), "s", "a")
+    vq = trial_config(base.to_dict(), {"quantizer": "vq", "commitment_weight": 0.3}, str(tmp_path), "s", "b")
+    assert "commitment_weight" not in fsq.to_dict()["model"] and vq.model.quantizer_settings.commitment_weight == 0.3
+    unread = load_search_space(write_space(tmp_path, {"quantizer": {"choice": ["vq", "fsq"]}, "noise_std": {"uniform": [0.1, 1.0]}}))
+    with pytest.raises(UserError, match=r"'noise_std' is a setting of quantizer gaussian only; the sweep draws quantizer from \['vq', 'fsq'\]"):
+        check_against(base, unread, "space.yaml")
+
+
 def test_max_concurrent_trials_follows_the_cluster_resources():
     cfg = RunConfig()
     cfg.train.num_workers, cfg.train.cpus_per_worker = 2, 1.0
@@ -178,7 +191,7 @@ def test_sweep_with_asha_stops_bad_trials_writes_best_config_and_cleans_up(ray_s
     args = build_parser().parse_args(["train", "--config", outcome.best_config_path])
     cfg = config_from_args(args).validate()
     assert cfg.train.learning_rate == outcome.best.params["learning_rate"] and cfg.train.num_epochs == 4
-    assert cfg.model.commitment_weight == outcome.best.params["commitment_weight"]
+    assert cfg.model.quantizer_settings.commitment_weight == outcome.best.params["commitment_weight"]
     assert cfg.data.data_dir == str(tiny_data)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from lam.config import DEPRECATED_KEYS, RunConfig, SweepConfig, apply_overrides, field_type, flat_fields, load_yaml
+from lam.config import DEPRECATED_KEYS, RunConfig, SweepConfig, apply_overrides, field_type, flat_fields, load_yaml, setting_owners
 from lam.recipes import RECIPES, recipe_config
 
 HELP_GROUPS = {"data": "data options", "model": "model options"}  # TrainConfig fields name their own group
@@ -27,9 +27,9 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: st
     parser.add_argument(*spellings, dest=name, **kwargs)
 
 
-def add_field_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, default) -> None:
+def add_field_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, default, description: str = "") -> None:
     """The flag of one config field: its type, its choices, its description and default."""
-    helptext = f"{f.metadata['help']} (default: {f.default!r})".replace("%", "%%")
+    helptext = f"{description or f.metadata['help']} (default: {f.default!r})".replace("%", "%%")
     kind = field_type(f)
     if kind is bool:
         add_flag(group, f.name, action=argparse.BooleanOptionalAction, default=default, help=helptext)
@@ -54,11 +54,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="YAML", help="YAML config file; flags override it")
     parser.add_argument("--recipe", default="spec", choices=list(RECIPES), help="starting config (default: spec; listed below)")
     groups: dict[str, argparse._ArgumentGroup] = {}
-    for section, f in flat_fields().values():
+    owners = setting_owners()
+    for name, (section, f) in flat_fields().items():
         title = HELP_GROUPS.get(section) or f"{f.metadata['group']} options"
+        if name in owners:  # a component's setting: its help names the choices that read it
+            title = f"{owners[name].key} settings (each read only by the {owners[name].key}s named)"
         if title not in groups:
             groups[title] = parser.add_argument_group(title)
-        add_field_flag(groups[title], f, argparse.SUPPRESS)
+        add_field_flag(groups[title], f, argparse.SUPPRESS, owners[name].describe(name) if name in owners else "")
     old = parser.add_argument_group("deprecated model flags (still accepted)")
     for name, replacement in DEPRECATED_KEYS.items():
         add_flag(old, name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=f"use {replacement}")

@@ -14,7 +14,12 @@ is the flag's help text. A YAML file may nest the sections or use flat keys:
 Precedence: dataclass defaults < a recipe (`lam.recipes`) < --config YAML < CLI flags.
 A component choice (stem, action head, quantizer) is a string naming a class in the
 model's registries (`lam.model`); the valid names are listed here, in the field's
-`choices`, so a config is checked without importing torch.
+`choices`, so a config is checked without importing torch. A component with settings of
+its own (the quantizer) declares them in `lam.config.components`, next to its names; its
+settings are flat keys too, and one the chosen component does not read is an error.
+
+Files: model.py (ModelConfig), train.py (TrainConfig, SweepConfig), components.py,
+options.py (the field helper); here the run config, the flat keys and the overrides.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pathlib import Path
 
 import yaml
 
+from lam.config.components import COMPONENT_KINDS, QUANTIZER, ComponentKind, FSQSettings, GaussianSettings, VQSettings, setting_owners  # noqa: F401  (settings: re-exported)
+from lam.config.model import ACTION_HEADS, CORRELATIONS, FORWARD_TARGETS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, ModelConfig  # noqa: F401  (re-exported)
 from lam.config.options import option
 from lam.config.train import ACTION_CHECK_METRICS, LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
 from lam.errors import UserError
@@ -53,143 +60,6 @@ class DataConfig:
         return self.stride or self.sequence_length
 
 
-STEMS = ("pair", "diff")
-MOMENTS = ("none", "patches", "pixels", "patches+pixels")
-CORRELATIONS = ("none", "phase", "cross")
-ACTION_HEADS = ("token", "token+motion", "motion")
-QUANTIZERS = ("vq", "fsq", "gaussian")
-PREDICTIONS = ("residual", "shifted", "shifted-local")
-FORWARD_TARGETS = ("pixels", "pixels+latent")
-
-
-@dataclass
-class ModelConfig:
-    """The latent action model. Built with no arguments, it is the spec's model: 16-channel
-    64x64 latents, 256 patches of dim 256, a 512-wide transformer with 3 encoder and 3
-    decoder layers, 3 VQ codes of dim 128 from 12-entry codebooks (12^3 = 1,728 actions)."""
-
-    in_channels: int = option(16, "channels of a latent frame")
-    latent_size: int = option(64, "height and width of a latent frame")
-    patch_dim: int = option(256, "dimension of a patch vector (the input adapter's output channels)")
-    patch_grid: int = option(16, "patches per side: a frame becomes patch_grid^2 patches")
-    embed_dim: int = option(512, "transformer width")
-    num_heads: int = option(8, "attention heads (must divide embed_dim)")
-    encoder_depth: int = option(3, "encoder transformer layers")
-    decoder_depth: int = option(3, "decoder transformer layers")
-    mlp_ratio: float = option(4.0, "transformer MLP width as a multiple of embed_dim")
-    stem: str = option("pair", "what the encoder's motion stem sees: pair = (patch at t, patch at t-1), "
-                       "diff = their difference (a static background cancels)", choices=STEMS)
-    motion_moments: str = option("none", "add spatial moments of the frame difference to the stem's features (linear in how far "
-                                 "and which way things moved): patches = over the patch grid, of the patch features; "
-                                 "pixels = over the latent pixels, per channel, scaled by how much changed (a small "
-                                 "object's move anywhere in the frame); patches+pixels = both; none = off (true/false "
-                                 "in older configs: patches/none)", choices=MOMENTS, aliases={"true": "patches", "false": "none"})
-    frame_correlation: str = option("none", "add where the whole picture moved to the stem's features: the correlation of "
-                                    "frames t-1 and t under every shift (camera motion, scrolling, a pointer); "
-                                    "phase = phase correlation (sharp peaks), cross = plain cross-correlation, none = off",
-                                    choices=CORRELATIONS)
-    action_head: str = option("token", "where an action comes from: token = the encoder transformer's action token, "
-                              "token+motion = that plus a linear map of the stem's features, "
-                              "motion = the stem's features alone (no encoder transformer)", choices=ACTION_HEADS)
-    action_offset: int = option(1, "the frame the encoder compares frame t with for the action of t-1 -> t: t - action_offset (the "
-                                "window's first where that is before it); 1: the previous frame; more, for sets where one latent frame "
-                                "moves little. The decoder still predicts t from t-1")
-    quantizer: str = option("vq", "the action bottleneck: vq = learned codebooks (the spec), "
-                            "fsq = finite scalar quantisation (a fixed grid; nothing to collapse), "
-                            "gaussian = a continuous vector plus noise in training, ids from k-means", choices=QUANTIZERS)
-    whiten: bool = option(False, "whiten each code's vector before quantising (batch statistics in training, "
-                          "running ones in evaluation), so transitions spread over the codes from the first step")
-    codebook_dim: int = option(128, "vq, gaussian: dimension of a code vector")
-    num_embeddings: int = option(12, "choices per code (vq: codebook entries; fsq: grid points; gaussian: k-means centroids); "
-                                 "actions = num_embeddings^num_codes")
-    num_codes: int = option(3, "codes per action")
-    commitment_weight: float = option(0.25, "vq: commitment loss weight")
-    dead_code_steps: int = option(100, "vq: re-initialise a codebook entry unused for this many training steps (0: never)")
-    noise_std: float = option(0.5, "gaussian: std of the noise added to the action vector in training (bounds what it can carry)")
-    kl_weight: float = option(0.0, "gaussian: weight of the prior term 0.5 mean(z^2) (0: none; whitening keeps the scale)")
-    kmeans_samples: int = option(4096, "gaussian: vectors per rank, from each epoch's last batches, that the k-means fit uses")
-    prediction: str = option("residual", "what the decoder's output is added to: residual = frame t-1, "
-                             "shifted = frame t-1 moved by shifts that a linear map of the action picks (camera motion, scrolling), "
-                             "shifted-local = that, only where a mask from the decoder says (a moving pointer or agent)",
-                             choices=PREDICTIONS)
-    change_weight: float = option(0.0, "weight the prediction loss towards latent pixels that changed: 1 + change_weight * |x_t - x_t-1| / its mean (0: plain MSE)")
-    forward_target: str = option("pixels", "what the decoder predicts of frame t: pixels = its VVAE latents; pixels+latent = those and, "
-                                 "from its hidden tokens, frame t's tokens as a moving average of a per-frame encoder sees them "
-                                 "(a forward model in a learned latent space)", choices=FORWARD_TARGETS)
-    latent_weight: float = option(1.0, "pixels+latent: weight of the latent prediction loss (and of its variance guard)")
-    latent_depth: int = option(1, "pixels+latent: transformer blocks of the per-frame encoder")
-    latent_ema: float = option(0.99, "pixels+latent: the target encoder's moving average after each step: target = ema * target + "
-                               "(1 - ema) * online")
-    motion_weight: float = option(0.0, "weight of a second squared error, averaged over the latent pixels that moved between t-1 "
-                                  "and t in each transition on its own (a pointer of a few pixels counts as much as a pan); "
-                                  "added to the plain MSE, which it leaves as it is (0: off)")
-    moments_weight: float = option(0.0, "weight of a second prediction from the action alone: the pixel moments of the change "
-                                   "t-1 -> t that do not depend on where it is (see motion_moments: pixels), standardised over "
-                                   "the batch, so a small object's move asks as much of the action as the whole view's (0: off)")
-    use_rollout: bool = option(False, "add a multi-step rollout loss (the decoder fed its own predictions)")
-    rollout_horizon: int = option(2, "frames predicted by the rollout loss")
-    rollout_weight: float = option(1.0, "weight of the rollout loss")
-    max_frames: int = option(64, "longest window the model accepts (length of its temporal position table)")
-    label_classes: int = option(0, "true-action classes of the optional label head on the action vector (0: no head; --label_fraction sets it from the data)")
-    label_weight: float = option(1.0, "weight of the label head's cross-entropy (only with label_classes > 0)")
-
-    @property
-    def num_patches(self) -> int:
-        return self.patch_grid**2
-
-    @property
-    def patch_size(self) -> int:
-        """Side of the square of latent pixels that one patch covers."""
-        return self.latent_size // self.patch_grid
-
-    @property
-    def num_actions(self) -> int:
-        return self.num_embeddings**self.num_codes
-
-    def validate(self) -> "ModelConfig":
-        """Raise ValueError naming the first impossible setting; return self so it chains."""
-        positive = [
-            "in_channels", "latent_size", "patch_dim", "patch_grid", "embed_dim", "num_heads",
-            "encoder_depth", "decoder_depth", "codebook_dim", "num_embeddings", "num_codes",
-            "rollout_horizon", "latent_depth", "action_offset",
-        ]
-        for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
-        for f in dataclasses.fields(self):
-            choices = f.metadata["choices"]
-            if choices and getattr(self, f.name) not in choices:
-                raise ValueError(f"model.{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
-        if not 0 <= self.latent_ema < 1:
-            raise ValueError(f"model.latent_ema must be in [0, 1), got {self.latent_ema!r}")
-        if self.embed_dim % self.num_heads:
-            raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
-        if self.latent_size % self.patch_grid:
-            raise ValueError(f"model.latent_size ({self.latent_size}) must be divisible by model.patch_grid ({self.patch_grid})")
-        if self.quantizer == "fsq" and self.num_embeddings < 2:
-            raise ValueError(f"model.num_embeddings must be >= 2 with the fsq quantizer, got {self.num_embeddings}")
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
-        if not isinstance(self.label_classes, int) or self.label_classes < 0:
-            raise ValueError(f"model.label_classes must be >= 0, got {self.label_classes!r}")
-        for name in ("commitment_weight", "noise_std", "kl_weight", "change_weight", "motion_weight", "moments_weight", "rollout_weight",
-                     "label_weight", "latent_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not isinstance(self.kmeans_samples, int) or self.kmeans_samples < self.num_embeddings:
-            raise ValueError(f"model.kmeans_samples must be an integer >= num_embeddings ({self.num_embeddings}), "
-                             f"got {self.kmeans_samples!r}")
-        if not isinstance(self.dead_code_steps, int) or self.dead_code_steps < 0:
-            raise ValueError(f"model.dead_code_steps must be an integer >= 0 (0 disables), got {self.dead_code_steps!r}")
-        if not isinstance(self.max_frames, int) or self.max_frames < 2:
-            raise ValueError(f"model.max_frames must be an integer >= 2, got {self.max_frames!r}")
-        if self.use_rollout and self.rollout_horizon + 1 > self.max_frames:
-            raise ValueError(f"model.rollout_horizon ({self.rollout_horizon}) needs windows of rollout_horizon + 1 frames, "
-                             f"more than model.max_frames ({self.max_frames})")
-        return self
-
-
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 
 
@@ -200,11 +70,21 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Nested by section, with flat keys: a component's settings follow its choice in the
+        model section (`quantizer: vq, codebook_dim: 128, ...`), the keys a user types."""
+        out = dataclasses.asdict(self)
+        nested, out["model"] = out["model"], {}
+        settings_fields = {kind.key: kind.settings_field for kind in COMPONENT_KINDS}
+        for key, value in nested.items():
+            if key not in settings_fields.values():
+                out["model"][key] = value
+            if key in settings_fields:
+                out["model"].update(nested[settings_fields[key]])
+        return out
 
     @classmethod
-    def from_dict(cls, raw: dict, source: str = "config") -> "RunConfig":
-        return apply_overrides(cls(), raw, source=source)
+    def from_dict(cls, raw: dict, source: str = "config", unused: str = "error") -> "RunConfig":
+        return apply_overrides(cls(), raw, source=source, unused=unused)
 
     def copy(self) -> "RunConfig":
         return RunConfig.from_dict(self.to_dict())
@@ -241,7 +121,7 @@ class RunConfig:
             (t.batch_size >= t.num_workers, f"batch_size {t.batch_size} must be >= num_workers {t.num_workers} (it is split across workers)"),
             (not whitening_underdetermined(self), f"whiten needs more action vectors per step than each has dims: batch_size "
              f"{t.batch_size} x {d.sequence_length - 1} transitions a window = {t.batch_size * (d.sequence_length - 1)} vectors for "
-             f"codebook_dim {self.model.codebook_dim}; raise batch_size, or for a large continuous action use whiten false with "
+             f"codebook_dim {getattr(self.model.quantizer_settings, 'codebook_dim', 0)}; raise batch_size, or for a large continuous action use whiten false with "
              "kl_weight > 0"),
         ]
         for ok, message in checks:
@@ -258,13 +138,48 @@ class RunConfig:
 
 
 def flat_fields() -> dict[str, tuple[str, dataclasses.Field]]:
-    """Every leaf field by its flat name -> (section, field). Names are unique across sections."""
+    """Every leaf field by its flat name -> (section, field), the components' settings included
+    (section "model"; `lam.config.components`). Names are unique across sections."""
     out: dict[str, tuple[str, dataclasses.Field]] = {}
     for section, klass in SECTIONS.items():
         for f in dataclasses.fields(klass):
+            if "component" in f.metadata:  # a component's settings: their own keys follow
+                continue
             assert f.name not in out, f"config field {f.name} is in two sections"
             out[f.name] = (section, f)
+    for key, kind in setting_owners().items():
+        assert key not in out, f"setting {key} of the {kind.key} is also a config field"
+        out[key] = ("model", kind.setting_fields()[key])
     return out
+
+
+def choose(model: ModelConfig, kind: ComponentKind, name: str) -> None:
+    """Choose a component; a new choice starts from its own settings' defaults (the settings
+    set for the component it replaces do not apply to it)."""
+    if name not in kind.choices:
+        raise UserError(f"config key '{kind.key}' must be one of {', '.join(kind.names)}, got {name!r}")
+    if name != getattr(model, kind.key) or type(getattr(model, kind.settings_field)) is not kind.choices[name]:
+        setattr(model, kind.settings_field, kind.choices[name]())
+    setattr(model, kind.key, name)
+
+
+def _set_setting(model: ModelConfig, kind: ComponentKind, key: str, value, source: str, unused: str) -> None:
+    """Set one setting of the chosen component. A key the chosen component does not read is an
+    error naming both (unused="error"), or left out (unused="drop": a search space's draw, an
+    older checkpoint's config). A value equal to the key's default is left out too: configs
+    written in full by older versions list every component's settings at their defaults."""
+    chosen, settings = getattr(model, kind.key), getattr(model, kind.settings_field)
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    if key in fields:
+        setattr(settings, key, _coerce(key, fields[key], value))
+        return
+    default = kind.setting_fields()[key].default
+    if unused == "drop" or _coerce(key, kind.setting_fields()[key], value) == default:
+        return
+    users = kind.users(key)
+    raise UserError(f"{source}: '{key}' is a setting of the {' and '.join(users)} {kind.key}{'s' * (len(users) > 1)}; "
+                    f"{kind.key} {chosen} does not use it "
+                    f"(choose one that does with --{kind.key}, or leave {key} out)")
 
 
 def field_type(f: dataclasses.Field) -> type:
@@ -319,7 +234,7 @@ def _apply_deprecated(model: ModelConfig, given: dict[str, bool]) -> None:
     """Translate the old booleans into today's choices, relative to the current config: each
     old key changes only what it used to control (`motion_code_only` implied `motion_to_code`)."""
     if "fsq" in given:
-        model.quantizer = "fsq" if given["fsq"] else "vq"
+        choose(model, QUANTIZER, "fsq" if given["fsq"] else "vq")
     if "standardize_z" in given:
         model.whiten = given["standardize_z"]
     if "diff_motion_stem" in given:
@@ -345,12 +260,16 @@ def whitening_underdetermined(cfg: RunConfig) -> bool:
     covariance that whitening inverts is singular (its null directions would be blown up by
     1/sqrt(eps)). FSQ whitens its few grid dims, whatever codebook_dim says."""
     m = cfg.model
-    return m.whiten and m.quantizer != "fsq" and cfg.train.batch_size * (cfg.data.sequence_length - 1) <= m.codebook_dim
+    dims = getattr(m.quantizer_settings, "codebook_dim", 0)
+    return m.whiten and m.quantizer != "fsq" and cfg.train.batch_size * (cfg.data.sequence_length - 1) <= dims
 
 
-def apply_overrides(cfg: RunConfig, raw: dict, source: str, warn_deprecated: bool = True) -> RunConfig:
+def apply_overrides(cfg: RunConfig, raw: dict, source: str, warn_deprecated: bool = True, unused: str = "error") -> RunConfig:
     """Set fields from a nested ({section: {key: v}}) or flat ({key: v}) mapping.
-    Deprecated keys are translated first, so a current key given beside one wins."""
+    Deprecated keys are translated first, so a current key given beside one wins; a
+    component's choice is set before its settings, so a mapping that names a component
+    sets that component's settings. `unused`: what a setting that the chosen component does
+    not read does, "error" (a user's config) or "drop" (see `_set_setting`)."""
     fields = flat_fields()
     flat: dict = {}
     for key, value in (raw or {}).items():
@@ -370,9 +289,16 @@ def apply_overrides(cfg: RunConfig, raw: dict, source: str, warn_deprecated: boo
             for key in deprecated:
                 _warn_deprecated(key, source)
         _apply_deprecated(cfg.model, deprecated)
+    for kind in COMPONENT_KINDS:
+        if kind.key in flat:
+            choose(cfg.model, kind, _coerce(kind.key, fields[kind.key][1], flat.pop(kind.key)))
+    owners = setting_owners()
     for key, value in flat.items():
         section, f = fields[key]
-        setattr(getattr(cfg, section), key, _coerce(key, f, value))
+        if key in owners:
+            _set_setting(cfg.model, owners[key], key, value, source, unused)
+        else:
+            setattr(getattr(cfg, section), key, _coerce(key, f, value))
     return cfg
 
 

@@ -37,11 +37,12 @@ from lam.model import LatentActionModel
 
 STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.pt.sha256"  # "<sha256 hex> <bytes>" of the state file as written
+# 4: the config lists only the chosen quantizer's settings (lam/config/components.py).
 # 3: the optimizer's per-parameter state is keyed by parameter name. 2: the model's components
 # are named choices (stem, action_head, quantizer, whiten) and the encoder is split into stem,
 # moments and head; the optimizer state keyed by parameter position. 1 (no `format` key): the
 # boolean-flag model.
-FORMAT = 3
+FORMAT = 4
 _FORMAT_1_MODEL_KEYS = (  # old prefix -> new prefix, first match wins
     ("encoder.motion_pool.", "encoder.stem.pool."),
     ("encoder.motion.", "encoder.stem.mlp."),
@@ -131,15 +132,17 @@ def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:
 
 def upgrade(state: dict) -> dict:
     """An older checkpoint in today's format. Format 1: config booleans -> component names and
-    model keys renamed. Formats 1 and 2: the optimizer state, indexed by parameter position,
-    keyed by parameter name (a state dict lists parameters in the order the model registered them)."""
+    model keys renamed. Formats 1 to 3: of the settings of every quantizer, which the config
+    listed flat, the chosen one's kept (the model never read the others). Formats 1 and 2: the
+    optimizer state, indexed by parameter position, keyed by parameter name (a state dict lists
+    parameters in the order the model registered them)."""
     version = state.get("format", 1)
     upgraded = {**state, "format": FORMAT}
+    config = apply_overrides(RunConfig(), state["config"], source="checkpoint", warn_deprecated=False, unused="drop")
+    upgraded["config"] = config.to_dict()
     if version < 2:
-        config = apply_overrides(RunConfig(), state["config"], source="checkpoint", warn_deprecated=False)
-        upgraded |= {"config": config.to_dict(), "model": {_rename(key): value for key, value in state["model"].items()}}
-    if state.get("optimizer"):
-        config = RunConfig.from_dict(upgraded["config"])
+        upgraded["model"] = {_rename(key): value for key, value in state["model"].items()}
+    if version < 3 and state.get("optimizer"):
         with torch.device("meta"):  # only the parameters' names are needed
             names = {name for name, _ in LatentActionModel(config.model).named_parameters()}
         saved_order = [key for key in upgraded["model"] if key in names]

@@ -12,6 +12,10 @@ one of:
 
 Grid keys multiply the number of trials; `--num_samples` repeats the grid and
 draws the random keys anew each time (Ray Tune's rules).
+
+A component's settings may be drawn beside a draw of the component: a trial uses the
+settings its drawn component reads and leaves the others out (`commitment_weight` is
+vq's, `noise_std` the gaussian's). Each must be read by a choice the sweep can draw.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 
 from ray import tune
 
-from lam.config import DEPRECATED_KEYS, RunConfig, apply_overrides, flat_fields, load_yaml
+from lam.config import COMPONENT_KINDS, DEPRECATED_KEYS, RunConfig, apply_overrides, choose, flat_fields, load_yaml
 from lam.errors import UserError
 
 DEFAULT_SPACE_PATH = Path(__file__).with_name("default_space.yaml")
@@ -74,7 +78,8 @@ def to_param_space(raw: dict) -> dict:
 
 def check_against(base: RunConfig, raw: dict, source: str) -> None:
     """Fail at start-up, not in trial 7: every listed value (and both ends of every range)
-    must make a valid config on its own, e.g. embed_dim divisible by num_heads."""
+    must make a valid config on its own, e.g. embed_dim divisible by num_heads; a component's
+    setting is checked on a choice that reads it."""
     for key, spec in raw.items():
         if isinstance(spec, dict):
             form, values = next(iter(spec.items()))
@@ -82,11 +87,30 @@ def check_against(base: RunConfig, raw: dict, source: str) -> None:
             values = [spec]
         for value in values:
             cfg = base.copy()
+            reader = component_reading(key, base, raw, source)
+            if reader:
+                choose(cfg.model, *reader)
             try:
                 apply_overrides(cfg, {key: value}, source)
                 cfg.validate()
             except UserError as e:
                 raise UserError(f"{source}: {key}={value!r} gives an invalid config: {e}") from None
+
+
+def component_reading(key: str, base: RunConfig, raw: dict, source: str):
+    """(kind, name): a choice the sweep can draw that reads setting `key`; None for a key that
+    is not a component's setting."""
+    for kind in COMPONENT_KINDS:
+        if key not in kind.setting_fields():
+            continue
+        spec = raw.get(kind.key, getattr(base.model, kind.key))
+        drawn = next(iter(spec.values())) if isinstance(spec, dict) else [spec]
+        readers = [name for name in drawn if name in kind.users(key)]
+        if not readers:
+            raise UserError(f"{source}: '{key}' is a setting of {kind.key} {' and '.join(kind.users(key))} only; "
+                            f"the sweep draws {kind.key} from {list(drawn)}, none of which reads it")
+        return kind, readers[0]
+    return None
 
 
 def describe(raw: dict) -> str:

@@ -76,7 +76,7 @@ def derive_max_concurrent(cfg: RunConfig, resources: dict) -> int:
 def trial_config(base: dict, params: dict, sweep_dir: str, sweep_name: str, trial_id: str) -> RunConfig:
     """One trial's full config: the base, the sampled params, and its own run name and folder."""
     cfg = RunConfig.from_dict(base)
-    apply_overrides(cfg, params, source="search space")
+    apply_overrides(cfg, params, source="search space", unused="drop")  # the drawn component's settings only
     cfg.train.run_name = f"trial_{trial_id}"
     cfg.train.storage_path = storage.join(sweep_dir, "trials")
     cfg.train.wandb_group = cfg.train.wandb_group or sweep_name  # all trials in one wandb group

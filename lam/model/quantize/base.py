@@ -45,6 +45,7 @@ class Quantizer(nn.Module):
     ranks run.
     """
 
+    settings: type  # its settings dataclass, declared with its name in lam/config/components.py
     loss_names: tuple[str, ...] = ()
     continuous = False  # True: the decoder is trained on continuous vectors, and ids are a discretisation of them
 

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from lam.config import ModelConfig
+from lam.config import FSQSettings, ModelConfig
 from lam.model.quantize.base import Quantizer, QuantizerOutput
 
 
@@ -46,6 +46,8 @@ def fsq_levels_for(num_embeddings: int, spec: str = "") -> tuple[int, ...]:
 
 
 class FiniteScalarQuantizer(Quantizer):
+    settings = FSQSettings
+
     def __init__(self, num_codes: int = 3, levels: tuple[int, ...] = (3, 4)):
         levels = tuple(int(level) for level in levels)
         super().__init__(num_codes, math.prod(levels), len(levels))

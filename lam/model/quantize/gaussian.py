@@ -31,12 +31,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lam.config import ModelConfig
+from lam.config import GaussianSettings, ModelConfig
 from lam.model.distributed import all_gather, broadcast_from_rank0_, rank
 from lam.model.quantize.base import Quantizer, QuantizerOutput
 
 
 class GaussianBottleneck(Quantizer):
+    settings = GaussianSettings
+
     loss_names = ("kl_loss",)
     continuous = True
 
@@ -56,7 +58,8 @@ class GaussianBottleneck(Quantizer):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "GaussianBottleneck":
-        return cls(cfg.num_codes, cfg.num_embeddings, cfg.codebook_dim, cfg.noise_std, cfg.kl_weight, cfg.kmeans_samples)
+        s = cfg.quantizer_settings
+        return cls(cfg.num_codes, cfg.num_embeddings, s.codebook_dim, s.noise_std, s.kl_weight, s.kmeans_samples)
 
     # ----------------------------------------------------------------- lookups
     def nearest(self, z: torch.Tensor) -> torch.Tensor:

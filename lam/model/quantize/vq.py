@@ -41,12 +41,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lam.config import ModelConfig
+from lam.config import ModelConfig, VQSettings
 from lam.model.distributed import broadcast_from_rank0_
 from lam.model.quantize.base import Quantizer, QuantizerOutput
 
 
 class VectorQuantizer(Quantizer):
+    settings = VQSettings
+
     loss_names = ("codebook_loss", "commitment_loss")
 
     def __init__(
@@ -78,7 +80,8 @@ class VectorQuantizer(Quantizer):
 
     @classmethod
     def from_config(cls, cfg: ModelConfig) -> "VectorQuantizer":
-        return cls(cfg.num_codes, cfg.num_embeddings, cfg.codebook_dim, cfg.commitment_weight, cfg.dead_code_steps)
+        s = cfg.quantizer_settings
+        return cls(cfg.num_codes, cfg.num_embeddings, s.codebook_dim, s.commitment_weight, s.dead_code_steps)
 
     # ----------------------------------------------------------------- lookups
     def nearest(self, z: torch.Tensor) -> torch.Tensor:
