@@ -225,7 +225,7 @@ def test_lam_eval_on_a_checkpoint_with_a_flipped_byte_exits_2_in_one_line(tiny_d
 
 @pytest.mark.parametrize("quantizer", ["fsq", "gaussian"])
 def test_a_format_3_checkpoint_listing_every_quantizers_settings_evaluates_as_today(quantizer, tiny_data, tmp_path):
-    """Format 3 configs listed every quantizer's settings flat, the chosen one's and the rest
+    """Format 3 configs listed every component's settings flat, the chosen one's and the rest
     (at their defaults, or set by a user and ignored by the model): loading keeps the chosen
     one's, and `lam eval` reports what it reports on the same weights saved today."""
     import json
@@ -239,7 +239,7 @@ def test_a_format_3_checkpoint_listing_every_quantizers_settings_evaluates_as_to
     torch.manual_seed(0)
     weights = LatentActionModel(cfg.model).state_dict()
     every_setting = {"codebook_dim": 8, "commitment_weight": 0.4, "dead_code_steps": 100, "noise_std": 0.5, "kl_weight": 0.0,
-                     "kmeans_samples": 4096}  # commitment_weight 0.4: a value set and never read
+                     "kmeans_samples": 4096, "latent_weight": 1.0, "latent_depth": 1, "latent_ema": 0.9}  # 0.4, 0.9: set, never read
     old_config = cfg.to_dict()
     old_config["model"] = {**old_config["model"], **every_setting, **cfg.to_dict()["model"]}
     assert old_config["model"]["commitment_weight"] == 0.4 and cfg.model.quantizer != "vq"

@@ -206,3 +206,16 @@ def test_every_quantizer_name_has_its_settings_class_and_the_registry_is_built_f
     assert {name: cls.settings for name, cls in QUANTIZERS.items()} == lam_config.QUANTIZER.choices
     with pytest.raises(TypeError, match="no class for"):
         lam_config.QUANTIZER.registry(QUANTIZERS["vq"], QUANTIZERS["fsq"])
+
+
+def test_the_forward_targets_settings_are_its_own_too():
+    cfg = parse("--latent_ema", "0.9", "--forward_target", "pixels+latent")
+    assert cfg.model.forward_target_settings == lam_config.PixelsLatentSettings(latent_ema=0.9)
+    with pytest.raises(UserError, match="'latent_depth' is a setting of the pixels\\+latent forward_target; forward_target pixels does not use it"):
+        parse("--latent_depth", "2")
+    with pytest.raises(ValueError, match=r"model.latent_ema must be in \[0, 1\)"):
+        ModelConfig(forward_target="pixels+latent", forward_target_settings=lam_config.PixelsLatentSettings(latent_ema=1.0)).validate()
+    from lam.model.latent_target import FORWARD_TARGETS
+
+    assert {name: part.settings if part else lam_config.PixelsSettings for name, part in FORWARD_TARGETS.items()} == \
+        lam_config.FORWARD_TARGET.choices

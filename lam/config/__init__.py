@@ -15,7 +15,7 @@ Precedence: dataclass defaults < a recipe (`lam.recipes`) < --config YAML < CLI 
 A component choice (stem, action head, quantizer) is a string naming a class in the
 model's registries (`lam.model`); the valid names are listed here, in the field's
 `choices`, so a config is checked without importing torch. A component with settings of
-its own (the quantizer) declares them in `lam.config.components`, next to its names; its
+its own (the quantizer, the forward target) declares them in `lam.config.components`, next to its names; its
 settings are flat keys too, and one the chosen component does not read is an error.
 
 Files: model.py (ModelConfig), train.py (TrainConfig, SweepConfig), components.py,
@@ -32,7 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from lam.config.components import COMPONENT_KINDS, QUANTIZER, ComponentKind, FSQSettings, GaussianSettings, VQSettings, setting_owners  # noqa: F401  (settings: re-exported)
+from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, ComponentKind, FSQSettings, GaussianSettings,  # noqa: F401  (re-exported)
+                                   PixelsLatentSettings, PixelsSettings, VQSettings, setting_owners)
 from lam.config.model import ACTION_HEADS, CORRELATIONS, FORWARD_TARGETS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, ModelConfig  # noqa: F401  (re-exported)
 from lam.config.options import option
 from lam.config.train import ACTION_CHECK_METRICS, LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)

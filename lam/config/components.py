@@ -1,12 +1,13 @@
 """The model's swappable components and the settings each one reads, declared once and torch-free.
 
-A component kind (the quantizer) is chosen by the config key of its name (`quantizer: gaussian`);
+A component kind (the quantizer, the forward target) is chosen by the config key of its name
+(`quantizer: gaussian`);
 each choice declares here, next to its name, a dataclass of the settings it reads. Config checks,
 the CLI's flags and help, search spaces and the model's registry (`lam.model.quantize.QUANTIZERS`,
 built from `QUANTIZER.registry`) all read this one declaration, so the names cannot drift apart.
 
 The chosen component's settings live in the model config (`ModelConfig.quantizer_settings`, an
-instance of the chosen class) and are set with flat keys, as every config key is: `--noise_std 0.3`,
+instance of the chosen class; `forward_target_settings`) and are set with flat keys, as every config key is: `--noise_std 0.3`,
 `noise_std: 0.3` in YAML. A key that the chosen component does not read is an error naming both,
 so a knob is never silently ignored (see `lam.config.apply_overrides`).
 """
@@ -70,6 +71,28 @@ class GaussianSettings:
                f"model.kmeans_samples must be an integer >= num_embeddings ({model.num_embeddings}), got {self.kmeans_samples!r}")
 
 
+@dataclass
+class PixelsSettings:
+    """pixels: the decoder predicts frame t's VVAE latents, and nothing else."""
+
+    def validate(self, model) -> None:
+        pass
+
+
+@dataclass
+class PixelsLatentSettings:
+    """pixels+latent: also frame t's tokens as a moving average of a per-frame encoder sees them."""
+
+    latent_weight: float = option(1.0, "weight of the latent prediction loss (and of its variance guard)")
+    latent_depth: int = option(1, "transformer blocks of the per-frame encoder")
+    latent_ema: float = option(0.99, "the target encoder's moving average after each step: target = ema * target + (1 - ema) * online")
+
+    def validate(self, model) -> None:
+        _check(self.latent_weight >= 0, f"model.latent_weight must be >= 0, got {self.latent_weight!r}")
+        _check(_positive_int(self.latent_depth), f"model.latent_depth must be a positive integer, got {self.latent_depth!r}")
+        _check(0 <= self.latent_ema < 1, f"model.latent_ema must be in [0, 1), got {self.latent_ema!r}")
+
+
 @dataclass(frozen=True)
 class ComponentKind:
     """One swappable part of the model: the config key that chooses it and, per choice, the
@@ -103,10 +126,11 @@ class ComponentKind:
         """A setting's help line, naming the choices that read it."""
         return f"{', '.join(self.users(key))}: {self.setting_fields()[key].metadata['help']}"
 
-    def registry(self, *classes) -> dict:
+    def registry(self, *classes, without_part: tuple[str, ...] = ()) -> dict:
         """The model's registry, name -> class, from classes that each name their settings class
-        (`settings = VQSettings`): one class for every declared choice, keyed by the declared name."""
-        by_settings = {cls.settings: cls for cls in classes}
+        (`settings = VQSettings`): one class for every declared choice, keyed by the declared name;
+        the choices in `without_part` build nothing (None)."""
+        by_settings = {cls.settings: cls for cls in classes} | {self.choices[name]: None for name in without_part}
         missing = [name for name, settings in self.choices.items() if settings not in by_settings]
         if missing or len(by_settings) != len(self.choices):
             raise TypeError(f"{self.key} registry: no class for {missing} or a class with undeclared settings")
@@ -115,7 +139,9 @@ class ComponentKind:
 
 QUANTIZER = ComponentKind("quantizer", {"vq": VQSettings, "fsq": FSQSettings, "gaussian": GaussianSettings})
 
-COMPONENT_KINDS: tuple[ComponentKind, ...] = (QUANTIZER,)
+FORWARD_TARGET = ComponentKind("forward_target", {"pixels": PixelsSettings, "pixels+latent": PixelsLatentSettings})
+
+COMPONENT_KINDS: tuple[ComponentKind, ...] = (QUANTIZER, FORWARD_TARGET)
 
 
 def setting_owners() -> dict[str, ComponentKind]:

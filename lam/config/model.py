@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from lam.config.components import COMPONENT_KINDS, QUANTIZER, FSQSettings, GaussianSettings, VQSettings
+from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, FSQSettings, GaussianSettings, PixelsLatentSettings,
+                                   PixelsSettings, VQSettings)
 from lam.config.options import option
 
 
@@ -15,7 +16,7 @@ CORRELATIONS = ("none", "phase", "cross")
 ACTION_HEADS = ("token", "token+motion", "motion")
 QUANTIZERS = QUANTIZER.names
 PREDICTIONS = ("residual", "shifted", "shifted-local")
-FORWARD_TARGETS = ("pixels", "pixels+latent")
+FORWARD_TARGETS = FORWARD_TARGET.names
 
 
 @dataclass
@@ -68,10 +69,8 @@ class ModelConfig:
     forward_target: str = option("pixels", "what the decoder predicts of frame t: pixels = its VVAE latents; pixels+latent = those and, "
                                  "from its hidden tokens, frame t's tokens as a moving average of a per-frame encoder sees them "
                                  "(a forward model in a learned latent space)", choices=FORWARD_TARGETS)
-    latent_weight: float = option(1.0, "pixels+latent: weight of the latent prediction loss (and of its variance guard)")
-    latent_depth: int = option(1, "pixels+latent: transformer blocks of the per-frame encoder")
-    latent_ema: float = option(0.99, "pixels+latent: the target encoder's moving average after each step: target = ema * target + "
-                               "(1 - ema) * online")
+    # The chosen forward target's settings (PixelsSettings or PixelsLatentSettings); None: its defaults.
+    forward_target_settings: PixelsSettings | PixelsLatentSettings | None = field(default=None, metadata={"component": "forward_target"})
     motion_weight: float = option(0.0, "weight of a second squared error, averaged over the latent pixels that moved between t-1 "
                                   "and t in each transition on its own (a pointer of a few pixels counts as much as a pan); "
                                   "added to the plain MSE, which it leaves as it is (0: off)")
@@ -108,7 +107,7 @@ class ModelConfig:
         positive = [
             "in_channels", "latent_size", "patch_dim", "patch_grid", "embed_dim", "num_heads",
             "encoder_depth", "decoder_depth", "num_embeddings", "num_codes",
-            "rollout_horizon", "latent_depth", "action_offset",
+            "rollout_horizon", "action_offset",
         ]
         for name in positive:
             value = getattr(self, name)
@@ -118,8 +117,6 @@ class ModelConfig:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise ValueError(f"model.{f.name} must be one of {', '.join(choices)}; got {getattr(self, f.name)!r}")
-        if not 0 <= self.latent_ema < 1:
-            raise ValueError(f"model.latent_ema must be in [0, 1), got {self.latent_ema!r}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
         if self.latent_size % self.patch_grid:
@@ -134,7 +131,7 @@ class ModelConfig:
             raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
         if not isinstance(self.label_classes, int) or self.label_classes < 0:
             raise ValueError(f"model.label_classes must be >= 0, got {self.label_classes!r}")
-        for name in ("change_weight", "motion_weight", "moments_weight", "rollout_weight", "label_weight", "latent_weight"):
+        for name in ("change_weight", "motion_weight", "moments_weight", "rollout_weight", "label_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
         if not isinstance(self.max_frames, int) or self.max_frames < 2:

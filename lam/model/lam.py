@@ -262,7 +262,7 @@ class LatentActionModel(nn.Module):
             terms["moments"] = cfg.moments_weight * metrics["moments_loss"]
         if self.latent is not None:
             latent = self.latent.losses(tokens["hidden"], tokens["context"], patches[:, 1:])
-            terms["latent"] = cfg.latent_weight * (latent["latent_loss"] + latent["latent_spread"])
+            terms["latent"] = cfg.forward_target_settings.latent_weight * (latent["latent_loss"] + latent["latent_spread"])
             metrics |= latent
         loss = _total(terms)
         zero = loss.new_zeros(())  # a declared term that adds nothing here (e.g. no whitening penalty in evaluation)

@@ -1,6 +1,7 @@
 """A forward model in a learned latent space: predict the next frame as a slowly moving copy of an encoder sees it.
 
-`forward_target` (`FORWARD_TARGETS` maps the config's names to parts):
+`forward_target` (`FORWARD_TARGETS` maps the config's names to parts; each name's settings are declared
+in lam/config/components.py):
 
     pixels         the decoder predicts frame t's VVAE latents only (the spec's objective)
     pixels+latent  beside that, a predictor on the decoder's hidden tokens predicts frame t's
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lam.config import ModelConfig
+from lam.config import FORWARD_TARGET, ModelConfig, PixelsLatentSettings
 from lam.model.transformer import SpaceTimeTransformer
 
 
@@ -43,7 +44,7 @@ class FrameEncoder(nn.Module):
         super().__init__()
         self.proj = nn.Linear(cfg.patch_dim, cfg.embed_dim)
         self.pos = nn.Parameter(torch.zeros(cfg.num_patches, cfg.embed_dim))
-        self.transformer = SpaceTimeTransformer(cfg.embed_dim, cfg.latent_depth, cfg.num_heads, cfg.mlp_ratio)
+        self.transformer = SpaceTimeTransformer(cfg.embed_dim, cfg.forward_target_settings.latent_depth, cfg.num_heads, cfg.mlp_ratio)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         b, t, n, _ = patches.shape
@@ -54,11 +55,13 @@ class FrameEncoder(nn.Module):
 class LatentTarget(nn.Module):
     """The online frame encoder, its moving-average target and the predictor; see the module docstring."""
 
+    settings = PixelsLatentSettings
+
     loss_names = ("latent_loss", "latent_spread")
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.ema = cfg.latent_ema
+        self.ema = cfg.forward_target_settings.latent_ema
         self.online = FrameEncoder(cfg)
         self.predictor = nn.Sequential(nn.Linear(cfg.embed_dim, cfg.embed_dim), nn.GELU(), nn.Linear(cfg.embed_dim, cfg.embed_dim))
         self.target = FrameEncoder(cfg).requires_grad_(False)
@@ -94,4 +97,4 @@ class LatentTarget(nn.Module):
             t.copy_(moved if applied is None else torch.where(applied, moved, t))
 
 
-FORWARD_TARGETS = {"pixels": None, "pixels+latent": LatentTarget}
+FORWARD_TARGETS = FORWARD_TARGET.registry(LatentTarget, without_part=("pixels",))

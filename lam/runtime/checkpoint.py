@@ -37,12 +37,13 @@ from lam.model import LatentActionModel
 
 STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.pt.sha256"  # "<sha256 hex> <bytes>" of the state file as written
-# 4: the config lists only the chosen quantizer's settings (lam/config/components.py).
+# 5: the config lists only the chosen forward target's settings too. 4: only the chosen
+# quantizer's settings (lam/config/components.py).
 # 3: the optimizer's per-parameter state is keyed by parameter name. 2: the model's components
 # are named choices (stem, action_head, quantizer, whiten) and the encoder is split into stem,
 # moments and head; the optimizer state keyed by parameter position. 1 (no `format` key): the
 # boolean-flag model.
-FORMAT = 4
+FORMAT = 5
 _FORMAT_1_MODEL_KEYS = (  # old prefix -> new prefix, first match wins
     ("encoder.motion_pool.", "encoder.stem.pool."),
     ("encoder.motion.", "encoder.stem.mlp."),
@@ -132,8 +133,9 @@ def load_checkpoint(directory: str | os.PathLike, map_location="cpu") -> dict:
 
 def upgrade(state: dict) -> dict:
     """An older checkpoint in today's format. Format 1: config booleans -> component names and
-    model keys renamed. Formats 1 to 3: of the settings of every quantizer, which the config
-    listed flat, the chosen one's kept (the model never read the others). Formats 1 and 2: the
+    model keys renamed. Formats 1 to 4: of the settings of every component choice (quantizer,
+    forward target), which the config listed flat, the chosen one's kept (the model never read
+    the others). Formats 1 and 2: the
     optimizer state, indexed by parameter position, keyed by parameter name (a state dict lists
     parameters in the order the model registered them)."""
     version = state.get("format", 1)
