@@ -14,10 +14,12 @@ from lam.runtime.checkpoint import FORMAT, load_checkpoint, load_model, load_opt
 
 FORMAT_1 = Path(__file__).parent / "data" / "format1_checkpoints"
 OLD = {  # fixture -> the parts its old boolean flags name today
-    "vq_pair_token_rollout": dict(stem="pair", action_head="token", quantizer="vq", whiten=False, motion_moments="none"),
+    "vq_pair_token_rollout": dict(stem="pair", action_head="token", quantizer="vq", whiten=False, motion_moments="none",
+                                  rollout="multistep"),
     "fsq_whiten_diff_moments_token_motion": dict(stem="diff", action_head="token+motion", quantizer="fsq", whiten=True,
                                                  motion_moments="patches"),
-    "vq_whiten_pair_motion_only": dict(stem="pair", action_head="motion", quantizer="vq", whiten=True, motion_moments="none"),
+    "vq_whiten_pair_motion_only": dict(stem="pair", action_head="motion", quantizer="vq", whiten=True, motion_moments="none",
+                                       rollout="none"),
 }
 
 

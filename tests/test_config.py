@@ -11,6 +11,7 @@ import yaml
 from lam.commands import main
 from lam.commands.flags import add_config_flags, config_from_args
 import lam.config as lam_config
+from lam.config import MultistepSettings
 from lam.config import DEPRECATED_KEYS, ModelConfig, RunConfig, SweepConfig, apply_overrides, flat_fields, load_yaml
 from lam.errors import UserError
 from lam.recipes import RECIPES, recipe_config
@@ -25,9 +26,9 @@ def parse(*argv: str) -> RunConfig:
 def test_yaml_config_with_cli_overrides_and_saved_resolved_config(tmp_path):
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text(yaml.safe_dump({"data": {"data_dir": "D", "sequence_length": 4}, "model": {"embed_dim": 64}, "batch_size": 8}))
-    cfg = parse("--config", str(cfg_file), "--embed-dim", "32", "--use_rollout", "--learning_rate", "3e-4", "--quantizer", "fsq")
+    cfg = parse("--config", str(cfg_file), "--embed-dim", "32", "--rollout", "multistep", "--learning_rate", "3e-4", "--quantizer", "fsq")
     assert (cfg.data.data_dir, cfg.data.sequence_length, cfg.model.embed_dim, cfg.train.batch_size) == ("D", 4, 32, 8)
-    assert cfg.model.use_rollout is True and cfg.train.learning_rate == 3e-4 and cfg.model.quantizer == "fsq"
+    assert cfg.model.rollout == "multistep" and cfg.train.learning_rate == 3e-4 and cfg.model.quantizer == "fsq"
     assert cfg.train.num_epochs == 100 and cfg.model.num_embeddings == 12  # spec defaults elsewhere
     # the saved resolved config loads back to the same config
     saved = tmp_path / "saved.yaml"
@@ -72,6 +73,8 @@ def test_precedence_is_recipe_then_yaml_then_flags(tmp_path):
     ("demo", {"motion_to_code": False}, dict(action_head="token")),
     ("demo", {"motion_code_only": True}, dict(action_head="motion")),
     ("spec", {"fsq": True, "quantizer": "vq"}, dict(quantizer="vq")),  # a current key given beside an old one wins
+    ("spec", {"use_rollout": True}, dict(rollout="multistep")),
+    ("spec", {"use_rollout": True, "rollout_horizon": 3}, dict(rollout="multistep", rollout_settings=MultistepSettings(rollout_horizon=3))),
 ])
 def test_old_boolean_keys_map_onto_the_named_parts(start, old, expected):
     cfg = apply_overrides(recipe_config(start), old, source="test", warn_deprecated=False)

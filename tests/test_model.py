@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from helpers import small_model_config
 
 import lam.config
-from lam.config import VQSettings, apply_overrides
+from lam.config import MultistepSettings, VQSettings, apply_overrides
 from lam.model import (
     CORRELATIONS, FORWARD_TARGETS, HEADS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, LAMOutput, LAMtoVVAEAdapter, LatentActionModel, ModelConfig, VVAELatentActionVQVAE,
     VVAEtoLAMAdapter,
@@ -85,7 +85,7 @@ def test_config_defaults_are_the_spec():
     assert (c.num_embeddings, c.num_codes) == (12, 3)
     assert (c.stem, c.action_head, c.quantizer, c.whiten, c.motion_moments, c.frame_correlation, c.prediction) == \
         ("pair", "token", "vq", False, "none", "none", "residual")
-    assert c.num_actions == 1728 and c.rollout_horizon == 2 and c.patch_size == 4
+    assert c.num_actions == 1728 and c.rollout == "none" and MultistepSettings().rollout_horizon == 2 and c.patch_size == 4
     c.validate()
 
 
@@ -117,11 +117,13 @@ def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, vali
 def test_config_round_trips_through_its_flat_dict_and_yaml(quantizer):
     yaml = pytest.importorskip("yaml")
     c = lam.config.RunConfig()
-    apply_overrides(c, {"embed_dim": 256, "use_rollout": True, "rollout_weight": 0.5, "stem": "diff", "quantizer": quantizer}, "test")
+    apply_overrides(c, {"embed_dim": 256, "rollout": "multistep", "rollout_weight": 0.5, "stem": "diff", "quantizer": quantizer}, "test")
     d = c.to_dict()["model"]
     assert all(type(v) in (int, float, bool, str) for v in d.values())  # the quantizer's settings are flat keys
+    chosen = (c.model.quantizer_settings, c.model.forward_target_settings, c.model.rollout_settings)
     assert {key for key in d if key not in {f.name for f in dataclasses.fields(ModelConfig)}} == \
-        {f.name for f in dataclasses.fields(type(c.model.quantizer_settings))}
+        {f.name for settings in chosen for f in dataclasses.fields(settings)}
+    assert "rollout_horizon" in d and "latent_ema" not in d
     assert lam.config.RunConfig.from_dict({"model": yaml.safe_load(yaml.safe_dump(d))}).model == c.model
 
 
@@ -135,7 +137,7 @@ def test_config_round_trips_through_its_flat_dict_and_yaml(quantizer):
         (dict(quantizer_settings=VQSettings(dead_code_steps=-1)), "dead_code_steps"),
         (dict(quantizer="fsq", quantizer_settings=VQSettings()), "quantizer_settings must be FSQSettings, the settings of quantizer fsq"),
         (dict(max_frames=1), "max_frames"),
-        (dict(use_rollout=True, rollout_horizon=8, max_frames=8), "rollout_horizon"),
+        (dict(rollout="multistep", rollout_settings=MultistepSettings(rollout_horizon=8), max_frames=8), "rollout_horizon"),
     ],
 )
 def test_config_validate_rejects_impossible_settings(overrides, message):
@@ -192,7 +194,7 @@ def test_default_config_forward_backward():
 @pytest.mark.parametrize("rollout", [False, True], ids=["no-rollout", "rollout"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16-autocast"])
 def test_tiny_config_outputs(rollout, bf16):
-    cfg = small_model_config(use_rollout=rollout, rollout_horizon=2)
+    cfg = small_model_config(rollout="multistep" if rollout else "none", **({"rollout_horizon": 2} if rollout else {}))
     model = make_model(cfg).train()
     x = frames(cfg, b=2, t=5)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -208,7 +210,7 @@ def test_tiny_config_outputs(rollout, bf16):
     # loss = mse + vq (+ weight * rollout)
     expected = out.metrics["mse_loss"] + out.metrics["vq_loss"]
     if rollout:
-        expected = expected + cfg.rollout_weight * out.metrics["rollout_loss"]
+        expected = expected + cfg.rollout_settings.rollout_weight * out.metrics["rollout_loss"]
     torch.testing.assert_close(out.metrics["loss"], expected)
     torch.testing.assert_close(out.loss.detach(), out.metrics["loss"])
     out.loss.backward()
@@ -237,7 +239,7 @@ def test_rejects_bad_inputs():
     with pytest.raises(ValueError, match="0..4"):
         model.decode_with_actions(frames(cfg, b=1, t=3), torch.full((1, 2, 3), cfg.num_embeddings))
     with pytest.raises(ValueError, match="at least 4 frames"):
-        make_model(small_model_config(use_rollout=True, rollout_horizon=3))(frames(cfg, b=1, t=3))
+        make_model(small_model_config(rollout="multistep", rollout_horizon=3))(frames(cfg, b=1, t=3))
 
 
 # ----------------------------------------------------------------------------- causality
@@ -380,7 +382,7 @@ def test_rollout_one_step_is_teacher_forcing_and_feeds_predictions_back():
 
 def test_rollout_loss_is_the_mse_of_a_rollout_with_the_inferred_actions():
     h = 2
-    cfg = small_model_config(use_rollout=True, rollout_horizon=h, rollout_weight=0.5)
+    cfg = small_model_config(rollout="multistep", rollout_horizon=h, rollout_weight=0.5)
     model = make_model(cfg)
     x = frames(cfg, b=2, t=5)
     with torch.no_grad():

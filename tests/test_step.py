@@ -37,7 +37,7 @@ def snapshot(model, optimizer) -> dict:
     return state
 
 
-@pytest.mark.parametrize("parts", [{}, {"quantizer": "fsq"}, REAL_PARTS, {"use_rollout": True, "rollout_horizon": 2},
+@pytest.mark.parametrize("parts", [{}, {"quantizer": "fsq"}, REAL_PARTS, {"rollout": "multistep", "rollout_horizon": 2},
                                    {"quantizer": "gaussian", "label_classes": 3}],
                          ids=["vq", "fsq", "real", "rollout", "gaussian-labels"])
 def test_a_step_reads_nothing_back_from_the_device(parts):

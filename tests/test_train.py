@@ -27,8 +27,8 @@ def epoch_records(run_dir) -> list[dict]:
 @pytest.mark.slow
 def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, tmp_path, capfd):
     # with the opt-in label head on half the train files: DDP with labelled and unlabelled batches
-    cfg = tiny_config(tiny_data, tmp_path, num_workers=2, num_epochs=4, wandb_mode="offline", label_fraction=0.5)
-    cfg.model.use_rollout, cfg.model.rollout_horizon = True, 2
+    cfg = tiny_config(tiny_data, tmp_path, num_workers=2, num_epochs=4, wandb_mode="offline", label_fraction=0.5,
+                      rollout="multistep", rollout_horizon=2)
     cfg.train.run_name = "ddp"
     out = train(cfg, verbose=False)
 

@@ -15,7 +15,7 @@ Precedence: dataclass defaults < a recipe (`lam.recipes`) < --config YAML < CLI 
 A component choice (stem, action head, quantizer) is a string naming a class in the
 model's registries (`lam.model`); the valid names are listed here, in the field's
 `choices`, so a config is checked without importing torch. A component with settings of
-its own (the quantizer, the forward target) declares them in `lam.config.components`, next to its names; its
+its own (the quantizer, the forward target, the rollout loss) declares them in `lam.config.components`, next to its names; its
 settings are flat keys too, and one the chosen component does not read is an error.
 
 Files: model.py (ModelConfig), train.py (TrainConfig, SweepConfig), components.py,
@@ -32,8 +32,9 @@ from pathlib import Path
 
 import yaml
 
-from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, ComponentKind, FSQSettings, GaussianSettings,  # noqa: F401  (re-exported)
-                                   PixelsLatentSettings, PixelsSettings, VQSettings, setting_owners)
+from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, ROLLOUT, ComponentKind, FSQSettings,  # noqa: F401  (re-exported)
+                                   GaussianSettings, MultistepSettings, NoRolloutSettings, PixelsLatentSettings, PixelsSettings,
+                                   VQSettings, setting_owners)
 from lam.config.model import ACTION_HEADS, CORRELATIONS, FORWARD_TARGETS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, ModelConfig  # noqa: F401  (re-exported)
 from lam.config.options import option
 from lam.config.train import ACTION_CHECK_METRICS, LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
@@ -227,6 +228,7 @@ DEPRECATED_KEYS = {
     "diff_motion_stem": "stem: diff (false: pair)",
     "motion_to_code": "action_head: token+motion",
     "motion_code_only": "action_head: motion",
+    "use_rollout": "rollout: multistep (false: none)",
 }
 _warned: set[str] = set()
 
@@ -236,6 +238,8 @@ def _apply_deprecated(model: ModelConfig, given: dict[str, bool]) -> None:
     old key changes only what it used to control (`motion_code_only` implied `motion_to_code`)."""
     if "fsq" in given:
         choose(model, QUANTIZER, "fsq" if given["fsq"] else "vq")
+    if "use_rollout" in given:
+        choose(model, ROLLOUT, "multistep" if given["use_rollout"] else "none")
     if "standardize_z" in given:
         model.whiten = given["standardize_z"]
     if "diff_motion_stem" in given:

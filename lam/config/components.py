@@ -1,13 +1,13 @@
 """The model's swappable components and the settings each one reads, declared once and torch-free.
 
-A component kind (the quantizer, the forward target) is chosen by the config key of its name
+A component kind (the quantizer, the forward target, the rollout loss) is chosen by the config key of its name
 (`quantizer: gaussian`);
 each choice declares here, next to its name, a dataclass of the settings it reads. Config checks,
 the CLI's flags and help, search spaces and the model's registry (`lam.model.quantize.QUANTIZERS`,
 built from `QUANTIZER.registry`) all read this one declaration, so the names cannot drift apart.
 
 The chosen component's settings live in the model config (`ModelConfig.quantizer_settings`, an
-instance of the chosen class; `forward_target_settings`) and are set with flat keys, as every config key is: `--noise_std 0.3`,
+instance of the chosen class; `forward_target_settings`, `rollout_settings`) and are set with flat keys, as every config key is: `--noise_std 0.3`,
 `noise_std: 0.3` in YAML. A key that the chosen component does not read is an error naming both,
 so a knob is never silently ignored (see `lam.config.apply_overrides`).
 """
@@ -93,6 +93,28 @@ class PixelsLatentSettings:
         _check(0 <= self.latent_ema < 1, f"model.latent_ema must be in [0, 1), got {self.latent_ema!r}")
 
 
+@dataclass
+class NoRolloutSettings:
+    """none: no rollout loss."""
+
+    def validate(self, model) -> None:
+        pass
+
+
+@dataclass
+class MultistepSettings:
+    """multistep: the decoder fed its own predictions for rollout_horizon frames, their error a loss."""
+
+    rollout_horizon: int = option(2, "frames predicted by the rollout loss")
+    rollout_weight: float = option(1.0, "weight of the rollout loss")
+
+    def validate(self, model) -> None:
+        _check(_positive_int(self.rollout_horizon), f"model.rollout_horizon must be a positive integer, got {self.rollout_horizon!r}")
+        _check(self.rollout_weight >= 0, f"model.rollout_weight must be >= 0, got {self.rollout_weight!r}")
+        _check(self.rollout_horizon + 1 <= model.max_frames, f"model.rollout_horizon ({self.rollout_horizon}) needs windows of "
+               f"rollout_horizon + 1 frames, more than model.max_frames ({model.max_frames})")
+
+
 @dataclass(frozen=True)
 class ComponentKind:
     """One swappable part of the model: the config key that chooses it and, per choice, the
@@ -141,7 +163,9 @@ QUANTIZER = ComponentKind("quantizer", {"vq": VQSettings, "fsq": FSQSettings, "g
 
 FORWARD_TARGET = ComponentKind("forward_target", {"pixels": PixelsSettings, "pixels+latent": PixelsLatentSettings})
 
-COMPONENT_KINDS: tuple[ComponentKind, ...] = (QUANTIZER, FORWARD_TARGET)
+ROLLOUT = ComponentKind("rollout", {"none": NoRolloutSettings, "multistep": MultistepSettings})
+
+COMPONENT_KINDS: tuple[ComponentKind, ...] = (QUANTIZER, FORWARD_TARGET, ROLLOUT)
 
 
 def setting_owners() -> dict[str, ComponentKind]:

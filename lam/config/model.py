@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, FSQSettings, GaussianSettings, PixelsLatentSettings,
-                                   PixelsSettings, VQSettings)
+from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, ROLLOUT, FSQSettings, GaussianSettings,
+                                   MultistepSettings, NoRolloutSettings, PixelsLatentSettings, PixelsSettings, VQSettings)
 from lam.config.options import option
 
 
@@ -77,9 +77,10 @@ class ModelConfig:
     moments_weight: float = option(0.0, "weight of a second prediction from the action alone: the pixel moments of the change "
                                    "t-1 -> t that do not depend on where it is (see motion_moments: pixels), standardised over "
                                    "the batch, so a small object's move asks as much of the action as the whole view's (0: off)")
-    use_rollout: bool = option(False, "add a multi-step rollout loss (the decoder fed its own predictions)")
-    rollout_horizon: int = option(2, "frames predicted by the rollout loss")
-    rollout_weight: float = option(1.0, "weight of the rollout loss")
+    rollout: str = option("none", "a multi-step loss: none = off, multistep = the decoder fed its own predictions for "
+                          "rollout_horizon frames (use_rollout: true in older configs)", choices=ROLLOUT.names)
+    # The chosen rollout's settings (NoRolloutSettings or MultistepSettings); None: its defaults.
+    rollout_settings: NoRolloutSettings | MultistepSettings | None = field(default=None, metadata={"component": "rollout"})
     max_frames: int = option(64, "longest window the model accepts (length of its temporal position table)")
     label_classes: int = option(0, "true-action classes of the optional label head on the action vector (0: no head; --label_fraction sets it from the data)")
     label_weight: float = option(1.0, "weight of the label head's cross-entropy (only with label_classes > 0)")
@@ -107,7 +108,7 @@ class ModelConfig:
         positive = [
             "in_channels", "latent_size", "patch_dim", "patch_grid", "embed_dim", "num_heads",
             "encoder_depth", "decoder_depth", "num_embeddings", "num_codes",
-            "rollout_horizon", "action_offset",
+            "action_offset",
         ]
         for name in positive:
             value = getattr(self, name)
@@ -121,22 +122,19 @@ class ModelConfig:
             raise ValueError(f"model.embed_dim ({self.embed_dim}) must be divisible by model.num_heads ({self.num_heads})")
         if self.latent_size % self.patch_grid:
             raise ValueError(f"model.latent_size ({self.latent_size}) must be divisible by model.patch_grid ({self.patch_grid})")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
+        if not isinstance(self.label_classes, int) or self.label_classes < 0:
+            raise ValueError(f"model.label_classes must be >= 0, got {self.label_classes!r}")
+        for name in ("change_weight", "motion_weight", "moments_weight", "label_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.max_frames, int) or self.max_frames < 2:
+            raise ValueError(f"model.max_frames must be an integer >= 2, got {self.max_frames!r}")
         for kind in COMPONENT_KINDS:
             settings, chosen = getattr(self, kind.settings_field), getattr(self, kind.key)
             if type(settings) is not kind.choices[chosen]:
                 raise ValueError(f"model.{kind.settings_field} must be {kind.choices[chosen].__name__}, the settings of "
                                  f"{kind.key} {chosen}; got {type(settings).__name__}")
             settings.validate(self)
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"model.mlp_ratio must be > 0, got {self.mlp_ratio!r}")
-        if not isinstance(self.label_classes, int) or self.label_classes < 0:
-            raise ValueError(f"model.label_classes must be >= 0, got {self.label_classes!r}")
-        for name in ("change_weight", "motion_weight", "moments_weight", "rollout_weight", "label_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"model.{name} must be >= 0, got {getattr(self, name)!r}")
-        if not isinstance(self.max_frames, int) or self.max_frames < 2:
-            raise ValueError(f"model.max_frames must be an integer >= 2, got {self.max_frames!r}")
-        if self.use_rollout and self.rollout_horizon + 1 > self.max_frames:
-            raise ValueError(f"model.rollout_horizon ({self.rollout_horizon}) needs windows of rollout_horizon + 1 frames, "
-                             f"more than model.max_frames ({self.max_frames})")
         return self

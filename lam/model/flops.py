@@ -37,5 +37,5 @@ def count_flops(cfg: ModelConfig, frames: int = 8, backward: bool = False) -> di
 if __name__ == "__main__":
     for rollout in (False, True):
         for backward in (False, True):
-            res = count_flops(ModelConfig(use_rollout=rollout), backward=backward)
-            print(f"use_rollout={rollout} {'fwd+bwd' if backward else 'fwd'}:", {k: round(v, 2) for k, v in res.items()})
+            res = count_flops(ModelConfig(rollout="multistep" if rollout else "none"), backward=backward)
+            print(f"rollout={'multistep' if rollout else 'none'} {'fwd+bwd' if backward else 'fwd'}:", {k: round(v, 2) for k, v in res.items()})

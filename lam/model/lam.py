@@ -89,7 +89,7 @@ class LatentActionModel(nn.Module):
         self.out_adapter = LAMtoVVAEAdapter(cfg.in_channels, **adapter_kw)
         shift = PREDICTIONS[cfg.prediction]
         self.shift = shift(cfg, code_dim) if shift else None
-        if cfg.use_rollout:
+        if cfg.rollout == "multistep":
             self.loss_terms.append("rollout")  # the decoder fed its own predictions (`rollout_weight`)
         if cfg.motion_weight > 0:
             self.loss_terms.append("moved")  # the error on what moved (moved.py)
@@ -136,7 +136,7 @@ class LatentActionModel(nn.Module):
         names += ["moments_loss"] if self.moments_head is not None else []
         names += ["moved_loss"] if self.config.motion_weight > 0 else []
         names += list(self.latent.loss_names) if self.latent is not None else []
-        return names + (["rollout_loss"] if self.config.use_rollout else [])
+        return names + (["rollout_loss"] if self.config.rollout == "multistep" else [])
 
     def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
         """Call after every training step's `optimizer.step()`, on every rank, on the unwrapped
@@ -241,14 +241,14 @@ class LatentActionModel(nn.Module):
             "codebook_usage": q.usage,
             "perplexity": q.perplexity,
         }
-        if cfg.use_rollout:
-            h = cfg.rollout_horizon
+        if cfg.rollout == "multistep":
+            h = cfg.rollout_settings.rollout_horizon
             t0 = t - 1 - h  # last ground-truth frame of the rollout's context
             if t0 < 0:
                 raise ValueError(f"rollout_horizon {h} needs windows of at least {h + 1} frames, got {t}")
             rolled = self._rollout(x[:, : t0 + 1], patches[:, : t0 + 1], q.quantized, h, first=pred[:, t0])
             metrics["rollout_loss"] = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
-            terms["rollout"] = cfg.rollout_weight * metrics["rollout_loss"]
+            terms["rollout"] = cfg.rollout_settings.rollout_weight * metrics["rollout_loss"]
         if cfg.motion_weight > 0:
             metrics["moved_loss"] = moved_error(err, x)
             terms["moved"] = cfg.motion_weight * metrics["moved_loss"]
