@@ -222,3 +222,14 @@ def test_the_forward_targets_settings_are_its_own_too():
 
     assert {name: part.settings if part else lam_config.PixelsSettings for name, part in FORWARD_TARGETS.items()} == \
         lam_config.FORWARD_TARGET.choices
+
+
+def test_compile_mode_takes_torch_compiles_modes_only():
+    cfg = recipe_config("tiny")
+    cfg.data.data_dir = "d"
+    for mode in ("default", "max-autotune", "max-autotune-no-cudagraphs"):
+        cfg.train.compile_mode = mode
+        cfg.validate()
+    cfg.train.compile_mode = "fast"
+    with pytest.raises(UserError, match="compile_mode must be one of default, max-autotune, max-autotune-no-cudagraphs, got 'fast'"):
+        cfg.validate()

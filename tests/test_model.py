@@ -523,3 +523,17 @@ def test_an_action_offset_compares_frame_t_with_frame_t_minus_k(stem):
         for t in range(2, 5):
             pair = x[:, [t - 2, t]]
             torch.testing.assert_close(z2[:, t - 1], one.encoder(one.in_adapter(pair), pair)[:, 0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("recipe", ["spec", "demo"])
+def test_a_training_forward_of_the_default_and_demo_parts_is_one_graph(recipe):
+    """torch.compile (`compile: true`) gets the whole training forward without a graph break: a
+    break costs a host round trip and a separately launched graph every step (the `real`
+    recipe's parts: tests/test_model_gaussian.py)."""
+    import torch._dynamo as dynamo
+    from helpers import recipe_parts
+
+    cfg = small_model_config(**recipe_parts(recipe))
+    torch.manual_seed(0)
+    explained = dynamo.explain(LatentActionModel(cfg).train())(torch.randn(2, 3, 4, 16, 16))
+    assert explained.graph_break_count == 0, [str(b.reason) for b in explained.break_reasons][:3]

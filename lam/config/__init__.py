@@ -37,7 +37,7 @@ from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, R
                                    VQSettings, setting_owners)
 from lam.config.model import ACTION_HEADS, CORRELATIONS, FORWARD_TARGETS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, ModelConfig  # noqa: F401  (re-exported)
 from lam.config.options import option
-from lam.config.train import ACTION_CHECK_METRICS, LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
+from lam.config.train import ACTION_CHECK_METRICS, COMPILE_MODES, LABEL_SCHEDULES, SweepConfig, TrainConfig  # noqa: F401  (SweepConfig: re-exported)
 from lam.errors import UserError
 
 
@@ -113,6 +113,7 @@ class RunConfig:
             (0 <= t.label_fraction <= 1, f"label_fraction must be in 0..1, got {t.label_fraction}"),
             (0 <= t.augment_crop < 1, f"augment_crop must be in [0, 1), got {t.augment_crop}"),
             (0 <= t.augment_gain < 1, f"augment_gain must be in [0, 1), got {t.augment_gain}"),
+            (t.compile_mode in COMPILE_MODES, f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {t.compile_mode!r}"),
             (t.label_schedule in LABEL_SCHEDULES, f"label_schedule must be one of {', '.join(LABEL_SCHEDULES)}, got {t.label_schedule!r}"),
             (t.checkpoint_mode in ("min", "max"), f"checkpoint_mode must be min or max, got {t.checkpoint_mode!r}"),
             (t.checkpoint_metric.startswith(("train/", "val/")), f"checkpoint_metric must be an epoch metric (train/... or val/...), "

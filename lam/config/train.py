@@ -9,6 +9,7 @@ from lam.errors import UserError
 
 # The schedules of `lam.train.schedule.label_multiplier`, named here so that the config needs no training code.
 LABEL_SCHEDULES = ("constant", "decay", "warmup")
+COMPILE_MODES = ("default", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Metrics of the periodic action check (`eval_every`), not of every epoch.
 ACTION_CHECK_METRICS = ("val/delta_psnr", "val/nmi", "val/code_map_accuracy")
@@ -27,6 +28,8 @@ class TrainConfig:
     grad_clip: float = option(1.0, "max global gradient norm (the pre-clip norm is logged as train/grad_norm)", group=TRAINING)
     precision: str = option("auto", "fp32 | bf16 | auto (bf16 on GPUs that support it, else fp32)", group=TRAINING)
     compile: bool = option(False, "torch.compile the model (on CPU the first steps compile kernels: minutes)", group=TRAINING)
+    compile_mode: str = option("default", "torch.compile's mode with compile on: default | max-autotune (tuned kernels and CUDA graphs: "
+                               "a longer warm-up, fewer launches) | max-autotune-no-cudagraphs", group=TRAINING, choices=COMPILE_MODES)
     max_nonfinite_steps: int = option(20, "skip a step whose loss or gradient is not finite; stop the run after this many in a row", group=TRAINING)
     max_bad_windows: int = option(100, "skip a window that cannot be read (NaN/Inf, damaged chunks) with a warning; stop the run past this many ('fail' or 0: at the first)",
                                   group=TRAINING, aliases={"fail": 0})

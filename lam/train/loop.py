@@ -135,7 +135,7 @@ class WorkerRun:
         ddp_has_new_name = "forward_sync_buffers" in inspect.signature(torch.nn.parallel.DistributedDataParallel).parameters
         no_buffer_sync = {"forward_sync_buffers": False} if ddp_has_new_name else {"broadcast_buffers": False}
         model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs=no_buffer_sync)
-        return torch.compile(model) if self.t.compile else model
+        return torch.compile(model, mode=self.t.compile_mode) if self.t.compile else model
 
     def open_logger(self) -> RunLogger | None:
         """Rank 0's metrics file and wandb run, and the console lines of a resume."""
