@@ -65,7 +65,9 @@ def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, 
 
 @pytest.mark.slow
 def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, tmp_path):
-    """Through Ray Train's own dataset sharding: each window once per epoch, equal shard sizes."""
+    """Through Ray Train's own dataset sharding: each window once per epoch, equal shard sizes;
+    with the reads capped at one CPU as a sweep's trial has them (the uncapped reads of a plain
+    run are in every other training test)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -89,7 +91,7 @@ def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, 
             seen = [tag for batch in shard.iter_batches(batch_size=3) for tag in batch["tag"].tolist()]
             Path(config["out"], f"rank{rank}_epoch{epoch}.json").write_text(json.dumps(seen))
 
-    TorchTrainer(loop, train_loop_config={"out": str(tmp_path), "ledger": ledger}, datasets=datasets, dataset_config=data_config(),
+    TorchTrainer(loop, train_loop_config={"out": str(tmp_path), "ledger": ledger}, datasets=datasets, dataset_config=data_config(read_cpus=1),
                  scaling_config=ray.train.ScalingConfig(num_workers=2),
                  run_config=ray.train.RunConfig(name="shards", storage_path=str(tmp_path))).fit()
     n = sizes["train"]

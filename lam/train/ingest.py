@@ -258,14 +258,18 @@ def build_datasets(cfg: RunConfig, manifest: Manifest,
     return datasets, sizes
 
 
-def data_config() -> ray.train.DataConfig:
+def data_config(read_cpus: float | None = None) -> ray.train.DataConfig:
     """How Ray Train feeds the datasets to its workers: Ray Train's defaults, plus
     `preserve_order`, so every worker gets the same blocks in the same order every
-    time the epoch is read (see the module docstring)."""
+    time the epoch is read (see the module docstring). `read_cpus`: the most CPUs the run's
+    read tasks may hold at once (a sweep's trial: its share, so that trials running side by
+    side do not starve each other's reads); None: what the cluster has free."""
     # Imported here, not with the module: the processes that run the read tasks and split the
     # datasets import this module for its source and read function, and need no Ray Train.
     import ray.train
 
     options = ray.train.DataConfig.default_ingest_options()
     options.preserve_order = True
+    if read_cpus is not None:
+        options.resource_limits = options.resource_limits.copy(cpu=read_cpus)
     return ray.train.DataConfig(execution_options=options)

@@ -98,11 +98,13 @@ def run_dirs(cfg: RunConfig) -> tuple[str, str, str]:
     return storage_path, run_dir, local_dir
 
 
-def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) -> tuple[TorchTrainer, str, str]:
+def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True,
+                  read_cpus: float | None = None) -> tuple[TorchTrainer, str, str]:
     """The TorchTrainer for one run, and its run directory (local path or URI) and local directory.
 
     Writes the run's config.yaml first. `callbacks` are Ray Train callbacks (a Tune sweep
-    passes the one that forwards each report to Tune).
+    passes the one that forwards each report to Tune, and caps its reads with `read_cpus`,
+    see `data_config`).
 
     The training loop tells the train dataset which epoch it is in through the run's ledger
     (`RunLedger`, see lam/train/ingest.py), so a restored or resumed run reads each epoch in
@@ -142,7 +144,7 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True) 
             callbacks=list(callbacks),
         ),
         datasets=datasets,
-        dataset_config=data_config(),  # blocks reach each worker in the same order every time
+        dataset_config=data_config(read_cpus),  # blocks reach each worker in the same order every time
     )
     return trainer, run_dir, local_dir
 

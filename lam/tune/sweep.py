@@ -94,7 +94,9 @@ def run_trial(params: dict, base: dict, sweep_dir: str, sweep_name: str) -> None
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(base, params, sweep_dir, sweep_name, trial_id)
     manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
-    trainer, _, _ = build_trainer(cfg, manifest, callbacks=[TuneReportCallback()], verbose=False)
+    # Each trial's reads stay within the CPUs set aside for them (derive_max_concurrent), so
+    # trials running side by side do not starve each other's reads.
+    trainer, _, _ = build_trainer(cfg, manifest, callbacks=[TuneReportCallback()], verbose=False, read_cpus=DATA_CPUS_PER_TRIAL)
     trainer.fit()
 
 
