@@ -1,6 +1,7 @@
 import json
 import random
 
+import numpy as np
 import pytest
 
 from lam.data.h5 import find_h5_files
@@ -130,3 +131,28 @@ def test_find_h5_files_is_sorted_and_recursive(tmp_path):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(b"")
     assert find_h5_files(tmp_path) == ["a/b.hdf5", "m.h5", "z.h5"]
+
+
+def test_files_checked_in_parallel_give_the_manifest_and_table_of_one_process(tmp_path, capsys):
+    """Enough files for a process pool: the manifest and `lam validate`'s table are those that
+    one process gives, bad files and their reasons included, in the same order."""
+    from lam.commands import main
+    from lam.data.h5 import PARALLEL_MIN_FILES
+
+    n = PARALLEL_MIN_FILES + 4
+    for i in range(n):
+        write_h5(tmp_path / f"part{i % 3}" / f"v{i:03d}.h5", n_chunks=1 + i % 3, seed=i)
+    nan = np.zeros((2, 16, 2, 64, 64), np.float16)
+    nan[1, 0, 0, 0, 0] = np.nan
+    write_h5(tmp_path / "part1" / "nan.h5", values=nan)
+    (tmp_path / "part2" / "not_h5.h5").write_bytes(b"hello, not hdf5")
+    one, two = (create_manifest(tmp_path, 0.8, 0.1, 0.1, seed=0, jobs=jobs) for jobs in (1, 2))
+    assert (one.files, one.splits, one.invalid) == (two.files, two.splits, two.invalid)
+    assert len(one.files) == n and {b["file"] for b in one.invalid} == {"part1/nan.h5", "part2/not_h5.h5"}
+    tables = []
+    for jobs in ("1", "2"):
+        assert main(["validate", str(tmp_path), "--jobs", jobs]) == 2  # two bad files
+        tables.append(capsys.readouterr().out)
+    assert tables[0] == tables[1] and "NaN" in tables[0]
+    assert main(["validate", str(tmp_path), "--jobs", "-1"]) == 2
+    assert "--jobs must be >= 0" in capsys.readouterr().err

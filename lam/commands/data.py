@@ -10,7 +10,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from lam.commands.flags import add_flag
-from lam.data.h5 import FileInfo, LatentShape, find_h5_files, inspect_file
+from lam.data.h5 import PARALLEL_MIN_FILES, FileInfo, LatentShape, find_h5_files, inspect_files
 from lam.data.manifest import create_manifest, load_manifest, write_manifest
 from lam.errors import DataError, UserError
 
@@ -57,6 +57,7 @@ def register(sub) -> None:
     p.add_argument("--out", help="manifest path (default DATA_DIR/manifest.json)")
     add_flag(p, "full_check", action="store_true",
              help="scan every chunk of every file for NaN/Inf and unreadable data (default: a sample of chunks per file)")
+    _add_jobs_flag(p)
     _add_shape_flags(p)
     p.set_defaults(func=run_manifest)
 
@@ -71,8 +72,21 @@ def register(sub) -> None:
     )
     p.add_argument("path", help="a data folder, or a manifest.json (checks the files it lists)")
     p.add_argument("--full", action="store_true", help="scan every value for NaN/Inf (default: a sample of chunks)")
+    _add_jobs_flag(p)
     _add_shape_flags(p)
     p.set_defaults(func=run_validate)
+
+
+def _add_jobs_flag(p) -> None:
+    p.add_argument("--jobs", type=int, default=0, metavar="N",
+                   help=f"processes that check files side by side (default 0: one per CPU, up to 8; 1: this process only; "
+                        f"under {PARALLEL_MIN_FILES} files always this process)")
+
+
+def _jobs(args) -> int:
+    if args.jobs < 0:
+        raise UserError(f"--jobs must be >= 0 (0: one per CPU), got {args.jobs}")
+    return args.jobs
 
 
 def _add_shape_flags(p) -> None:
@@ -106,7 +120,7 @@ def run_manifest(args) -> int:
         manifest = create_manifest(
             data_dir, args.train_ratio, args.val_ratio, args.test_ratio, args.seed,
             dataset_key=args.dataset_key, latent_shape=_shape(args), on_file=lambda _: bar.update(),
-            values="all" if args.full_check else "sample",
+            values="all" if args.full_check else "sample", jobs=_jobs(args),
         )
     bar.close()
     out = write_manifest(manifest, args.out or data_dir / "manifest.json")
@@ -135,8 +149,8 @@ def run_validate(args) -> int:
         raise UserError(f"{target}: not a data folder or a manifest .json")
 
     infos: list[FileInfo] = []
-    for rel in tqdm(rels, desc="validating", unit="file", file=sys.stderr, disable=len(rels) < 20):
-        info = inspect_file(root / rel, shape, key, values="all" if args.full else "sample")
+    checked = inspect_files([root / rel for rel in rels], shape, key, values="all" if args.full else "sample", jobs=_jobs(args))
+    for rel, info in zip(rels, tqdm(checked, total=len(rels), desc="validating", unit="file", file=sys.stderr, disable=len(rels) < 20)):
         info.path = rel
         infos.append(info)
     print_table(infos)

@@ -8,7 +8,11 @@ A file holds one video: a 5-D dataset `[N_chunks, C=16, T_latent=2, H=64, W=64]`
 
 from __future__ import annotations
 
+import functools
+import multiprocessing
 import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +158,33 @@ def inspect_file(
     except DataError as e:
         info.error = e.problem
     return info
+
+
+# Below this many files a process pool costs more to start (each worker imports h5py and numpy)
+# than it saves.
+PARALLEL_MIN_FILES = 32
+
+
+def default_jobs() -> int:
+    """Processes for checking files: the CPUs this process may use, at most 8 (reading many
+    small files is bound by the disk beyond that)."""
+    return max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+def inspect_files(paths: list, expected: LatentShape = LatentShape(), key: str = "latents", values: str = "sample",
+                  jobs: int = 0) -> Iterator[FileInfo]:
+    """`inspect_file` for every path, in order, in `jobs` processes (0: `default_jobs()`; 1, or
+    fewer than PARALLEL_MIN_FILES files: in this process). h5py holds one lock per process, so
+    threads would not check files side by side. Workers are spawned, not forked: the caller
+    may run Ray or other threads. Memory grows with the number of files (one small result
+    each), not with their size."""
+    jobs = jobs or default_jobs()
+    check = functools.partial(inspect_file, expected=expected, key=key, values=values)
+    if jobs == 1 or len(paths) < PARALLEL_MIN_FILES:
+        yield from map(check, paths)
+        return
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(check, paths, chunksize=max(1, min(64, len(paths) // (4 * jobs))))
 
 
 def _chunk_rows(n_chunks: int, values: str, sample_chunks: int) -> list[slice]:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from lam.data.h5 import FileInfo, LatentShape, find_h5_files, inspect_file
+from lam.data.h5 import FileInfo, LatentShape, find_h5_files, inspect_files
 from lam.errors import DataError, UserError
 
 SPLITS = ("train", "val", "test")
@@ -133,9 +133,11 @@ def create_manifest(
     latent_shape: LatentShape = LatentShape(),
     on_file: Callable[[FileInfo], None] | None = None,
     values: str = "sample",
+    jobs: int = 0,
 ) -> Manifest:
     """Validate every H5 file under `data_dir` and split the valid ones. `values`: which chunks
-    are read for NaN/Inf and readability, "sample" (a few per file) or "all"."""
+    are read for NaN/Inf and readability, "sample" (a few per file) or "all". `jobs`: processes
+    that check files side by side (`inspect_files`; 0: one per CPU, up to 8)."""
     check_ratios(train_ratio, val_ratio, test_ratio)
     data_dir = Path(data_dir)
     rel_paths = find_h5_files(data_dir)
@@ -144,8 +146,8 @@ def create_manifest(
 
     files: dict[str, dict] = {}
     invalid: list[dict] = []
-    for rel in rel_paths:
-        info = inspect_file(data_dir / rel, latent_shape, dataset_key, values=values)
+    infos = inspect_files([data_dir / rel for rel in rel_paths], latent_shape, dataset_key, values=values, jobs=jobs)
+    for rel, info in zip(rel_paths, infos):
         if on_file is not None:
             on_file(info)
         if info.ok:
