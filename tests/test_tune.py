@@ -158,6 +158,7 @@ def leftovers(before) -> tuple[list, list]:
     return live_pgs, live_actors
 
 
+@pytest.mark.slow
 def test_sweep_with_asha_stops_bad_trials_writes_best_config_and_cleans_up(ray_session, tiny_data, tmp_path):
     before = ray_snapshot()
     # Two sensible learning rates first, then one that wrecks the model: once the good ones
@@ -208,6 +209,7 @@ def completed_trials(sweep_dir: Path, epochs: int) -> list[str]:
     return done
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session, tiny_data, tmp_path):
     import ray
 
