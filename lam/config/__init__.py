@@ -176,8 +176,8 @@ def _set_setting(model: ModelConfig, kind: ComponentKind, key: str, value, sourc
     if key in fields:
         setattr(settings, key, _coerce(key, fields[key], value))
         return
-    default = kind.setting_fields()[key].default
-    if unused == "drop" or _coerce(key, kind.setting_fields()[key], value) == default:
+    declared = kind.setting_fields()[key]
+    if unused == "drop" or _coerce(key, declared, value) == declared.default:
         return
     users = kind.users(key)
     raise UserError(f"{source}: '{key}' is a setting of the {' and '.join(users)} {kind.key}{'s' * (len(users) > 1)}; "
@@ -264,10 +264,10 @@ def _warn_deprecated(key: str, source: str) -> None:
 def whitening_underdetermined(cfg: RunConfig) -> bool:
     """Whether a step's batch has no more action vectors than each has dims, so that the batch
     covariance that whitening inverts is singular (its null directions would be blown up by
-    1/sqrt(eps)). FSQ whitens its few grid dims, whatever codebook_dim says."""
+    1/sqrt(eps)). FSQ has no codebook_dim: it whitens its few grid dims."""
     m = cfg.model
     dims = getattr(m.quantizer_settings, "codebook_dim", 0)
-    return m.whiten and m.quantizer != "fsq" and cfg.train.batch_size * (cfg.data.sequence_length - 1) <= dims
+    return m.whiten and cfg.train.batch_size * (cfg.data.sequence_length - 1) <= dims
 
 
 def apply_overrides(cfg: RunConfig, raw: dict, source: str, warn_deprecated: bool = True, unused: str = "error") -> RunConfig:

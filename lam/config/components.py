@@ -25,12 +25,20 @@ def _check(ok: bool, message: str) -> None:
         raise ValueError(message)
 
 
-def _positive_int(value) -> bool:
+def is_positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+class Settings:
+    """Base of a choice's settings: `validate(model)` raises ValueError naming the first
+    impossible setting (the model config is passed for settings bounded by its other fields)."""
+
+    def validate(self, model) -> None:
+        """A choice without settings of its own has nothing to check."""
+
+
 @dataclass
-class VQSettings:
+class VQSettings(Settings):
     """vq: a learned codebook per code (the spec's bottleneck), num_embeddings entries each."""
 
     codebook_dim: int = option(128, "dimension of a code vector")
@@ -38,14 +46,14 @@ class VQSettings:
     dead_code_steps: int = option(100, "re-initialise a codebook entry unused for this many training steps (0: never)")
 
     def validate(self, model) -> None:
-        _check(_positive_int(self.codebook_dim), f"model.codebook_dim must be a positive integer, got {self.codebook_dim!r}")
+        _check(is_positive_int(self.codebook_dim), f"model.codebook_dim must be a positive integer, got {self.codebook_dim!r}")
         _check(self.commitment_weight >= 0, f"model.commitment_weight must be >= 0, got {self.commitment_weight!r}")
         _check(isinstance(self.dead_code_steps, int) and self.dead_code_steps >= 0,
                f"model.dead_code_steps must be an integer >= 0 (0 disables), got {self.dead_code_steps!r}")
 
 
 @dataclass
-class FSQSettings:
+class FSQSettings(Settings):
     """fsq: a fixed grid of num_embeddings points per code (split over a few dimensions, e.g.
     12 = 4 x 3 levels); nothing to learn or collapse, and no setting of its own."""
 
@@ -54,7 +62,7 @@ class FSQSettings:
 
 
 @dataclass
-class GaussianSettings:
+class GaussianSettings(Settings):
     """gaussian: a continuous action vector with noise in training; its ids are num_embeddings
     k-means centroids per code, fitted on recent vectors."""
 
@@ -64,7 +72,7 @@ class GaussianSettings:
     kmeans_samples: int = option(4096, "vectors per rank, from each epoch's last batches, that the k-means fit uses")
 
     def validate(self, model) -> None:
-        _check(_positive_int(self.codebook_dim), f"model.codebook_dim must be a positive integer, got {self.codebook_dim!r}")
+        _check(is_positive_int(self.codebook_dim), f"model.codebook_dim must be a positive integer, got {self.codebook_dim!r}")
         for name in ("noise_std", "kl_weight"):
             _check(getattr(self, name) >= 0, f"model.{name} must be >= 0, got {getattr(self, name)!r}")
         _check(isinstance(self.kmeans_samples, int) and self.kmeans_samples >= model.num_embeddings,
@@ -72,15 +80,12 @@ class GaussianSettings:
 
 
 @dataclass
-class PixelsSettings:
+class PixelsSettings(Settings):
     """pixels: the decoder predicts frame t's VVAE latents, and nothing else."""
-
-    def validate(self, model) -> None:
-        pass
 
 
 @dataclass
-class PixelsLatentSettings:
+class PixelsLatentSettings(Settings):
     """pixels+latent: also frame t's tokens as a moving average of a per-frame encoder sees them."""
 
     latent_weight: float = option(1.0, "weight of the latent prediction loss (and of its variance guard)")
@@ -89,27 +94,24 @@ class PixelsLatentSettings:
 
     def validate(self, model) -> None:
         _check(self.latent_weight >= 0, f"model.latent_weight must be >= 0, got {self.latent_weight!r}")
-        _check(_positive_int(self.latent_depth), f"model.latent_depth must be a positive integer, got {self.latent_depth!r}")
+        _check(is_positive_int(self.latent_depth), f"model.latent_depth must be a positive integer, got {self.latent_depth!r}")
         _check(0 <= self.latent_ema < 1, f"model.latent_ema must be in [0, 1), got {self.latent_ema!r}")
 
 
 @dataclass
-class NoRolloutSettings:
+class NoRolloutSettings(Settings):
     """none: no rollout loss."""
-
-    def validate(self, model) -> None:
-        pass
 
 
 @dataclass
-class MultistepSettings:
+class MultistepSettings(Settings):
     """multistep: the decoder fed its own predictions for rollout_horizon frames, their error a loss."""
 
     rollout_horizon: int = option(2, "frames predicted by the rollout loss")
     rollout_weight: float = option(1.0, "weight of the rollout loss")
 
     def validate(self, model) -> None:
-        _check(_positive_int(self.rollout_horizon), f"model.rollout_horizon must be a positive integer, got {self.rollout_horizon!r}")
+        _check(is_positive_int(self.rollout_horizon), f"model.rollout_horizon must be a positive integer, got {self.rollout_horizon!r}")
         _check(self.rollout_weight >= 0, f"model.rollout_weight must be >= 0, got {self.rollout_weight!r}")
         _check(self.rollout_horizon + 1 <= model.max_frames, f"model.rollout_horizon ({self.rollout_horizon}) needs windows of "
                f"rollout_horizon + 1 frames, more than model.max_frames ({model.max_frames})")

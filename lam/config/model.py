@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, ROLLOUT, FSQSettings, GaussianSettings,
-                                   MultistepSettings, NoRolloutSettings, PixelsLatentSettings, PixelsSettings, VQSettings)
+                                   MultistepSettings, NoRolloutSettings, PixelsLatentSettings, PixelsSettings, VQSettings,
+                                   is_positive_int)
 from lam.config.options import option
 
 
@@ -111,9 +112,8 @@ class ModelConfig:
             "action_offset",
         ]
         for name in positive:
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
+            if not is_positive_int(getattr(self, name)):
+                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)!r}")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
