@@ -107,6 +107,13 @@ def test_every_name_the_config_accepts_names_a_class_in_the_registries():
     assert tuple(QUANTIZERS) == lam.config.QUANTIZERS
 
 
+def test_a_registry_that_differs_from_the_declared_names_fails_on_import():
+    with pytest.raises(TypeError, match=r"stem registry names \['pair'\], the config declares \['pair', 'diff'\]"):
+        lam.config.STEM.registry({"pair": object})
+    with pytest.raises(TypeError, match="action_head registry names"):
+        lam.config.ACTION_HEAD.registry({"motion": 1, "token": 2, "token+motion": 3})  # the order is the help's order too
+
+
 @pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("motion_moments", "none, patches, pixels, patches+pixels"), ("frame_correlation", "none, phase, cross"), ("prediction", "residual, shifted, shifted-local"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
 def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, valid):
     with pytest.raises(ValueError, match=re.escape(f"model.{field} must be one of {valid}; got 'nope'")):

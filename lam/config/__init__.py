@@ -32,7 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, ROLLOUT, ComponentKind, FSQSettings,  # noqa: F401  (re-exported)
+from lam.config.components import (ACTION_HEAD, COMPONENT_KINDS, FORWARD_TARGET, FRAME_CORRELATION,  # noqa: F401  (re-exported)
+                                   MOTION_MOMENTS, PREDICTION, QUANTIZER, ROLLOUT, STEM, Choice, ComponentKind, FSQSettings,
                                    GaussianSettings, MultistepSettings, NoRolloutSettings, PixelsLatentSettings, PixelsSettings,
                                    VQSettings, setting_owners)
 from lam.config.model import ACTION_HEADS, CORRELATIONS, FORWARD_TARGETS, MOMENTS, PREDICTIONS, QUANTIZERS, STEMS, ModelConfig  # noqa: F401  (re-exported)

@@ -1,5 +1,9 @@
 """The model's swappable components and the settings each one reads, declared once and torch-free.
 
+Parts chosen by name without settings of their own (`stem`, `motion_moments`,
+`frame_correlation`, `action_head`, `prediction`) are a `Choice`: their names, which the
+config accepts and the model's registries are checked against on import.
+
 A component kind (the quantizer, the forward target, the rollout loss) is chosen by the config key of its name
 (`quantizer: gaussian`);
 each choice declares here, next to its name, a dataclass of the settings it reads. Config checks,
@@ -160,6 +164,29 @@ class ComponentKind:
             raise TypeError(f"{self.key} registry: no class for {missing} or a class with undeclared settings")
         return {name: by_settings[settings] for name, settings in self.choices.items()}
 
+
+@dataclass(frozen=True)
+class Choice:
+    """A part of the model chosen by name that reads no settings of its own (the stem, the
+    action head, ...): the names declared once, here; the model's registry for it is checked
+    against them when its module is imported (`registry`), so the two cannot drift apart."""
+
+    key: str
+    names: tuple[str, ...]
+
+    def registry(self, parts: dict) -> dict:
+        """`parts` (name -> what the model builds for it) if it names exactly the declared
+        choices, in their order; a TypeError naming the difference otherwise."""
+        if tuple(parts) != self.names:
+            raise TypeError(f"{self.key} registry names {list(parts)}, the config declares {list(self.names)}")
+        return dict(parts)
+
+
+STEM = Choice("stem", ("pair", "diff"))
+MOTION_MOMENTS = Choice("motion_moments", ("none", "patches", "pixels", "patches+pixels"))
+FRAME_CORRELATION = Choice("frame_correlation", ("none", "phase", "cross"))
+ACTION_HEAD = Choice("action_head", ("token", "token+motion", "motion"))
+PREDICTION = Choice("prediction", ("residual", "shifted", "shifted-local"))
 
 QUANTIZER = ComponentKind("quantizer", {"vq": VQSettings, "fsq": FSQSettings, "gaussian": GaussianSettings})
 

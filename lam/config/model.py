@@ -5,18 +5,19 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from lam.config.components import (COMPONENT_KINDS, FORWARD_TARGET, QUANTIZER, ROLLOUT, FSQSettings, GaussianSettings,
+from lam.config.components import (ACTION_HEAD, COMPONENT_KINDS, FORWARD_TARGET, FRAME_CORRELATION, MOTION_MOMENTS, PREDICTION,
+                                   QUANTIZER, ROLLOUT, STEM, FSQSettings, GaussianSettings,
                                    MultistepSettings, NoRolloutSettings, PixelsLatentSettings, PixelsSettings, VQSettings,
                                    is_positive_int)
 from lam.config.options import option
 
 
-STEMS = ("pair", "diff")
-MOMENTS = ("none", "patches", "pixels", "patches+pixels")
-CORRELATIONS = ("none", "phase", "cross")
-ACTION_HEADS = ("token", "token+motion", "motion")
+STEMS = STEM.names
+MOMENTS = MOTION_MOMENTS.names
+CORRELATIONS = FRAME_CORRELATION.names
+ACTION_HEADS = ACTION_HEAD.names
 QUANTIZERS = QUANTIZER.names
-PREDICTIONS = ("residual", "shifted", "shifted-local")
+PREDICTIONS = PREDICTION.names
 FORWARD_TARGETS = FORWARD_TARGET.names
 
 

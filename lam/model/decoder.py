@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from lam.config import ModelConfig
+from lam.config import PREDICTION, ModelConfig
 from lam.model.adapters import LAMtoVVAEAdapter
 from lam.model.transformer import SpaceTimeTransformer
 
@@ -120,4 +120,4 @@ class ActionShift(nn.Module):
             return (x + blend * (moved - x)).to(frames.dtype)
 
 
-PREDICTIONS = {"residual": None, "shifted": ActionShift, "shifted-local": partial(ActionShift, local=True)}
+PREDICTIONS = PREDICTION.registry({"residual": None, "shifted": ActionShift, "shifted-local": partial(ActionShift, local=True)})

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lam.config import ModelConfig
+from lam.config import ACTION_HEAD, ModelConfig
 from lam.model.transformer import SpaceTimeTransformer
 
 
@@ -93,4 +93,4 @@ class MotionHead(nn.Module):
         return self.motion_to_code(features[0])
 
 
-HEADS: dict[str, type[nn.Module]] = {"token": TokenHead, "token+motion": TokenMotionHead, "motion": MotionHead}
+HEADS: dict[str, type[nn.Module]] = ACTION_HEAD.registry({"token": TokenHead, "token+motion": TokenMotionHead, "motion": MotionHead})

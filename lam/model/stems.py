@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lam.config import ModelConfig
+from lam.config import FRAME_CORRELATION, MOTION_MOMENTS, STEM, ModelConfig
 
 
 def _mlp(width_in: int, width: int) -> nn.Sequential:
@@ -180,8 +180,9 @@ class FrameCorrelation(nn.Module):
         return self.proj(pooled.view(*corr.shape[:2], -1))  # (B, T-1, E)
 
 
-STEMS: dict[str, type[nn.Module]] = {"pair": PairStem, "diff": DiffStem}
+STEMS: dict[str, type[nn.Module]] = STEM.registry({"pair": PairStem, "diff": DiffStem})
 # Which moments `motion_moments` adds: (patch-grid moments?, pixel moments?)
-MOMENTS = {"none": (False, False), "patches": (True, False), "pixels": (False, True), "patches+pixels": (True, True)}
-CORRELATIONS = {"none": None, "phase": partial(FrameCorrelation, normalise_phase=True),
-                "cross": partial(FrameCorrelation, normalise_phase=False)}
+MOMENTS = MOTION_MOMENTS.registry({"none": (False, False), "patches": (True, False), "pixels": (False, True),
+                                   "patches+pixels": (True, True)})
+CORRELATIONS = FRAME_CORRELATION.registry({"none": None, "phase": partial(FrameCorrelation, normalise_phase=True),
+                                           "cross": partial(FrameCorrelation, normalise_phase=False)})
