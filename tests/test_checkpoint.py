@@ -57,7 +57,7 @@ def test_format_1_checkpoint_loads_with_its_parts_named_and_gives_the_same_outpu
 def test_a_format_1_run_resumes_with_the_same_next_step(name):
     """Resuming restores the optimizer state, which format 1 indexed by parameter position: the
     step after the checkpoint must match the one the old version took."""
-    from lam.runtime.checkpoint import _rename
+    from lam.runtime.checkpoint import _FORMAT_1_MODEL_KEYS, _rename
     from lam.train.schedule import lr_multiplier
 
     state = load_checkpoint(checkpoint(name))
@@ -80,7 +80,7 @@ def test_a_format_1_run_resumes_with_the_same_next_step(name):
     model.after_optimizer_step()
     params = dict(model.named_parameters())
     for old_name, (total, squares) in ref["next_step_params"].items():
-        name = _rename(old_name)
+        name = _rename(old_name, _FORMAT_1_MODEL_KEYS)
         p = params[name].detach().double()
         step = p - before[name]
         # Tolerances are 1% of what the step moved (and 1e-6 for weights that hardly move): another
@@ -152,6 +152,43 @@ def test_a_format_2_checkpoint_gets_its_optimizer_state_keyed_by_name(tmp_path):
     assert list(state["optimizer"]["state"]) == [names[i] for i in optimizer.state_dict()["state"]]
     for name, p in model.named_parameters():
         torch.testing.assert_close(state["optimizer"]["state"][name]["exp_avg_sq"], optimizer.state[p]["exp_avg_sq"], rtol=0, atol=0)
+
+
+def test_a_format_5_checkpoint_gets_the_label_and_moments_heads_under_the_optional_terms(tmp_path):
+    """Format 5 kept the label and moments heads as `label_head.` and `moments_head.`: loading
+    renames their weights and optimizer state, and the optimizer state loads into today's model."""
+    from lam.model import LatentActionModel
+    from lam.recipes import recipe_config
+
+    cfg = recipe_config("tiny")
+    cfg.model.label_classes, cfg.model.moments_weight = 3, 0.5
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, cfg.data.sequence_length, 16, 64, 64), torch.zeros(2, cfg.data.sequence_length - 1, dtype=torch.long)).loss.backward()
+    optimizer.step()
+
+    def old(name: str) -> str:
+        return name.replace("optional_terms.label.head.", "label_head.").replace("optional_terms.moments.head.", "moments_head.")
+
+    by_name = optimizer_state(model, optimizer)
+    format_5 = {**by_name, "state": {old(n): v for n, v in by_name["state"].items()},
+                "param_groups": [{**g, "params": [old(n) for n in g["params"]]} for g in by_name["param_groups"]]}
+    assert "label_head.weight" in format_5["state"] and "moments_head.0.weight" in format_5["state"]
+    (tmp_path / "ckpt").mkdir()
+    torch.save({"model": {old(k): v for k, v in model.state_dict().items()}, "optimizer": format_5, "config": cfg.to_dict(),
+                "format": 5, "epoch": 0, "step": 1}, tmp_path / "ckpt" / "state.pt")
+
+    state = load_checkpoint(tmp_path / "ckpt")
+    assert state["format"] == FORMAT and state["model"].keys() == model.state_dict().keys()
+    restored, _ = load_model(tmp_path / "ckpt")
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(restored.state_dict()[name], value, rtol=0, atol=0)
+    fresh = torch.optim.AdamW(restored.parameters(), lr=1e-3)
+    load_optimizer_state(fresh, restored, state["optimizer"])
+    head = restored.optional_terms["label"].head.weight
+    torch.testing.assert_close(fresh.state[head]["exp_avg"], optimizer.state[model.optional_terms["label"].head.weight]["exp_avg"],
+                               rtol=0, atol=0)
 
 
 def load_checkpoint_raw(directory: Path) -> dict:

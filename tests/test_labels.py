@@ -20,7 +20,7 @@ from lam.train.labels import label_budget, labelled_transitions, resolve_label_c
 def test_no_labels_by_default(tiny_data):
     cfg = RunConfig()
     assert cfg.train.label_fraction == 0 and cfg.model.label_classes == 0
-    assert LatentActionModel(small_model_config()).label_head is None
+    assert "label" not in LatentActionModel(small_model_config()).optional_terms
     assert "label_loss" not in LatentActionModel(small_model_config()).metric_names
     assert labelled_transitions(load_manifest(tiny_data / "manifest.json"), 0.0, seed=0) == {}
 
@@ -118,7 +118,7 @@ def test_the_label_head_steers_the_encoder_and_never_changes_a_prediction(quanti
     assert torch.allclose(labelled.loss - plain.loss, labelled.metrics["label_loss"])
     # the label term's gradient reaches the encoder (and the head)
     (labelled.loss - plain.loss).backward()
-    assert model.label_head.weight.grad.abs().sum() > 0
+    assert model.optional_terms["label"].head.weight.grad.abs().sum() > 0
     assert sum(p.grad.abs().sum() for p in model.encoder.parameters() if p.grad is not None) > 0
 
 

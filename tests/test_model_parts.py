@@ -7,6 +7,7 @@ import torch
 from helpers import small_model_config
 
 from lam.model import LatentActionModel
+from lam.model.terms import ForwardPass
 
 
 @pytest.mark.parametrize("quantizer", ["vq", "fsq"])
@@ -91,7 +92,7 @@ def test_pixel_moments_give_a_small_objects_move_anywhere_and_are_blind_to_backg
 @pytest.mark.parametrize("quantizer", ["gaussian", "vq", "fsq"])
 def test_the_moments_loss_trains_the_encoder_through_the_action_alone(quantizer):
     plain = LatentActionModel(small_model_config(quantizer=quantizer))
-    assert plain.moments_head is None and "moments_loss" not in plain.metric_names  # off by default
+    assert "moments" not in plain.optional_terms and "moments_loss" not in plain.metric_names  # off by default
     cfg = small_model_config(quantizer=quantizer, whiten=True, moments_weight=1.0)
     torch.manual_seed(0)
     model = LatentActionModel(cfg).train()
@@ -99,12 +100,14 @@ def test_the_moments_loss_trains_the_encoder_through_the_action_alone(quantizer)
     out = model(x)
     assert "moments_loss" in model.metric_names and float(out.metrics["moments_loss"]) > 0
     model.zero_grad()
-    model._moments_loss(model.quantizer(model._encode(x, model.in_adapter(x))[0]).quantized, x).backward()
+    term = model.optional_terms["moments"]
+    actions = model.quantizer(model._encode(x, model.in_adapter(x))[0]).quantized
+    term(ForwardPass(model, x, None, actions, None, None, {}, None, None))[0].backward()
     encoder_grads = [p.grad for p in model.encoder.parameters() if p.grad is not None]
     assert encoder_grads and any(float(g.abs().max()) > 0 for g in encoder_grads)  # the action has to carry the moments
     assert all(p.grad is None for p in model.decoder.parameters())  # the decoder has no part in it
-    assert model.change_moments.features(x).shape == (3, 3, 3 * 4 + 4)  # the target: per transition, 3C + 4 moments
-    assert not list(model.change_moments.parameters())  # ...which have no weights to learn
+    assert term.change_moments.features(x).shape == (3, 3, 3 * 4 + 4)  # the target: per transition, 3C + 4 moments
+    assert not list(term.change_moments.parameters())  # ...which have no weights to learn
 
 
 @pytest.mark.parametrize("correlation", ["phase", "cross"])

@@ -39,7 +39,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lam.config import ModelConfig
@@ -47,10 +46,10 @@ from lam.model.adapters import LAMtoVVAEAdapter, VVAEtoLAMAdapter
 from lam.model.decoder import PREDICTIONS, LatentActionDecoder
 from lam.model.encoder import LatentActionEncoder
 from lam.model.latent_target import FORWARD_TARGETS
-from lam.model.moved import change_weighted_error, moved_error
+from lam.model.moved import change_weighted_error
 from lam.model.quantize import build_quantizer
 from lam.model.quantize.base import action_radix
-from lam.model.stems import PixelMoments
+from lam.model.terms import ForwardPass, build_terms
 from lam.model.whiten import Whitening
 
 
@@ -89,27 +88,13 @@ class LatentActionModel(nn.Module):
         self.out_adapter = LAMtoVVAEAdapter(cfg.in_channels, **adapter_kw)
         shift = PREDICTIONS[cfg.prediction]
         self.shift = shift(cfg, code_dim) if shift else None
-        if cfg.rollout == "multistep":
-            self.loss_terms.append("rollout")  # the decoder fed its own predictions (`rollout_weight`)
-        if cfg.motion_weight > 0:
-            self.loss_terms.append("moved")  # the error on what moved (moved.py)
-        # Opt-in, not unsupervised: true actions of a few files train a linear map from the action
-        # vector to them (a few labels steer what the action codes carry).
-        self.label_head = nn.Linear(cfg.num_codes * code_dim, cfg.label_classes) if cfg.label_classes else None
-        if self.label_head is not None:
-            self.loss_terms.append("label")
-        # With `moments_weight`: a map from the action alone to the pixel moments of its transition's change.
-        self.moments_head = None
-        if cfg.moments_weight > 0:
-            self.change_moments = PixelMoments(cfg, project=False)
-            self.moments_head = nn.Sequential(nn.Linear(cfg.num_codes * code_dim, cfg.embed_dim), nn.GELU(),
-                                              nn.Linear(cfg.embed_dim, self.change_moments.num_features - 2))
-            self.loss_terms.append("moments")
+        # The optional terms the config turns on (terms.py), built before the forward target's
+        # part so that parameters initialise in the order they always have.
+        self.optional_terms = build_terms(cfg, code_dim)
+        self.loss_terms += list(self.optional_terms)
         # With `forward_target: pixels+latent`: the forward model in a learned latent space (latent_target.py).
         latent = FORWARD_TARGETS[cfg.forward_target]
         self.latent = latent(cfg) if latent else None
-        if self.latent is not None:
-            self.loss_terms.append("latent")
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -132,11 +117,7 @@ class LatentActionModel(nn.Module):
         whitening penalty); the quantizer's own terms follow under their names."""
         names = ["loss", *(f"loss/{term}" for term in self.loss_terms)]
         names += ["mse_loss", "mae_loss", "vq_loss", *self.quantizer.loss_names, "codebook_usage", "perplexity"]
-        names += ["label_loss", "label_accuracy"] if self.label_head is not None else []
-        names += ["moments_loss"] if self.moments_head is not None else []
-        names += ["moved_loss"] if self.config.motion_weight > 0 else []
-        names += list(self.latent.loss_names) if self.latent is not None else []
-        return names + (["rollout_loss"] if self.config.rollout == "multistep" else [])
+        return names + [name for term in self.optional_terms.values() for name in term.metric_names(self)]
 
     def after_optimizer_step(self, applied: torch.Tensor | None = None) -> None:
         """Call after every training step's `optimizer.step()`, on every rank, on the unwrapped
@@ -215,7 +196,6 @@ class LatentActionModel(nn.Module):
         0-dim tensor multiplying `label_weight` (the run's label schedule); None: 1."""
         self._check_frames(x)
         cfg = self.config
-        t = x.shape[1]
         patches = self.in_adapter(x)  # (B, T, N, P)
         z, whitening_penalty, z_ids = self._encode(x, patches)  # (B, T-1, K, D)
         q = self.quantizer(z, z_ids)
@@ -241,29 +221,10 @@ class LatentActionModel(nn.Module):
             "codebook_usage": q.usage,
             "perplexity": q.perplexity,
         }
-        if cfg.rollout == "multistep":
-            h = cfg.rollout_settings.rollout_horizon
-            t0 = t - 1 - h  # last ground-truth frame of the rollout's context
-            if t0 < 0:
-                raise ValueError(f"rollout_horizon {h} needs windows of at least {h + 1} frames, got {t}")
-            rolled = self._rollout(x[:, : t0 + 1], patches[:, : t0 + 1], q.quantized, h, first=pred[:, t0])
-            metrics["rollout_loss"] = F.mse_loss(rolled.float(), target[:, t0:])  # frames t0+1..T-1
-            terms["rollout"] = cfg.rollout_settings.rollout_weight * metrics["rollout_loss"]
-        if cfg.motion_weight > 0:
-            metrics["moved_loss"] = moved_error(err, x)
-            terms["moved"] = cfg.motion_weight * metrics["moved_loss"]
-        if self.label_head is not None:
-            label_loss, label_accuracy = self._label_terms(q.quantized, labels)
-            weight = cfg.label_weight if label_scale is None else cfg.label_weight * label_scale
-            terms["label"] = weight * label_loss
-            metrics |= {"label_loss": label_loss, "label_accuracy": label_accuracy}
-        if self.moments_head is not None:
-            metrics["moments_loss"] = self._moments_loss(q.quantized, x)
-            terms["moments"] = cfg.moments_weight * metrics["moments_loss"]
-        if self.latent is not None:
-            latent = self.latent.losses(tokens["hidden"], tokens["context"], patches[:, 1:])
-            terms["latent"] = cfg.forward_target_settings.latent_weight * (latent["latent_loss"] + latent["latent_spread"])
-            metrics |= latent
+        step = ForwardPass(self, x, patches, q.quantized, pred, err, tokens, labels, label_scale)
+        for name, term in self.optional_terms.items():
+            terms[name], term_metrics = term(step)
+            metrics |= term_metrics
         loss = _total(terms)
         zero = loss.new_zeros(())  # a declared term that adds nothing here (e.g. no whitening penalty in evaluation)
         metrics |= {"loss": loss, **{f"loss/{name}": zero for name in self.loss_terms}, **{f"loss/{name}": value for name, value in terms.items()}}
@@ -274,39 +235,6 @@ class LatentActionModel(nn.Module):
             metrics={k: v.detach().float() for k, v in metrics.items()},
             terms=terms,
         )
-
-    def _label_terms(self, actions: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cross-entropy and accuracy of the label head over the transitions with a known label
-        (both 0 when there is none). The head runs on every batch, labelled or not, so under DDP
-        every rank uses its parameters in every step."""
-        logits = self.label_head(actions.flatten(2).float())  # (B, T-1, classes)
-        if labels is None:
-            labels = torch.full(logits.shape[:2], -1, dtype=torch.long, device=logits.device)
-        known = labels >= 0
-        count = known.sum().clamp_min(1)
-        ce = F.cross_entropy(logits.flatten(0, 1), labels.clamp_min(0).flatten(), reduction="none")
-        loss = (ce * known.flatten()).sum() / count
-        accuracy = ((logits.argmax(-1) == labels) & known).sum() / count
-        return loss, accuracy.float()
-
-    def _moments_loss(self, actions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Squared error of the moments head's prediction from the actions (B, T-1, K, D) against the
-        pixel moments of each transition of x (`PixelMoments.features`) that do not depend on where
-        the change is: the channels' moments and sums, and the vector from what went to what
-        appeared (not the two centroids, which would ask the action where things are). Each is
-        standardised over the batch (a pointer's move of a few pixels and a camera pan count
-        alike); a channel's weigh by its share of the transition's change, so a channel that
-        hardly changed, whose moments are a ratio of near-zeros, asks nothing of the action."""
-        with torch.autocast(x.device.type, enabled=False):
-            features, mass = self.change_moments.features_and_mass(x)  # (B, T-1, 3C + 4), (B, T-1, C): no weights
-            appeared, went = features[..., -4:-2], features[..., -2:]
-            target = torch.cat([features[..., :-4], appeared - went], dim=-1)  # (B, T-1, 3C + 2)
-            share = mass / mass.sum(dim=-1, keepdim=True).clamp_min(PixelMoments.MASS_FLOOR)
-            flat = target.reshape(-1, target.shape[-1])
-            target = (target - flat.mean(0)) / flat.std(0, unbiased=False).clamp_min(1e-6)
-            weight = torch.cat([share, share, share, torch.ones_like(share[..., :2])], dim=-1)  # (B, T-1, 3C + 2)
-            err = self.moments_head(actions.flatten(2).float()) - target
-            return (weight * err.pow(2)).sum(-1).mean() / weight.sum(-1).mean().clamp_min(1e-6)
 
     # ------------------------------------------------------------- inference
     def encode_actions(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -26,6 +26,7 @@ import hashlib
 import os
 import pickle
 import zipfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -37,13 +38,18 @@ from lam.model import LatentActionModel
 
 STATE_FILE = "state.pt"
 CHECKSUM_FILE = "state.pt.sha256"  # "<sha256 hex> <bytes>" of the state file as written
+# 6: the optional loss terms' weights live under `optional_terms.NAME.` (lam/model/terms.py).
 # 5: the config lists only the chosen forward target's settings too. 4: only the chosen
 # quantizer's settings (lam/config/components.py).
 # 3: the optimizer's per-parameter state is keyed by parameter name. 2: the model's components
 # are named choices (stem, action_head, quantizer, whiten) and the encoder is split into stem,
 # moments and head; the optimizer state keyed by parameter position. 1 (no `format` key): the
 # boolean-flag model.
-FORMAT = 5
+FORMAT = 6
+_FORMAT_5_MODEL_KEYS = (  # old prefix -> new prefix
+    ("label_head.", "optional_terms.label.head."),
+    ("moments_head.", "optional_terms.moments.head."),
+)
 _FORMAT_1_MODEL_KEYS = (  # old prefix -> new prefix, first match wins
     ("encoder.motion_pool.", "encoder.stem.pool."),
     ("encoder.motion.", "encoder.stem.mlp."),
@@ -135,7 +141,8 @@ def upgrade(state: dict) -> dict:
     """An older checkpoint in today's format. Format 1: config booleans -> component names and
     model keys renamed. Formats 1 to 4: of the settings of every component choice (quantizer,
     forward target), which the config listed flat, the chosen one's kept (the model never read
-    the others). Formats 1 and 2: the
+    the others). Formats 1 to 5: the label and moments heads' weights renamed to the optional
+    terms' (model and optimizer state). Formats 1 and 2: the
     optimizer state, indexed by parameter position, keyed by parameter name (a state dict lists
     parameters in the order the model registered them)."""
     version = state.get("format", 1)
@@ -143,7 +150,15 @@ def upgrade(state: dict) -> dict:
     config = apply_overrides(RunConfig(), state["config"], source="checkpoint", warn_deprecated=False, unused="drop")
     upgraded["config"] = config.to_dict()
     if version < 2:
-        upgraded["model"] = {_rename(key): value for key, value in state["model"].items()}
+        upgraded["model"] = {_rename(key, _FORMAT_1_MODEL_KEYS): value for key, value in state["model"].items()}
+    if version < 6:
+        upgraded["model"] = {_rename(key, _FORMAT_5_MODEL_KEYS): value for key, value in upgraded["model"].items()}
+    if 3 <= version < 6 and state.get("optimizer"):
+        optimizer = state["optimizer"]
+        rename = partial(_rename, prefixes=_FORMAT_5_MODEL_KEYS)
+        upgraded["optimizer"] = {**optimizer, "state": {rename(name): value for name, value in optimizer["state"].items()},
+                                 "param_groups": [{**group, "params": [rename(name) for name in group["params"]]}
+                                                  for group in optimizer["param_groups"]]}
     if version < 3 and state.get("optimizer"):
         with torch.device("meta"):  # only the parameters' names are needed
             names = {name for name, _ in LatentActionModel(config.model).named_parameters()}
@@ -180,8 +195,8 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, model: torch.nn.Modul
                                                 for group in state["param_groups"]]})
 
 
-def _rename(key: str) -> str:
-    for old, new in _FORMAT_1_MODEL_KEYS:
+def _rename(key: str, prefixes: tuple[tuple[str, str], ...]) -> str:
+    for old, new in prefixes:
         if key.startswith(old):
             return new + key[len(old):]
     return key
