@@ -430,3 +430,40 @@ def test_score_ranking_says_which_training_score_ranks_runs_like_the_probe(tmp_p
     assert "| val/delta_psnr | +1.00 | +1.00 | +1.00 |" in table
     assert main([str(paths[1])]) == 2  # nothing to rank
     assert "no dataset has 4 or more runs" in capsys.readouterr().err
+
+
+def test_levers_reads_each_change_against_the_base_on_the_same_seeds(tmp_path, capsys):
+    from bench.quality.levers import main
+
+    def run(seed, probe):
+        return {"seed": seed, "test_transitions": 10,
+                "ceilings": {"all": {"test_accuracy": 1.0, "stopped": "patience", "test_accuracy_std": 0.0}},
+                "untrained": {k: 0.2 for k in ("probe_accuracy", "nmi", "delta_psnr", "mse_vs_copy_last", "action_ids_used",
+                                               "probe_accuracy_sampling_std")},
+                "ours": {"probe_accuracy": probe, "frame_probe_accuracy": 0.2, "chance": 0.1, "nmi": 0.1, "delta_psnr": 1.0,
+                         "mse_vs_copy_last": 0.9, "action_ids_used": 9, "chance_sampling_std": 0.01,
+                         "frame_probe_accuracy_sampling_std": 0.01, "probe_accuracy_sampling_std": 0.01, "nmi_sampling_std": 0.01}}
+
+    # the base: gap (probe - 0.2) / 0.8 per seed; seed 0 at 0.6 -> 0.5, seeds 1-2 much higher
+    base = {"recipe": "real", "overrides": {}, "datasets": {
+        "minigrid": {"epochs": 4, "per_seed": [run(0, 0.6), run(1, 1.0), run(2, 1.0)]},
+        "miniwob": {"epochs": 4, "per_seed": [run(0, 0.6)]}}}
+    screen = {"recipe": "real", "overrides": {"motion_weight": 1.0}, "datasets": {
+        "minigrid": {"epochs": 4, "per_seed": [run(0, 0.68)]},  # +0.10 against seed 0, not against the 3-seed mean
+        "miniwob": {"epochs": 4, "per_seed": [run(0, 0.63)]}}}  # +0.04: within the margin
+    paths = {name: tmp_path / f"{name}.json" for name in ("base", "screen", "longer", "other")}
+    paths["base"].write_text(json.dumps(base))
+    paths["screen"].write_text(json.dumps(screen))
+    assert main([str(paths["base"]), str(paths["screen"]), "--out", str(tmp_path / "levers.md")]) == 0
+    table = capsys.readouterr().out
+    assert "| `real` (seed 0) | 0.50 | 0.50 | | |" in table
+    assert "| `real` + motion_weight=1.0 | 0.60 (+0.10) | 0.54 (+0.04) | 1 | 0 |" in table
+    assert (tmp_path / "levers.md").read_text().strip() == table.strip()
+
+    # runs of another length or another recipe are not compared
+    paths["longer"].write_text(json.dumps({**screen, "datasets": {"miniwob": {**screen["datasets"]["miniwob"], "epochs": 16}}}))
+    paths["other"].write_text(json.dumps({**screen, "recipe": "demo"}))
+    assert main([str(paths["base"]), str(paths["longer"])]) == 2
+    assert "miniwob trained 16 epochs, the base 4" in capsys.readouterr().err
+    assert main([str(paths["base"]), str(paths["other"])]) == 2
+    assert "recipe demo, the base's is real" in capsys.readouterr().err
