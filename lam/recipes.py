@@ -13,7 +13,7 @@ docs/RESULTS.md.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from lam.config import RunConfig
 from lam.errors import UserError
@@ -23,6 +23,9 @@ from lam.errors import UserError
 class Recipe:
     summary: str
     overrides: dict
+    # What `lam tune --recipe NAME` ranks trials by unless --metric/--mode say otherwise
+    # (SweepConfig's metric and mode; empty: their defaults).
+    sweep: dict = field(default_factory=dict)
 
 
 # The `demo` recipe, and the base of `real` (what `lam demo` trains).
@@ -65,6 +68,11 @@ RECIPES = {
             # for carrying it.
             "frame_correlation": "phase", "prediction": "shifted-local",
         },
+        # Of the scores a sweep can see without labels, delta-t PSNR (how much the decoder's
+        # prediction gains from the inferred actions over random ones) ranks runs on real play
+        # most like the test probe does, and val/mse_loss least (docs/RESULTS.md,
+        # `python -m bench.quality.score_ranking`).
+        sweep={"metric": "val/delta_psnr", "mode": "max"},
     ),
     "tiny": Recipe(
         "a model that trains in seconds on 4-frame windows (tests, benchmarks, smoke runs)",
@@ -77,6 +85,13 @@ RECIPES = {
         },
     ),
 }
+
+
+def recipe_sweep(name: str = "spec") -> dict:
+    """The sweep settings the named recipe sets (metric, mode), over SweepConfig's defaults."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe '{name}'; choose one of {', '.join(RECIPES)}")
+    return dict(RECIPES[name].sweep)
 
 
 def recipe_config(name: str = "spec") -> RunConfig:

@@ -249,3 +249,28 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(ray_session
     for name in finished:  # finished trials were not trained again
         assert lines_after[name] == lines_before[name], name
     assert len(lines_after) == 2
+
+
+def test_the_real_recipe_sweeps_on_delta_psnr_unless_told_otherwise():
+    from lam.commands.flags import sweep_from_args
+
+    def sweep(*argv):
+        return sweep_from_args(build_parser().parse_args(["tune", *argv]))
+
+    assert (sweep("--recipe", "real").metric, sweep("--recipe", "real").mode) == ("val/delta_psnr", "max")
+    assert (sweep().metric, sweep().mode) == ("val/mse_loss", "min")  # SweepConfig's defaults
+    assert (sweep("--recipe", "demo").metric, sweep("--recipe", "demo").mode) == ("val/mse_loss", "min")
+    told = sweep("--recipe", "real", "--metric", "val/mse_loss", "--mode", "min")
+    assert (told.metric, told.mode) == ("val/mse_loss", "min")
+    assert sweep("--recipe", "real", "--metric", "val/nmi").mode == "max"  # one flag given, the other from the recipe
+
+
+def test_an_action_check_metric_makes_every_trial_run_the_check_every_epoch(tiny_data, tmp_path):
+    from lam.tune.sweep import metric_every_epoch
+
+    cfg = tiny_config(tiny_data, tmp_path / "runs", eval_every=2)
+    assert metric_every_epoch(cfg, "val/mse_loss") is None and cfg.train.eval_every == 2  # an every-epoch metric
+    assert metric_every_epoch(cfg, "val/delta_psnr") == ("val/delta_psnr comes from the action check: every trial runs it "
+                                                         "every epoch (eval_every 1, not 2)")
+    assert cfg.train.eval_every == 1
+    assert metric_every_epoch(cfg, "val/delta_psnr") is None  # already every epoch

@@ -14,7 +14,7 @@ import argparse
 import dataclasses
 
 from lam.config import DEPRECATED_KEYS, RunConfig, SweepConfig, apply_overrides, field_type, flat_fields, load_yaml, setting_owners
-from lam.recipes import RECIPES, recipe_config
+from lam.recipes import RECIPES, recipe_config, recipe_sweep
 
 HELP_GROUPS = {"data": "data options", "model": "model options"}  # TrainConfig fields name their own group
 
@@ -78,11 +78,26 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     return cfg
 
 
+# Sweep fields a recipe may set (`Recipe.sweep`): their flags default to "not given".
+RECIPE_SWEEP_FIELDS = ("metric", "mode")
+
+
 def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sweep options")
+    by_recipe = {name: recipe.sweep for name, recipe in RECIPES.items() if recipe.sweep}
     for f in dataclasses.fields(SweepConfig):
-        add_field_flag(group, f, f.default)
+        if f.name in RECIPE_SWEEP_FIELDS:
+            own = ", ".join(f"{v[f.name]} with --recipe {name}" for name, v in by_recipe.items() if f.name in v)
+            add_field_flag(group, f, None, f"{f.metadata['help']}{f'; {own}' if own else ''}")
+        else:
+            add_field_flag(group, f, f.default)
 
 
 def sweep_from_args(args: argparse.Namespace) -> SweepConfig:
-    return SweepConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)})
+    """The sweep settings: SweepConfig's defaults, then the recipe's (`Recipe.sweep`), then the flags given."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(SweepConfig)}
+    from_recipe = recipe_sweep(getattr(args, "recipe", None) or "spec")
+    for name in RECIPE_SWEEP_FIELDS:
+        if values[name] is None:
+            values[name] = from_recipe.get(name, SweepConfig.__dataclass_fields__[name].default)
+    return SweepConfig(**values)

@@ -80,7 +80,8 @@ class SweepConfig:
     max_epochs: int = option(10, "epochs per trial, ASHA's max_t")
     grace_period: int = option(1, "epochs before ASHA may stop a trial")
     reduction_factor: int = option(2, "ASHA keeps the best 1/reduction_factor of the trials at each rung")
-    metric: str = option("val/mse_loss", "metric ASHA compares (the training loop reports it every epoch)")
+    metric: str = option("val/mse_loss", "metric ASHA compares, an epoch metric; one of the action check's (val/delta_psnr, "
+                                          "val/nmi, val/code_map_accuracy) makes every trial run that check every epoch")
     mode: str = option("min", "whether the metric is better low or high", choices=("min", "max"))
     max_concurrent_trials: int = option(0, "trials at once; 0: as many as the cluster's CPUs (GPUs) hold now")
     search_seed: int = option(0, "seed of the random draws of the space")

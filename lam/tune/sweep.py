@@ -29,7 +29,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from lam.config import RunConfig, SweepConfig, apply_overrides, dump_yaml
+from lam.config import ACTION_CHECK_METRICS, RunConfig, SweepConfig, apply_overrides, dump_yaml
 from lam.data.manifest import load_manifest
 from lam.errors import UserError
 from lam.runtime import storage
@@ -100,6 +100,16 @@ def run_trial(params: dict, base: dict, sweep_dir: str, sweep_name: str) -> None
     trainer.fit()
 
 
+def metric_every_epoch(base: RunConfig, metric: str) -> str | None:
+    """Make the trials report `metric` every epoch, which ASHA compares at its rungs: a metric of
+    the action check turns that check on every epoch (eval_every 1). Returns a line saying so,
+    or None when nothing changed."""
+    if metric not in ACTION_CHECK_METRICS or base.train.eval_every == 1:
+        return None
+    was, base.train.eval_every = base.train.eval_every, 1
+    return f"{metric} comes from the action check: every trial runs it every epoch (eval_every 1, not {was})"
+
+
 def run_sweep(base: RunConfig, s: SweepConfig, verbose: bool = True, ray_logs: bool = False) -> SweepOutcome:
     """Run the sweep `s` over `base`. `ray_logs`: Ray's own log lines on the console too (they
     always go to the sweep's ray.log)."""
@@ -108,6 +118,9 @@ def run_sweep(base: RunConfig, s: SweepConfig, verbose: bool = True, ray_logs: b
     space_source = s.search_space or "default search space"
     raw_space = load_search_space(s.search_space)
     base.train.num_epochs = s.max_epochs
+    note = metric_every_epoch(base, s.metric)
+    if note:
+        say(f"[tune] {note}", flush=True)
     prepare(base)  # config, manifest and every listed file, before any trial starts
     check_against(base, raw_space, space_source)
     base.train.run_name = ""  # prepare() named the run; each trial gets its own name instead
