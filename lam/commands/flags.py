@@ -27,9 +27,11 @@ def add_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: st
     parser.add_argument(*spellings, dest=name, **kwargs)
 
 
-def add_field_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, default, description: str = "") -> None:
-    """The flag of one config field: its type, its choices, its description and default."""
-    helptext = f"{description or f.metadata['help']} (default: {f.default!r})".replace("%", "%%")
+def add_field_flag(group: argparse._ArgumentGroup, f: dataclasses.Field, default, description: str = "",
+                   default_note: str = "") -> None:
+    """The flag of one config field: its type, its choices, its description and default (and
+    `default_note`, e.g. the recipes that set another)."""
+    helptext = f"{description or f.metadata['help']} (default: {f.default!r}{default_note})".replace("%", "%%")
     kind = field_type(f)
     if kind is bool:
         add_flag(group, f.name, action=argparse.BooleanOptionalAction, default=default, help=helptext)
@@ -87,8 +89,8 @@ def add_sweep_flags(parser: argparse.ArgumentParser) -> None:
     by_recipe = {name: recipe.sweep for name, recipe in RECIPES.items() if recipe.sweep}
     for f in dataclasses.fields(SweepConfig):
         if f.name in RECIPE_SWEEP_FIELDS:
-            own = ", ".join(f"{v[f.name]} with --recipe {name}" for name, v in by_recipe.items() if f.name in v)
-            add_field_flag(group, f, None, f"{f.metadata['help']}{f'; {own}' if own else ''}")
+            own = "".join(f"; {v[f.name]!r} with --recipe {name}" for name, v in by_recipe.items() if f.name in v)
+            add_field_flag(group, f, None, default_note=own)
         else:
             add_field_flag(group, f, f.default)
 
