@@ -24,13 +24,13 @@ SPEC_METRICS = {
 }
 # Every combination of the model's parts: stem x action head x quantizer, each bare and with
 # the whitening, the motion moments, a frame correlation and a shifted prediction (both moments,
-# phase and shifted-local with the diff stem; pixel moments, cross and shifted with the pair
+# phase+change and shifted-local with the diff stem; pixel moments, cross and shifted with the pair
 # stem), the (opt-in) label head, the moments loss, the moved-pixels loss, the forward model
 # in a learned latent space and a frame offset of 2 on.
 PARTS = [
     dict(stem=stem, action_head=head, quantizer=quantizer, whiten=extras,
          motion_moments=("patches+pixels" if stem == "diff" else "pixels") if extras else "none",
-         frame_correlation=("phase" if stem == "diff" else "cross") if extras else "none",
+         frame_correlation=("phase+change" if stem == "diff" else "cross") if extras else "none",
          prediction=("shifted-local" if stem == "diff" else "shifted") if extras else "residual",
          label_classes=3 if extras else 0, moments_weight=0.5 if extras else 0.0, motion_weight=1.0 if extras else 0.0,
          forward_target="pixels+latent" if extras else "pixels", action_offset=2 if extras else 1)
@@ -114,7 +114,7 @@ def test_a_registry_that_differs_from_the_declared_names_fails_on_import():
         lam.config.ACTION_HEAD.registry({"motion": 1, "token": 2, "token+motion": 3})  # the order is the help's order too
 
 
-@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("motion_moments", "none, patches, pixels, patches+pixels"), ("frame_correlation", "none, phase, cross"), ("prediction", "residual, shifted, shifted-local"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
+@pytest.mark.parametrize("field, valid", [("stem", "pair, diff"), ("motion_moments", "none, patches, pixels, patches+pixels"), ("frame_correlation", "none, phase, cross, change, phase+change"), ("prediction", "residual, shifted, shifted-local"), ("action_head", "token, token+motion, motion"), ("quantizer", "vq, fsq, gaussian")])
 def test_an_unknown_part_is_a_one_line_error_listing_the_valid_names(field, valid):
     with pytest.raises(ValueError, match=re.escape(f"model.{field} must be one of {valid}; got 'nope'")):
         LatentActionModel(ModelConfig(**{field: "nope"}))

@@ -126,6 +126,37 @@ def test_frame_correlation_peaks_at_the_shift_of_the_whole_picture(correlation):
     assert torch.equal(flat, torch.zeros_like(flat))  # nothing to correlate: zeros, not NaN
 
 
+def test_the_change_correlation_peaks_where_a_small_object_moved_on_a_static_picture():
+    g = torch.Generator().manual_seed(0)
+    page = torch.zeros(4, 32, 32)
+    page[:, 16:, :] = torch.randn(4, 16, 32, generator=g)  # a static page: text below, a plain area above
+    pointer = torch.zeros(4, 32, 32)
+    pointer[:, 4:8, 5:8] = 2.0 * torch.randn(4, 4, 3, generator=g)  # a small arrow, over the plain area
+    window = torch.stack([page + pointer, page + torch.roll(pointer, (3, 4), dims=(-2, -1)),
+                          page + torch.roll(pointer, (3, 1), dims=(-2, -1))])[None]  # moved (3, 4), then (0, -3)
+    surface = {}
+    for correlation in ("phase", "change"):
+        encoder = LatentActionModel(small_model_config(stem="diff", frame_correlation=correlation, latent_size=32, patch_grid=4)).encoder
+        surface[correlation] = encoder.correlation.surface(window)[0]  # (2, 32, 32)
+    peaks = {name: [divmod(int(s.argmax()), 32) for s in surfaces] for name, surfaces in surface.items()}
+    assert peaks["phase"] == [(16, 16), (16, 16)]  # the whole picture: the page did not move
+    assert peaks["change"] == [(16 + 3, 16 + 4), (16, 16 - 3)]  # what appeared is what went, moved
+    still = LatentActionModel(small_model_config(stem="diff", frame_correlation="change", latent_size=32, patch_grid=4))
+    flat = still.encoder.correlation.surface(torch.stack([page, page])[None])
+    assert torch.equal(flat, torch.zeros_like(flat))  # nothing changed: zeros, not NaN
+
+
+def test_phase_and_change_correlations_each_get_their_own_projection():
+    cfg = small_model_config(stem="diff", frame_correlation="phase+change", action_head="motion")
+    torch.manual_seed(0)
+    model = LatentActionModel(cfg).train()
+    x = torch.randn(2, 3, 4, 16, 16)
+    model.encoder(model.in_adapter(x), x).sum().backward()
+    whole, change = model.encoder.correlation.parts
+    assert (whole.of_change, change.of_change) == (False, True)
+    assert whole.proj.weight.grad.abs().sum() > 0 and change.proj.weight.grad.abs().sum() > 0
+
+
 def test_frame_correlation_reaches_the_codes_and_needs_the_frames():
     cfg = small_model_config(stem="diff", frame_correlation="phase", action_head="motion")
     torch.manual_seed(0)

@@ -184,7 +184,7 @@ class Choice:
 
 STEM = Choice("stem", ("pair", "diff"))
 MOTION_MOMENTS = Choice("motion_moments", ("none", "patches", "pixels", "patches+pixels"))
-FRAME_CORRELATION = Choice("frame_correlation", ("none", "phase", "cross"))
+FRAME_CORRELATION = Choice("frame_correlation", ("none", "phase", "cross", "change", "phase+change"))
 ACTION_HEAD = Choice("action_head", ("token", "token+motion", "motion"))
 PREDICTION = Choice("prediction", ("residual", "shifted", "shifted-local"))
 

@@ -45,7 +45,9 @@ class ModelConfig:
                                  "in older configs: patches/none)", choices=MOMENTS, aliases={"true": "patches", "false": "none"})
     frame_correlation: str = option("none", "add where the whole picture moved to the stem's features: the correlation of "
                                     "frames t-1 and t under every shift (camera motion, scrolling, a pointer); "
-                                    "phase = phase correlation (sharp peaks), cross = plain cross-correlation, none = off",
+                                    "phase = phase correlation (sharp peaks), cross = plain cross-correlation, change = phase "
+                                    "correlation of frames t-1 and t seen only where they differ (where a small object such as a pointer moved "
+                                    "on a static picture), phase+change = both, none = off",
                                     choices=CORRELATIONS)
     action_head: str = option("token", "where an action comes from: token = the encoder transformer's action token, "
                               "token+motion = that plus a linear map of the stem's features, "

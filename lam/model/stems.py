@@ -21,16 +21,21 @@ which way an object moved, wherever it is (`MOMENTS` maps the config's names to 
                     a patch
     patches+pixels  both
 
-`FrameCorrelation` (`frame_correlation: phase | cross`) adds where the picture as a whole
+`FrameCorrelation` (`frame_correlation: phase | cross | change | phase+change`) adds where the picture as a whole
 moved: the correlation of frame t with frame t-1 under every shift, on the latent pixels
 rather than on patches. Camera motion (a scrolling 2D world, an FPS view turning) and a
 pointer's move show as a peak at their shift, which moments of a difference cannot say and
 a per-patch MLP has to learn. `CORRELATIONS` maps the config's names to it:
 
-    none   nothing added
-    phase  phase correlation: the cross-power spectrum normalised to unit magnitude, so
-           every spatial frequency counts alike and the peak is sharp even on smooth pictures
-    cross  plain circular cross-correlation: dominated by the largest, smoothest structures
+    none          nothing added
+    phase         phase correlation: the cross-power spectrum normalised to unit magnitude, so
+                  every spatial frequency counts alike and the peak is sharp even on smooth pictures
+    cross         plain circular cross-correlation: dominated by the largest, smoothest structures
+    change        phase correlation of frames t-1 and t seen only where they differ (weighted
+                  by the change): its peak is where a small object moved, a pointer on a
+                  static page, which the whole picture's correlation cannot show (the static
+                  background puts its peak at no motion)
+    phase+change  both, each with its own projection, added
 """
 
 from __future__ import annotations
@@ -153,21 +158,36 @@ class FrameCorrelation(nn.Module):
 
     GRID = 32  # shifts per side after pooling: finer than a patch, small enough for one linear map
 
-    def __init__(self, cfg: ModelConfig, normalise_phase: bool):
+    def __init__(self, cfg: ModelConfig, normalise_phase: bool, of_change: bool = False):
         super().__init__()
-        self.normalise_phase = normalise_phase
+        self.normalise_phase, self.of_change = normalise_phase, of_change
         self.grid = min(self.GRID, cfg.latent_size)
         self.proj = nn.Linear(self.grid**2, cfg.embed_dim)
 
     def surface(self, frames: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) -> (B, T-1, H, W): index [.., H//2 + dy, W//2 + dx] is how well frame t
         matches frame t-1 moved by dy down and dx right (circularly); each surface's largest
-        magnitude is 1 (0 everywhere for a transition between flat frames)."""
+        magnitude is 1 (0 everywhere for a transition between flat frames). With `of_change`, of
+        the two frames seen only where they differ (each weighted by the change there): index
+        [.., H//2 + dy, W//2 + dx] is how well what changed in frame t matches what changed in
+        frame t-1 moved by dy down and dx right (0 everywhere where nothing changed)."""
         with torch.autocast(frames.device.type, enabled=False):
             x = frames.float()
-            x = x - x.mean(dim=(-2, -1), keepdim=True)  # a brightness change is not motion
-            spectra = torch.fft.rfft2(x)  # (B, T, C, H, W//2+1)
-            cross = (spectra[:, 1:] * spectra[:, :-1].conj()).sum(dim=2)  # (B, T-1, H, W//2+1)
+            if self.of_change:
+                # Both frames seen only where the picture changed, weighted by how much: what moved
+                # is there in frame t where it went and in frame t-1 where it was; a static page
+                # cancels. (The positive and negative parts of the change would not do: with the
+                # object's contrast of opposite sign in two channels, what appeared in one is what
+                # went in the other, and the peak's sign is lost.)
+                weight = (x[:, 1:] - x[:, :-1]).abs().mean(dim=2, keepdim=True)  # (B, T-1, 1, H, W)
+                mass = weight.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
+                later, earlier = (frame * weight for frame in (x[:, 1:], x[:, :-1]))
+                # each channel's weighted mean removed where it is weighed: the object's shape, not its level
+                later, earlier = (v - v.sum(dim=(-2, -1), keepdim=True) / mass * weight for v in (later, earlier))
+            else:
+                x = x - x.mean(dim=(-2, -1), keepdim=True)  # a brightness change is not motion
+                later, earlier = x[:, 1:], x[:, :-1]
+            cross = (torch.fft.rfft2(later) * torch.fft.rfft2(earlier).conj()).sum(dim=2)  # (B, T-1, H, W//2+1)
             if self.normalise_phase:
                 cross = cross / cross.abs().clamp_min(1e-6)
             corr = torch.fft.irfft2(cross, s=x.shape[-2:])
@@ -180,9 +200,26 @@ class FrameCorrelation(nn.Module):
         return self.proj(pooled.view(*corr.shape[:2], -1))  # (B, T-1, E)
 
 
+class CorrelationSum(nn.Module):
+    """Several frame correlations, each projected on its own, added."""
+
+    def __init__(self, *parts: FrameCorrelation):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return sum(part(frames) for part in self.parts)
+
+
+def _phase_and_change(cfg: ModelConfig) -> CorrelationSum:
+    return CorrelationSum(FrameCorrelation(cfg, normalise_phase=True), FrameCorrelation(cfg, normalise_phase=True, of_change=True))
+
+
 STEMS: dict[str, type[nn.Module]] = STEM.registry({"pair": PairStem, "diff": DiffStem})
 # Which moments `motion_moments` adds: (patch-grid moments?, pixel moments?)
 MOMENTS = MOTION_MOMENTS.registry({"none": (False, False), "patches": (True, False), "pixels": (False, True),
                                    "patches+pixels": (True, True)})
 CORRELATIONS = FRAME_CORRELATION.registry({"none": None, "phase": partial(FrameCorrelation, normalise_phase=True),
-                                           "cross": partial(FrameCorrelation, normalise_phase=False)})
+                                           "cross": partial(FrameCorrelation, normalise_phase=False),
+                                           "change": partial(FrameCorrelation, normalise_phase=True, of_change=True),
+                                           "phase+change": _phase_and_change})
