@@ -69,9 +69,8 @@ RECIPES = {
             "frame_correlation": "phase", "prediction": "shifted-local",
         },
         # Of the scores a sweep can see without labels, delta-t PSNR (how much the decoder's
-        # prediction gains from the inferred actions over random ones) ranks runs on real play
-        # most like the test probe does, and val/mse_loss least (docs/RESULTS.md,
-        # `python -m bench.quality.score_ranking`).
+        # prediction gains from the inferred actions over random ones) ranks runs on the GUI sets
+        # most like the test probe does (docs/RESULTS.md, `python -m bench.quality.score_ranking`).
         sweep={"metric": "val/delta_psnr", "mode": "max"},
     ),
     "tiny": Recipe(
