@@ -204,3 +204,19 @@ def test_checkpoint_folders_ray_never_registered_are_removed_and_named(tmp_path,
     (run / RAY_CHECKPOINT_RECORD).unlink()
     assert remove_orphan_checkpoints(str(run)) == ["checkpoint_epoch0002-2", "checkpoint_epoch0001"]
 
+
+def test_step_checkpoint_folders_sort_between_their_epochs_and_are_never_reused(tmp_path):
+    from lam.train.resume import checkpoint_folders, new_checkpoint_name
+
+    run = tmp_path / "run"
+    names = ["checkpoint_epoch0002", "checkpoint_epoch0002_step00000013", "checkpoint_epoch0002_step00000015",
+             "checkpoint_epoch0003", "checkpoint_epoch0001_step00000002"]
+    for name in names:
+        (run / name).mkdir(parents=True)
+    assert checkpoint_folders(str(run)) == ["checkpoint_epoch0003", "checkpoint_epoch0002_step00000015",
+                                            "checkpoint_epoch0002_step00000013", "checkpoint_epoch0002",
+                                            "checkpoint_epoch0001_step00000002"]
+    assert new_checkpoint_name(str(run), 2, 17) == "checkpoint_epoch0002_step00000017"
+    assert new_checkpoint_name(str(run), 2, 15) == "checkpoint_epoch0002_step00000015-2"  # an epoch trained again
+    assert new_checkpoint_name(str(run), 4) == "checkpoint_epoch0004"
+

@@ -153,7 +153,7 @@ def test_checkpoints_are_ranked_by_the_chosen_metric_and_refused_where_it_cannot
     from lam.data.manifest import load_manifest
     from lam.errors import UserError
     from lam.train.launch import check_checkpoint_metric
-    from lam.train.loop import checkpoint_score
+    from lam.train.saving import checkpoint_score
 
     record = {"val/loss": 0.5, "train/loss": 0.7, "val/delta_psnr": 2.0}
     assert checkpoint_score(record, "val/loss", "min") == 0.5
@@ -208,7 +208,7 @@ def test_an_injected_fault_fails_once_on_rank_0_at_its_step(tmp_path):
     """`--inject_fault_at_step` (for exercising `--max_failures`): one failure, remembered in the
     run directory, so the restored run goes past that step. (A real restart, after a killed
     worker: tests/test_kill.py.)"""
-    from lam.train.loop import maybe_inject_fault
+    from lam.train.health import maybe_inject_fault
 
     for at_step, step, rank in [(0, 0, 0), (3, 2, 0), (3, 3, 1)]:  # off; another step; another rank
         maybe_inject_fault(at_step, step, rank, str(tmp_path))
@@ -253,7 +253,7 @@ def test_a_diverging_run_skips_bad_steps_then_stops_in_one_line_and_saves_nothin
 
 
 def test_the_epoch_line_shows_each_loss_with_the_terms_it_is_made_of():
-    from lam.train.loop import epoch_summary
+    from lam.train.metrics import epoch_summary
 
     record = {"train/loss": 5.99, "train/loss/prediction": 0.019, "train/loss/bottleneck": 5.971, "train/mse_loss": 0.019,
               "train/vq_loss": 5.971, "val/loss": 0.021, "val/loss/prediction": 0.021, "val/loss/bottleneck": 0.0, "epoch": 2}

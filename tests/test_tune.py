@@ -126,6 +126,15 @@ def test_cli_reports_a_bad_space_with_exit_code_2(tmp_path, tiny_data, capsys):
     assert "embed_dim=33 gives an invalid config" in capsys.readouterr().err
 
 
+def test_step_checkpoints_are_refused_in_a_sweep_with_exit_code_2(tmp_path, tiny_data, capsys):
+    """A trial's every report is a result to Tune: step checkpoints would be ASHA rungs."""
+    base = tmp_path / "base.yaml"
+    base.write_text(dump_yaml(tiny_config(tiny_data, tmp_path / "runs", save_every_steps=5)))
+    assert lam_main(["tune", "--config", str(base), "--num_samples", "1"]) == 2
+    assert "save_every_steps (5) is for lam train" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before anything started
+
+
 # ----------------------------------------------------------------------------- real sweeps
 
 

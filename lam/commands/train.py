@@ -93,6 +93,10 @@ def run_train(args) -> int:
         print(f"lam train: error: {e}", file=sys.stderr)
         return 1
     print_outcome(cfg, outcome)
+    if outcome.stopped:
+        # 128 + SIGTERM, as a process ended by the signal: not a finished run to a job scheduler
+        print(f"[lam] stopped on SIGTERM at step {outcome.metrics.get('step')}; the same command resumes the run there", flush=True)
+        return 143
     if outcome.passed is not None:
         return 0 if outcome.passed else 1
     return 0

@@ -105,6 +105,7 @@ class RunConfig:
             (t.learning_rate > 0, f"learning_rate must be > 0, got {t.learning_rate}"),
             (t.num_workers >= 1, f"num_workers must be >= 1, got {t.num_workers}"),
             (t.save_every >= 1, f"save_every must be >= 1, got {t.save_every}"),
+            (t.save_every_steps >= 0, f"save_every_steps must be >= 0 (0: off), got {t.save_every_steps}"),
             (t.read_batch_size >= 0, f"read_batch_size must be >= 0 (0: one batch per block), got {t.read_batch_size}"),
             (t.checkpoint_upload in ("async", "sync"), f"checkpoint_upload must be async or sync, got {t.checkpoint_upload!r}"),
             (t.precision in ("fp32", "bf16", "auto"), f"precision must be fp32, bf16 or auto, got {t.precision!r}"),

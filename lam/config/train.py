@@ -55,6 +55,8 @@ class TrainConfig:
     run_name: str = option("", "run folder under storage_path, empty: a timestamp; re-use a name to resume that run", group=OUTPUTS)
     storage_path: str = option("./runs", "where runs go: a local folder or a URI (s3://..., gs://...)", group=OUTPUTS)
     save_every: int = option(5, "epochs between checkpoints (and always at the end)", group=OUTPUTS)
+    save_every_steps: int = option(0, "optimizer steps between step checkpoints inside an epoch (0: off): a run stopped mid-epoch "
+                                   "resumes at the last one, exactly where it was; kept until the next one", group=OUTPUTS)
     checkpoint_upload: str = option("async", "async: training waits only for a copy of the state in memory, the file is written and copied "
                                     "into the run directory in the background | sync: before the next step", group=OUTPUTS)
     keep_best: int = option(3, "checkpoints kept, the best by checkpoint_metric (the latest is always kept too)", group=OUTPUTS)

@@ -3,8 +3,10 @@
 A checkpoint is a folder with one file, `state.pt`, holding the model (with the
 quantizer's buffers: usage counters and recent encoder outputs), optimizer (its
 per-parameter state keyed by the parameter's name, so a change in the order in which
-the model registers its parts needs no re-indexing), scheduler, epoch, step and config. (No RNG state: every epoch seeds itself from the
-run's seed and the epoch, see lam/train/loop.py.) It is written to a temp name and
+the model registers its parts needs no re-indexing), scheduler, epoch, step and config. (An epoch checkpoint needs no RNG state: every epoch
+seeds itself from the run's seed and the epoch, see lam/train/loop.py. A step checkpoint, written
+inside an epoch, also holds `position`: each rank's generators, buffers and epoch sums, see
+lam/train/position.py.) It is written to a temp name and
 renamed, and Ray Train only registers a checkpoint after it is fully persisted,
 so a crash never leaves a half-written checkpoint that a resume would pick up.
 Loading uses `torch.load(weights_only=True)`: no pickled code runs. Beside the state file,

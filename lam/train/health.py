@@ -3,6 +3,8 @@ that stays finite, and the windows an epoch could not read."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 
@@ -83,3 +85,15 @@ class SkippedSteps:
                                 f"more than --max_nonfinite_steps {self.limit}; lr {lr:.3g}); lower --learning_rate or "
                                 "check the data (`lam validate --full`)")
         return total
+
+
+def maybe_inject_fault(at_step: int, step: int, rank: int, run_dir: str) -> None:
+    """Testing hook: fail once (a marker file remembers) so failure recovery can be exercised."""
+    if not at_step or step != at_step or rank != 0:
+        return
+    marker = Path(run_dir) / ".fault_injected"
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"step {step}\n")
+    raise RuntimeError(f"injected fault at step {step} (inject_fault_at_step)")

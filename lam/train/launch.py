@@ -11,9 +11,12 @@ same code runs on that cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,7 @@ class TrainOutcome:
     metrics: dict
     wandb_dir: str | None
     passed: bool | None  # test mode only
+    stopped: bool = False  # stopped on SIGTERM after a step checkpoint; the same command resumes
 
 
 def prepare(cfg: RunConfig):
@@ -163,7 +167,8 @@ def _fit(cfg: RunConfig, manifest, verbose: bool, ray_logs: bool) -> TrainOutcom
     remove_orphan_checkpoints(run_dirs(cfg)[1])  # before Ray reads the run's checkpoints
     trainer, run_dir, local_dir = build_trainer(cfg, manifest, verbose=verbose)
     try:
-        result = trainer.fit()
+        with stop_on_sigterm(trainer.train_loop_config["ledger"]) as stop:
+            result = trainer.fit()
     except ray.train.TrainingFailedError as e:
         log = Path(local_dir) / "error.log"
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -178,6 +183,7 @@ def _fit(cfg: RunConfig, manifest, verbose: bool, ray_logs: bool) -> TrainOutcom
         metrics=metrics,
         wandb_dir=_find_wandb_dir(local_dir) if t.wandb_mode != "disabled" else None,
         passed=None,
+        stopped=stop.is_set() and "epochs_done" in metrics,  # the last report a step checkpoint's, not the last epoch's
     )
     if t.test_mode and metrics:
         mse, mae, base = metrics["overfit/mse_loss"], metrics["overfit/mae_loss"], metrics["overfit/copy_last_mse"]
@@ -187,6 +193,41 @@ def _fit(cfg: RunConfig, manifest, verbose: bool, ray_logs: bool) -> TrainOutcom
 
 class TrainingFailed(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(ledger):
+    """While training: SIGTERM (a spot node's termination notice, `kill`, a scheduler's stop)
+    asks the workers, through the run's ledger, to write a step checkpoint and stop; a second
+    SIGTERM ends the process as usual. Yields the event that says whether it came. The signal
+    handler only sets the event: the ask goes out from a thread, as a Ray call made inside a
+    handler could interrupt Ray's own code in the main thread."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        yield stop
+        return
+
+    def ask() -> None:
+        while not done.is_set():
+            if stop.wait(timeout=0.2):
+                print("[lam] SIGTERM: the run stops after its next step checkpoint (SIGTERM again stops it at once)", flush=True)
+                ledger.request_stop.remote()
+                return
+
+    def on_sigterm(signum, frame) -> None:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+
+    done = threading.Event()
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    asker = threading.Thread(target=ask, name="lam-sigterm", daemon=True)
+    asker.start()
+    try:
+        yield stop
+    finally:
+        done.set()
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
 
 
 EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*): (.+)$")  # "pkg.mod.SomeError: message"

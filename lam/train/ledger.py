@@ -1,10 +1,12 @@
 """The run's ledger: what the training loop and its Ray Data read tasks tell each other.
 
-One small actor per run holds two things (lam/train/ingest.py says why each is needed):
+One small actor per run holds three things (lam/train/ingest.py says why the first two are needed):
 - the epoch the training loop is in: rank 0 sets it before it reads the epoch, and the train
   source reads it to order that epoch's windows;
 - the windows the read tasks could not read: they report them, and the loop collects each
-  epoch's at its end.
+  epoch's at its end;
+- whether the driver asked the run to stop (it got SIGTERM, e.g. a spot node's notice): the
+  loop asks now and then, and stops after a step checkpoint.
 
 It is one actor, not two, and this module imports nothing but Ray: every run starts it in a
 process of its own, and each actor process (and each module it imports) adds to the run's
@@ -20,6 +22,7 @@ import ray
 class RunLedger:
     def __init__(self):
         self.current_epoch = 0
+        self.stop = False
         self.seen: set[tuple[str, int]] = set()
         self.by_epoch: dict[int, dict[tuple[str, int], str]] = {}
 
@@ -38,3 +41,9 @@ class RunLedger:
     def take_bad_windows(self, epoch: int) -> list[tuple[str, int, str]]:
         """The epoch's bad windows as (file, start frame, "PATH: problem"), in the order first met."""
         return [(file, start, problem) for (file, start), problem in self.by_epoch.pop(epoch, {}).items()]
+
+    def request_stop(self) -> None:
+        self.stop = True
+
+    def stop_requested(self) -> bool:
+        return self.stop

@@ -11,10 +11,15 @@ NumPy and torch from (seed, epoch, rank) and by telling the train dataset its
 epoch (`lam.train.ledger.RunLedger`), whose order is drawn from (seed, epoch).
 So an epoch draws the same numbers whether the run got there straight, after a
 worker died and Ray Train restored the last checkpoint, or after a resume: the
-checkpoint's model, optimizer and scheduler carry the rest. VQ's dead-code
+checkpoint's model, optimizer and scheduler carry the rest; a step checkpoint, inside an
+epoch, carries each rank's place in it too (lam/train/position.py). VQ's dead-code
 revival draws from its own generator, seeded by a step counter kept in the
 model's buffers (so in the checkpoint); the action-quality check uses fixed
 seeds of its own.
+
+Stopping: when the driver gets SIGTERM (lam.train.launch.stop_on_sigterm) it tells the run's
+ledger; the ranks look every CHECK_EVERY steps and at each epoch's end, write a step checkpoint
+and end the loop together (`stop_if_requested`).
 """
 
 from __future__ import annotations
@@ -23,12 +28,9 @@ import importlib.util
 import inspect
 import logging
 import math
-import random
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
-import numpy as np
 import torch
 
 import ray.train
@@ -36,12 +38,15 @@ import ray.train.torch
 
 from lam.config import RunConfig
 from lam.data.manifest import load_manifest
+from lam.errors import UserError
 from lam.model import LatentActionModel
 from lam.runtime.checkpoint import load_optimizer_state, optimizer_state
 from lam.runtime.run_log import RunLogger, format_eta
-from lam.train.health import SkippedSteps, params_in_sync, report_bad_windows, state_is_finite
-from lam.train.metrics import CodeCounter, EpochClock, MeanTracker, data_wait_warning
+from lam.train.health import SkippedSteps, maybe_inject_fault, params_in_sync, report_bad_windows, state_is_finite
+from lam.train.metrics import CodeCounter, EpochClock, MeanTracker, data_wait_warning, epoch_summary, step_metric_name
 from lam.train import saving
+from lam.train.saving import STEP_CHECKPOINT_SCORE, checkpoint_score
+from lam.train.position import EpochPosition, EpochProgress, gather_rank_states, rank_state, restore_rank_state, seed_epoch
 from lam.train.resume import load_resume_state, new_checkpoint_name
 from lam.train.schedule import label_multiplier, lr_multiplier
 from lam.train.step import TrainStep
@@ -50,11 +55,18 @@ from lam.train.validation import action_quality, evaluate, evaluate_batch
 
 def train_loop_per_worker(loop_config: dict) -> None:
     run = WorkerRun(loop_config)
-    for epoch in range(run.start_epoch, run.t.num_epochs):
-        record = run.train_epoch(epoch)
-        record |= run.validate(epoch)
-        run.report(epoch, record)
+    try:
+        for epoch in range(run.start_epoch, run.t.num_epochs):
+            record = run.train_epoch(epoch)
+            record |= run.validate(epoch)
+            run.report(epoch, record)
+    except StopRequested:  # the driver got SIGTERM: a step checkpoint is written, the same command resumes there
+        pass
     run.finish()
+
+
+class StopRequested(Exception):
+    """Every rank, at the same step, after the step checkpoint that a stop request asked for."""
 
 
 class WorkerRun:
@@ -115,6 +127,7 @@ class WorkerRun:
         """The run's latest checkpoint (or, when that one is damaged, the newest intact one before
         it) loaded into model, optimizer and scheduler; the checkpoint, None for a new run."""
         self.start_epoch, self.step, self.saved_record, self.resumed_from, self.damaged = 0, 0, None, None, []
+        self.position = None  # a step checkpoint's place inside its epoch (lam/train/position.py)
         checkpoint = ray.train.get_checkpoint()  # ray: the latest checkpoint of this run, if any
         if checkpoint is not None:
             state, self.resumed_from, self.damaged = load_resume_state(checkpoint, self.run_dir, self.device)
@@ -123,7 +136,10 @@ class WorkerRun:
             self.scheduler.load_state_dict(state["scheduler"])
             self.start_epoch, self.step = state["epoch"] + 1, state["step"]
             self.saved_record = state.get("metrics")
-            # The checkpoint's RNG states are not restored: every epoch seeds its own (seed_epoch).
+            if state.get("position"):  # a step checkpoint: its epoch goes on from where it was
+                self.position = EpochPosition.from_dict(state["position"])
+                self.start_epoch = self.position.epoch
+            # An epoch checkpoint's RNG states are not needed: every epoch seeds its own (seed_epoch).
         return checkpoint
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -181,16 +197,23 @@ class WorkerRun:
             # this one (see lam/train/ingest.py), so no rank can start the epoch before it is set.
             ray.get(self.ledger.set_epoch.remote(epoch))  # ray:
         clock = EpochClock(time.time())
-        tracker, grad_norms, skipped_before = MeanTracker(), MeanTracker(), self.skips.reported
-        codes = CodeCounter(self.cfg.model.num_codes, self.cfg.model.num_embeddings, device)  # the epoch's usage, not a batch's
+        progress = EpochProgress(tracker=MeanTracker(), grad_norms=MeanTracker(), skipped_before=self.skips.reported,
+                                 codes=CodeCounter(self.cfg.model.num_codes, self.cfg.model.num_embeddings, device))  # the epoch's usage, not a batch's
+        trained_before = self.take_position(epoch, progress)  # batches of this epoch trained on before a step checkpoint
+        tracker, grad_norms, codes = progress.tracker, progress.grad_norms, progress.codes
         wait_start = time.perf_counter()
         for batch in self.batches():
+            if trained_before:  # the same batches in the same order as before the stop: skip them
+                trained_before -= 1
+                wait_start = time.perf_counter()
+                continue
             clock.data_wait += time.perf_counter() - wait_start
             x = batch["x"] if t.test_mode else self.to_device(batch)
             labels = batch["labels"].to(device, non_blocking=True) if "labels" in batch else None  # the opt-in label head
             label_scale = None if labels is None else torch.tensor(label_multiplier(t.label_schedule, self.step, self.total_steps), device=device)
             metrics, grad_norm, applied = self.train_step(x, labels, label_scale)
             self.step += 1
+            progress.batches_done += 1
             clock.samples += x.shape[0] * self.world
             if clock.steady_start is None:  # after the first step: the pipeline's start-up and compile warm-up
                 self.wait_for_device()
@@ -201,21 +224,75 @@ class WorkerRun:
             grad_norms.add({"grad_norm": grad_norm}, weight=1, keep=applied)  # a mean over applied steps
             if self.step % SkippedSteps.CHECK_EVERY == 0:
                 self.skips.check(self.step, self.scheduler.get_last_lr()[0], warn=self.rank == 0)
+                self.stop_if_requested(epoch, progress)
             maybe_inject_fault(t.inject_fault_at_step, self.step, self.rank, self.run_dir)
             if self.rank == 0 and not t.test_mode and t.log_every and self.step % t.log_every == 0:
                 self.log_step(epoch, metrics, grad_norm, clock)
+            if t.save_every_steps and not t.test_mode and self.step % t.save_every_steps == 0 \
+                    and progress.batches_done < self.steps_per_epoch:  # the epoch's last step has its epoch checkpoint
+                self.save_step(epoch, progress)
             wait_start = time.perf_counter()
         self.wait_for_device()
         clock.loop_end = time.perf_counter()
+        self.stop_if_requested(epoch, progress)
         self.raw_model.after_epoch()  # e.g. the gaussian bottleneck's k-means fit, identical on every rank
         lr = self.scheduler.get_last_lr()[0]
         record = tracker.compute("train", self.keys, device) | codes.compute("train") | clock.record()
         record["train/lr"] = lr
         record["train/grad_norm"] = grad_norms.compute("train", ["grad_norm"], device).get("train/grad_norm", 0.0)
-        record["train/skipped_steps"] = self.skips.check(self.step, lr, warn=self.rank == 0) - skipped_before  # not finite
+        record["train/skipped_steps"] = self.skips.check(self.step, lr, warn=self.rank == 0) - progress.skipped_before  # not finite
         if self.rank == 0 and not t.test_mode and (warning := data_wait_warning(record, epoch)):
             print(warning, flush=True)
         return record
+
+    def take_position(self, epoch: int, progress: EpochProgress) -> int:
+        """Resumed from a step checkpoint inside `epoch`: this rank's state there put back (after
+        the epoch seeded itself); the number of the epoch's batches it had trained on (else 0)."""
+        position, self.position = self.position, None
+        if position is None or position.epoch != epoch:
+            return 0
+        if len(position.ranks) != self.world:  # each rank's data shard and state belong to that many workers
+            raise UserError(f"{self.resumed_from} is a step checkpoint of a run with {len(position.ranks)} workers; resume it with "
+                            f"--num_workers {len(position.ranks)} (this run has {self.world})")
+        restore_rank_state(position.ranks[self.rank], self.raw_model, progress, self.skips, self.device)
+        return position.batches_done
+
+    def stop_if_requested(self, epoch: int, progress: EpochProgress) -> None:
+        """Every CHECK_EVERY steps and at the end of each epoch (on every rank): when the driver asked
+        the run to stop, a step checkpoint here, then StopRequested. Rank 0 asks the ledger (a
+        millisecond, once per CHECK_EVERY steps); one small all-reduce makes every rank agree."""
+        if self.ledger is None or self.t.test_mode:
+            return
+        asked = self.rank == 0 and ray.get(self.ledger.stop_requested.remote())  # ray:
+        flag = torch.tensor([float(asked)], device=self.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(flag)
+        if not bool(flag.item()):
+            return
+        self.save_step(epoch, progress)
+        if self.rank == 0:
+            print(f"[lam] stop requested: saved a step checkpoint at epoch {epoch + 1}, step {self.step}", flush=True)
+        raise StopRequested
+
+    def save_step(self, epoch: int, progress: EpochProgress) -> None:
+        """A step checkpoint inside `epoch` (every rank calls this at the same step): every rank's
+        state gathered on rank 0, which writes it with the model; reported to Ray Train with no
+        score, so `keep_best` never keeps it once a newer checkpoint exists."""
+        self.wait_for_device()
+        ranks = gather_rank_states(rank_state(self.raw_model, progress, self.skips, self.device))
+        state = None
+        if self.rank == 0:
+            self.logger.flush()  # the step records so far: a resume keeps those up to this step
+            if state_is_finite(self.raw_model):
+                position = EpochPosition(epoch, progress.batches_done, ranks)
+                state = dict(model=self.raw_model.state_dict(), optimizer=optimizer_state(self.raw_model, self.optimizer),
+                             scheduler=self.scheduler.state_dict(), epoch=epoch - 1, step=self.step, config=self.cfg.to_dict(),
+                             metrics={}, position=position.to_dict())
+            else:
+                print(f"[lam] warning: step {self.step}: not saving a step checkpoint: the weights are not finite", flush=True)
+        name = new_checkpoint_name(self.run_dir, epoch, self.step) if state is not None else None  # rank 0's name is every rank's
+        record = {"epochs_done": epoch, "step": self.step, "checkpoint_score": STEP_CHECKPOINT_SCORE}  # a step report, not an epoch's
+        self.checkpoint_stall = saving.report(record, state, self.run_dir, name, self.t.checkpoint_upload)
 
     def log_step(self, epoch: int, metrics: dict, grad_norm, clock: EpochClock) -> None:
         """Rank 0, every `log_every` steps: the step's metrics to the log, a progress line to the console."""
@@ -293,52 +370,6 @@ class WorkerRun:
             self.logger.close()
 
 
-# The epoch line's metrics on the console (every metric goes to metrics.jsonl and wandb).
-CONSOLE_METRICS = ("train/loss", "train/mse", "train/mae", "val/loss", "val/mse", "val/mae", "train/codebook_usage", "train/samples")
-
-
-def epoch_summary(record: dict) -> str:
-    """The epoch line: each loss with its weighted terms beside it (`loss/TERM`, which add up to
-    it; a term that added nothing, e.g. the whitening penalty in validation, left out), so that a
-    large bottleneck or label term is not read as the prediction error."""
-    parts = []
-    for key, value in record.items():
-        if not key.startswith(CONSOLE_METRICS) or "/loss/" in key:
-            continue
-        terms = [f"{k.rsplit('/', 1)[1]} {v:.4g}" for k, v in record.items() if k.startswith(f"{key}/") and v != 0]
-        parts.append(f"{key} {value:.4g}" + (f" ({' + '.join(terms)})" if len(terms) > 1 else ""))
-    return ", ".join(parts)
-
-
-def checkpoint_score(record: dict, metric: str, mode: str) -> float | None:
-    """The number Ray Train keeps the lowest `keep_best` checkpoints by: `metric` of the epoch's
-    record (val/loss falls back to train/loss in a run without a val split), negated for mode
-    max; None when the record lacks it (the checkpoint is then not saved, with a warning)."""
-    value = record.get(metric, record.get("train/loss") if metric == "val/loss" else None)
-    if value is None:
-        return None
-    return value if mode == "min" else -value
-
-
-def step_metric_name(key: str) -> str:
-    """A metric's name in the records logged inside an epoch: the batch's code usage and
-    perplexity say `batch`, as they are not the epoch's (`CodeCounter`)."""
-    return f"train/batch_{key}" if key in ("codebook_usage", "perplexity") else f"train/{key}"
-
-
-def seed_epoch(seed: int, epoch: int, rank: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) for epoch `epoch` (0-based) on `rank`.
-
-    Derived from (seed, epoch, rank) alone, so a restored or resumed run draws in an epoch
-    exactly what the uninterrupted run drew there; ranks draw different numbers, as they see
-    different samples. The data order's stream is child (epoch,) of the same seed
-    (`lam.train.ingest.epoch_order`); this is child (epoch, rank), another stream."""
-    words = np.random.SeedSequence(seed, spawn_key=(epoch, rank)).generate_state(2)  # 2 x uint32
-    random.seed(int(words[0]) << 32 | int(words[1]))
-    np.random.seed(int(words[0]))
-    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
-
-
 def resolve_precision(precision: str, device: torch.device):
     if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
         return torch.bfloat16
@@ -356,15 +387,3 @@ def quiet_per_report_logs() -> None:
     spec = importlib.util.find_spec(RAY_REPORT_LOGGER_MODULE)
     if spec is not None and spec.origin:
         logging.getLogger(spec.origin).setLevel(logging.WARNING)
-
-
-def maybe_inject_fault(at_step: int, step: int, rank: int, run_dir: str) -> None:
-    """Testing hook: fail once (a marker file remembers) so failure recovery can be exercised."""
-    if not at_step or step != at_step or rank != 0:
-        return
-    marker = Path(run_dir) / ".fault_injected"
-    if marker.exists():
-        return
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    marker.write_text(f"step {step}\n")
-    raise RuntimeError(f"injected fault at step {step} (inject_fault_at_step)")

@@ -128,3 +128,26 @@ def data_wait_warning(record: dict, epoch: int) -> str | None:
     return (f"[lam] warning: epoch {epoch + 1}: training waited on data for {fraction:.0%} of the epoch "
             "(train/data_wait_fraction): more CPUs for reading (fewer --cpus_per_worker on a shared machine) "
             "or a larger --prefetch_batches would keep the model busy")
+
+
+# The epoch line's metrics on the console (every metric goes to metrics.jsonl and wandb).
+CONSOLE_METRICS = ("train/loss", "train/mse", "train/mae", "val/loss", "val/mse", "val/mae", "train/codebook_usage", "train/samples")
+
+
+def epoch_summary(record: dict) -> str:
+    """The epoch line: each loss with its weighted terms beside it (`loss/TERM`, which add up to
+    it; a term that added nothing, e.g. the whitening penalty in validation, left out), so that a
+    large bottleneck or label term is not read as the prediction error."""
+    parts = []
+    for key, value in record.items():
+        if not key.startswith(CONSOLE_METRICS) or "/loss/" in key:
+            continue
+        terms = [f"{k.rsplit('/', 1)[1]} {v:.4g}" for k, v in record.items() if k.startswith(f"{key}/") and v != 0]
+        parts.append(f"{key} {value:.4g}" + (f" ({' + '.join(terms)})" if len(terms) > 1 else ""))
+    return ", ".join(parts)
+
+
+def step_metric_name(key: str) -> str:
+    """A metric's name in the records logged inside an epoch: the batch's code usage and
+    perplexity say `batch`, as they are not the epoch's (`CodeCounter`)."""
+    return f"train/batch_{key}" if key in ("codebook_usage", "perplexity") else f"train/{key}"

@@ -12,7 +12,9 @@ it was being saved, or Ray could not delete a checkpoint that `keep_best` evicte
 orphan: no resume would use it, and `keep_best` does not count it. A re-run removes such
 folders first, one line each (`remove_orphan_checkpoints`).
 
-Checkpoint folders are `checkpoint_epochNNNN`, NNNN the epochs done. A folder of that
+Checkpoint folders are `checkpoint_epochNNNN`, NNNN the epochs done, and (with
+`save_every_steps`) `checkpoint_epochNNNN_stepSSSSSSSS` for a step checkpoint inside epoch
+NNNN + 1, SSSSSSSS the optimizer steps done in the run. A folder of that
 name may already exist when a run trains an epoch again: after falling back past a
 damaged checkpoint, or when an earlier process was killed while its checkpoint was
 being copied. Such a folder is never written over (Ray Train may still list it, and
@@ -31,13 +33,14 @@ from lam.errors import UserError
 from lam.runtime import storage
 from lam.runtime.checkpoint import load_checkpoint
 
-CHECKPOINT_FOLDER = re.compile(r"^checkpoint_epoch(\d+)(?:-(\d+))?$")
+CHECKPOINT_FOLDER = re.compile(r"^checkpoint_epoch(\d+)(?:_step(\d+))?(?:-(\d+))?$")
 
 
-def _age(name: str) -> tuple[int, int]:
-    """(epochs done, repeat): larger is newer."""
+def _age(name: str) -> tuple[int, int, int]:
+    """(epochs done, steps done for a step checkpoint else 0, repeat): larger is newer. A step
+    checkpoint comes after the checkpoint of the epoch before it and before its own epoch's."""
     match = CHECKPOINT_FOLDER.match(name)
-    return (int(match[1]), int(match[2] or 1)) if match else (-1, 0)
+    return (int(match[1]), int(match[2] or 0), int(match[3] or 1)) if match else (-1, 0, 0)
 
 
 def checkpoint_folders(run_dir: str) -> list[str]:
@@ -45,9 +48,10 @@ def checkpoint_folders(run_dir: str) -> list[str]:
     return sorted((n for n in storage.list_names(run_dir) if CHECKPOINT_FOLDER.match(n)), key=_age, reverse=True)
 
 
-def new_checkpoint_name(run_dir: str, epochs_done: int) -> str:
-    """The folder name for the checkpoint after `epochs_done` epochs: never one that exists."""
-    base = f"checkpoint_epoch{epochs_done:04d}"
+def new_checkpoint_name(run_dir: str, epochs_done: int, step: int | None = None) -> str:
+    """The folder name for the checkpoint after `epochs_done` epochs, or with `step` for the step
+    checkpoint at that step of the next epoch: never one that exists."""
+    base = f"checkpoint_epoch{epochs_done:04d}" + (f"_step{step:08d}" if step is not None else "")
     taken = set(storage.list_names(run_dir))
     name, repeat = base, 1
     while name in taken:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -98,3 +99,19 @@ def write_state(staging: str, state: dict, run_dir: str) -> None:
     # Before Ray copies it to the run directory: a full disk there is one clear line,
     # not a half-copied folder.
     storage.check_free_space(run_dir, (Path(staging) / STATE_FILE).stat().st_size + (1 << 20))
+
+
+# A step checkpoint's score for Ray Train's keep_best (ordered "min"): worse than any epoch's, so
+# that it is kept only while it is the latest. Finite: Ray's record of its checkpoints (JSON,
+# read back on resume) turns NaN and infinities into nulls, which it cannot order.
+STEP_CHECKPOINT_SCORE = sys.float_info.max
+
+
+def checkpoint_score(record: dict, metric: str, mode: str) -> float | None:
+    """The number Ray Train keeps the lowest `keep_best` checkpoints by: `metric` of the epoch's
+    record (val/loss falls back to train/loss in a run without a val split), negated for mode
+    max; None when the record lacks it (the checkpoint is then not saved, with a warning)."""
+    value = record.get(metric, record.get("train/loss") if metric == "val/loss" else None)
+    if value is None:
+        return None
+    return value if mode == "min" else -value

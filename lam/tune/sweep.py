@@ -114,6 +114,10 @@ def run_sweep(base: RunConfig, s: SweepConfig, verbose: bool = True, ray_logs: b
     """Run the sweep `s` over `base`. `ray_logs`: Ray's own log lines on the console too (they
     always go to the sweep's ray.log)."""
     s.validate()
+    if base.train.save_every_steps:
+        # Every report of a trial is a result to Tune: step checkpoints would be rungs to ASHA.
+        raise UserError(f"save_every_steps ({base.train.save_every_steps}) is for lam train: a sweep's trials report and "
+                        "checkpoint once per epoch, the unit ASHA's rungs count in")
     say = print if verbose else (lambda *a, **k: None)
     space_source = s.search_space or "default search space"
     raw_space = load_search_space(s.search_space)
