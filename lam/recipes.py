@@ -56,17 +56,19 @@ RECIPES = {
     ),
     "real": Recipe(
         "what `lam demo` trains: the demo's model with a noisy continuous action (4 dims, 9 k-means ids), the phase "
-        "correlation of consecutive frames and the shifted-local prediction, the best measured on real play so far",
+        "correlation of consecutive frames (whole and where they changed) and the shifted-local prediction, the best "
+        "measured on real play so far",
         {
             **DEMO,
             # The decoder gets the action vector plus noise instead of a code; ids for export and
             # evaluation come from k-means (docs/RESULTS.md has the measurements behind each choice).
             "quantizer": "gaussian", "codebook_dim": 4, "num_embeddings": 9, "noise_std": 0.5,
-            # The encoder sees where the picture moved (phase correlation), and the decoder can move
-            # the last frame by what the action says, where its mask says: camera motion and a
-            # moving pointer or agent become a direct use of the action, which rewards the encoder
-            # for carrying it.
-            "frame_correlation": "phase", "prediction": "shifted-local",
+            # The encoder sees where the picture moved (phase correlation of the whole frames) and
+            # where what changed went (the same, weighted by the change: a pointer on a static
+            # page), and the decoder can move the last frame by what the action says, where its
+            # mask says: camera motion and a moving pointer or agent become a direct use of the
+            # action, which rewards the encoder for carrying it.
+            "frame_correlation": "phase+change", "prediction": "shifted-local",
         },
         # Of the scores a sweep can see without labels, delta-t PSNR (how much the decoder's
         # prediction gains from the inferred actions over random ones) ranks runs on the GUI sets

@@ -46,7 +46,7 @@ def test_recipes_are_valid_configs_and_the_spec_recipe_is_the_defaults():
     assert (demo.stem, demo.action_head, demo.quantizer, demo.whiten, demo.motion_moments) == ("diff", "token+motion", "fsq", True, "patches")
     real = recipe_config("real")  # the demo's model and training, with the continuous bottleneck and the shifts
     assert real.model.quantizer == "gaussian" and real.model.quantizer_settings.noise_std > 0
-    assert (real.model.frame_correlation, real.model.prediction) == ("phase", "shifted-local")
+    assert (real.model.frame_correlation, real.model.prediction) == ("phase+change", "shifted-local")
     assert (real.model.stem, real.model.embed_dim, real.data.sequence_length, real.train.num_epochs) == \
         (demo.stem, demo.embed_dim, recipe_config("demo").data.sequence_length, recipe_config("demo").train.num_epochs)
     with pytest.raises(UserError, match="unknown recipe 'nope'; choose one of spec, demo, real, tiny"):
