@@ -41,10 +41,3 @@ def tiny_data(tmp_path_factory):
     write_synthetic_dataset(root, files=4, chunks=8, seed=0)
     write_manifest(create_manifest(root, 0.5, 0.25, 0.25, seed=0), root / "manifest.json")
     return root
-
-
-def pytest_collection_modifyitems(config, items):
-    """The slow end-to-end tests first: with several pytest workers (`scripts/test.sh` runs two)
-    the longest runs start at once and the quick tests fill in around them, instead of one
-    long run starting last on a worker while the other sits idle."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
