@@ -276,8 +276,8 @@ class WorkerRun:
 
     def save_step(self, epoch: int, progress: EpochProgress) -> None:
         """A step checkpoint inside `epoch` (every rank calls this at the same step): every rank's
-        state gathered on rank 0, which writes it with the model; reported to Ray Train with no
-        score, so `keep_best` never keeps it once a newer checkpoint exists."""
+        state gathered on rank 0, which writes it with the model; reported to Ray Train with the
+        worst score, so `keep_best` never keeps it once a newer checkpoint exists."""
         self.wait_for_device()
         ranks = gather_rank_states(rank_state(self.raw_model, progress, self.skips, self.device))
         state = None
