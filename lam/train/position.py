@@ -32,6 +32,7 @@ import torch.distributed as dist
 
 from lam.train.health import SkippedSteps
 from lam.train.metrics import CodeCounter, MeanTracker
+from lam.train.saving import snapshot
 
 
 @dataclass
@@ -109,7 +110,7 @@ def rank_state(model: torch.nn.Module, progress: EpochProgress, skips: SkippedSt
     """This rank's share of a step checkpoint, copied to host memory."""
     state = {"rng": rng_state(device), "buffers": dict(model.named_buffers()), "epoch": progress.state_dict(),
              "skips": {"total": skips.total, "in_a_row": skips.in_a_row, "longest": skips.longest, "reported": skips.reported}}
-    return _to_cpu(state)
+    return snapshot(state)  # a copy in host memory, as an asynchronous checkpoint takes it
 
 
 def gather_rank_states(state: dict) -> list[dict]:
@@ -134,16 +135,6 @@ def restore_rank_state(state: dict, model: torch.nn.Module, progress: EpochProgr
         getattr(skips, name).copy_(state["skips"][name])
     skips.reported = state["skips"]["reported"]
     set_rng_state(state["rng"], device)
-
-
-def _to_cpu(value):
-    if torch.is_tensor(value):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_cpu(v) for v in value)
-    return value
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> None:
