@@ -26,8 +26,9 @@ API
 - `env`: the environment for client subprocesses (`ray job ...`, `ray status`, `lam train`
   joining the cluster): token settings, RAY_ADDRESS (GCS) and RAY_API_SERVER_ADDRESS (jobs).
 - `.ray(*args)`: run the `ray` CLI against this cluster, output captured.
-- `.submit(job_id, *entrypoint)`: `ray job submit` this checkout with ray_jobs/runtime_env.yaml
-  and wait for the job to end; `.job_status(job_id)`: "SUCCEEDED", "FAILED", ...
+- `.submit(job_id, *entrypoint, wait=True)`: `ray job submit` this checkout with ray_jobs/runtime_env.yaml
+  and wait for the job to end (or only for it to be submitted); `.job_status(job_id)`: "SUCCEEDED",
+  "FAILED", ...; `.job_logs(job_id)`: what it printed so far.
 - `.pids()`: its live processes; `listen_addresses(head)`: the TCP addresses they listen on.
 """
 
@@ -165,14 +166,15 @@ class RayHead:
 
     NO_AGENT_YET = "No available agent to submit job"  # the head answers before its node's agent has registered
 
-    def submit(self, job_id: str, *entrypoint: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        """Submit this checkout as a job and wait: the CLI tails the job's logs and exits 1 if the job failed.
+    def submit(self, job_id: str, *entrypoint: str, timeout: float = 600, wait: bool = True) -> subprocess.CompletedProcess:
+        """Submit this checkout as a job and wait: the CLI tails the job's logs and exits 1 if the job failed
+        (`wait=False`: return once the job is submitted; `job_status` and `job_logs` follow it).
         A submission refused because the node's job agent has not registered yet (a loaded machine)
         created no job, so it is tried again, for up to `startup_timeout` seconds."""
         deadline = time.monotonic() + self.startup_timeout
         while True:
             out = self.ray("job", "submit", "--address", self.dashboard_url, "--log-color", "false", "--submission-id", job_id,
-                           "--working-dir", ".", "--runtime-env", "ray_jobs/runtime_env.yaml", "--", *entrypoint,
+                           *([] if wait else ["--no-wait"]), "--working-dir", ".", "--runtime-env", "ray_jobs/runtime_env.yaml", "--", *entrypoint,
                            timeout=timeout)  # fmt: skip
             if out.returncode == 0 or self.NO_AGENT_YET not in out.stdout + out.stderr or time.monotonic() > deadline:
                 return out
@@ -186,6 +188,11 @@ class RayHead:
             if f"Job '{job_id}' {phrase}" in text:
                 return status
         return text
+
+    def job_logs(self, job_id: str) -> str:
+        """Everything the job has printed so far."""
+        out = self.ray("job", "logs", "--address", self.dashboard_url, "--log-color", "false", job_id, timeout=60)
+        return out.stdout + out.stderr
 
     def log_tail(self, chars: int = 4000) -> str:
         return Path(self.log_path).read_text()[-chars:] if self.log_path and os.path.exists(self.log_path) else ""

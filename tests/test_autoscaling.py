@@ -2,11 +2,16 @@
 
 The head has 1 CPU; a 2-worker training job submitted with `ray job submit` needs more,
 so the autoscaler must launch `ray.worker.cpu` nodes (extra raylets on this machine, all
-on 127.0.0.1, token auth on) before the job can finish.
+on 127.0.0.1, token auth on) before the job can finish. Mid-run, once the first epoch's
+checkpoint is registered, the node that runs a training worker is lost (its raylet killed
+with SIGKILL, as when a spot node vanishes): the run goes on from that checkpoint on the
+nodes that are left or that the autoscaler adds, and finishes.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
@@ -29,7 +34,11 @@ def fake_cluster(tmp_path):
     path = tmp_path / "fake-multinode.yaml"
     path.write_text(yaml.safe_dump(cfg))
     head_cpus = cfg["available_node_types"]["ray.head.default"]["resources"]["CPU"]
-    with RayHead(num_cpus=head_cpus, port=port, autoscaling_config=path, extra_env={"RAY_FAKE_CLUSTER": "1"}) as head:
+    # The GCS declares a node dead after health_check_failure_threshold missed checks, one every
+    # health_check_period_ms (3 s x 5 by default): shorter here, so that the lost node's workers
+    # are restarted seconds after it goes.
+    fast_death = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
+    with RayHead(num_cpus=head_cpus, port=port, autoscaling_config=path, extra_env={"RAY_FAKE_CLUSTER": "1", **fast_death}) as head:
         yield head
 
 
@@ -44,20 +53,78 @@ def active_worker_nodes(head: RayHead) -> int:
     raise AssertionError(f"`ray status` shows no autoscaler report:\n{out.stdout}\n{out.stderr}")
 
 
-def test_job_needing_more_cpus_than_the_head_gets_autoscaled_worker_nodes(fake_cluster, tiny_data, tmp_path):
+def cmdline(pid: int) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
+def parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def training_worker_raylet(head: RayHead) -> int | None:
+    """The pid of the raylet of a worker node (not the head) that runs a training worker, if any:
+    a Ray worker process is a child of its node's raylet, and only the head's raylet runs with
+    `--head`. Read from /proc: the state API answers in seconds, and a tiny epoch is shorter."""
+    for pid in head.pids():
+        try:
+            if not cmdline(pid).startswith("ray::RayTrainWorker"):
+                continue
+            raylet = parent(pid)
+            command = cmdline(raylet)
+        except OSError:  # exited meanwhile
+            continue
+        if "raylet" in command and " --head" not in command:
+            return raylet
+    return None
+
+
+def wait_for(condition, what: str, timeout: float, poll: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := condition():
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def epochs_logged(run_dir) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    return sum('"epoch"' in line for line in path.read_text().splitlines())
+
+
+def test_autoscaled_job_gets_worker_nodes_and_survives_losing_one(fake_cluster, tiny_data, tmp_path):
     head = fake_cluster
     assert active_worker_nodes(head) == 0
 
-    cfg = tiny_config(tiny_data, tmp_path / "runs", num_workers=2, cpus_per_worker=1, num_epochs=1, run_name="autoscaled")
+    epochs = 12
+    cfg = tiny_config(tiny_data, tmp_path / "runs", num_workers=2, cpus_per_worker=1, num_epochs=epochs, max_failures=1,
+                      run_name="autoscaled")
     (tmp_path / "tiny.yaml").write_text(dump_yaml(cfg))
-    out = head.submit("lam-train-autoscaled", "python", "ray_jobs/train.py", "--config", str(tmp_path / "tiny.yaml"))
-    logs = out.stdout + out.stderr
-    assert out.returncode == 0, logs[-5000:]
-    assert head.job_status("lam-train-autoscaled") == "SUCCEEDED"
+    run_dir = tmp_path / "runs" / "autoscaled"
+    out = head.submit("lam-train-autoscaled", "python", "ray_jobs/train.py", "--config", str(tmp_path / "tiny.yaml"), wait=False)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+
+    # The first epoch's record is logged just before its checkpoint is reported; the node goes
+    # once that checkpoint is on disk, while later epochs are still to come.
+    wait_for(lambda: list(run_dir.glob("checkpoint_epoch0001/state.pt")), "the first checkpoint", timeout=300)
+    victim = wait_for(lambda: training_worker_raylet(head), "a training worker on a worker node", timeout=30, poll=0.05)
+    assert epochs_logged(run_dir) < epochs, "the run ended before the node could be lost: give it more epochs"
+    os.kill(victim, signal.SIGKILL)
+
+    status = wait_for(lambda: (s := head.job_status("lam-train-autoscaled")) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
+                      "the job to end", timeout=400, poll=2)
+    logs = head.job_logs("lam-train-autoscaled")
+    assert status == "SUCCEEDED", logs[-5000:]
     assert f"of type {WORKER_TYPE}" in logs  # the autoscaler's "Adding N node(s) of type ..." event
+    assert "[lam] resumed autoscaled from checkpoint_epoch" in logs, logs[-5000:]  # went on from a checkpoint, not from scratch
+    assert f"epoch {epochs}/{epochs} done" in logs
+    assert epochs_logged(run_dir) >= epochs
 
     assert active_worker_nodes(head) >= 1  # idle_timeout_minutes: 1, so they are still there
-    assert (tmp_path / "runs" / "autoscaled" / "metrics.jsonl").is_file()
-    assert sorted((tmp_path / "runs" / "autoscaled").glob("checkpoint_epoch*/state.pt"))
+    assert sorted(run_dir.glob("checkpoint_epoch*/state.pt"))
     # the launched nodes' raylets and workers are ours too, and on loopback only
     assert all(ip in ("127.0.0.1", "::1") for ip, _ in listen_addresses(head))
