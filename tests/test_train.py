@@ -63,48 +63,6 @@ def test_two_worker_ddp_run_learns_logs_and_checkpoints(ray_session, tiny_data, 
     assert "pid=" in ray_log and "[lam]" not in ray_log
 
 
-@pytest.mark.slow
-def test_workers_get_disjoint_shards_covering_the_epoch(ray_session, tiny_data, tmp_path):
-    """Through Ray Train's own dataset sharding: each window once per epoch, equal shard sizes;
-    with the reads capped at one CPU as a sweep's trial has them (the uncapped reads of a plain
-    run are in every other training test)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from lam.data.manifest import load_manifest
-    from lam.train.ingest import build_datasets, data_config
-    from lam.train.ledger import RunLedger
-
-    cfg = tiny_config(tiny_data, tmp_path)
-    cfg.data.stride = 1
-    manifest = load_manifest(tiny_data / "manifest.json")
-    ledger = RunLedger.remote()
-    datasets, sizes = build_datasets(cfg, manifest, ledger=ledger)
-    datasets["train"] = datasets["train"].map_batches(_tag_windows, batch_format="numpy")
-
-    def loop(config):
-        rank = ray.train.get_context().get_world_rank()
-        shard = ray.train.get_dataset_shard("train")
-        for epoch in range(2):
-            if rank == 0:  # as lam.train.loop does
-                ray.get(config["ledger"].set_epoch.remote(epoch))
-            seen = [tag for batch in shard.iter_batches(batch_size=3) for tag in batch["tag"].tolist()]
-            Path(config["out"], f"rank{rank}_epoch{epoch}.json").write_text(json.dumps(seen))
-
-    TorchTrainer(loop, train_loop_config={"out": str(tmp_path), "ledger": ledger}, datasets=datasets, dataset_config=data_config(read_cpus=1),
-                 scaling_config=ray.train.ScalingConfig(num_workers=2),
-                 run_config=ray.train.RunConfig(name="shards", storage_path=str(tmp_path))).fit()
-    n = sizes["train"]
-    assert n == 2 * (16 - 4 + 1)  # 2 train files, stride 1, 13 windows each
-    for epoch in range(2):
-        a, b = (json.loads((tmp_path / f"rank{r}_epoch{epoch}.json").read_text()) for r in range(2))
-        assert len(a) == len(b) == n // 2
-        assert not set(a) & set(b) and len(set(a) | set(b)) == n
-    # and a new order every epoch (the source reads the epoch's order from the ledger)
-    epochs = [json.loads((tmp_path / f"rank0_epoch{e}.json").read_text()) for e in range(2)]
-    assert epochs[0] != epochs[1]
-
-
 def test_mean_tracker_weights_tensors_and_floats_and_reads_back_once():
     import torch
 
@@ -178,30 +136,6 @@ def test_checkpoints_are_ranked_by_the_chosen_metric_and_refused_where_it_cannot
     with pytest.raises(UserError, match="needs a val split"):
         check_checkpoint_metric(config(checkpoint_metric="val/action_perplexity"), manifest)
     check_checkpoint_metric(config(), manifest)  # val/loss falls back to the train loss
-
-
-def test_blocks_are_whole_per_worker_batches(ray_session, tiny_data, tmp_path, monkeypatch):
-    """A training batch is one block (so the iterator never concatenates): every block holds
-    one per-worker batch, except at most one at the end of the epoch."""
-    from lam.data.manifest import load_manifest
-    from lam.train import ingest
-
-    monkeypatch.setattr(ingest, "WINDOWS_PER_READ_TASK", 8)  # several read tasks even on tiny data
-    cfg = tiny_config(tiny_data, tmp_path)
-    cfg.data.stride, cfg.train.batch_size, cfg.train.num_workers = 1, 6, 2  # 3 windows per worker per step
-    datasets, sizes = ingest.build_datasets(cfg, load_manifest(tiny_data / "manifest.json"))
-    for _ in range(2):
-        blocks = [len(block["x"]) for block in datasets["train"].iter_batches(batch_size=None)]
-        assert sum(blocks) == sizes["train"] == 26
-        assert len(blocks) == 9 and sorted(blocks)[1:] == [3] * 8  # tasks of 9, 9 and 8 windows
-    cfg.train.read_batch_size = 4  # set explicitly, it wins
-    datasets, _ = ingest.build_datasets(cfg, load_manifest(tiny_data / "manifest.json"))
-    assert sorted(len(block["x"]) for block in datasets["train"].iter_batches(batch_size=None))[-1] == 4
-
-
-def _tag_windows(batch):
-    # Identify each window by its content: the mean of frame 0 is unique per window here.
-    return {"tag": [f"{float(x[0].astype('float64').sum()):.6f}" for x in batch["x"]]}
 
 
 def test_an_injected_fault_fails_once_on_rank_0_at_its_step(tmp_path):

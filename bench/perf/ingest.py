@@ -3,9 +3,9 @@
 Three pipelines read the same windows of the same files, in a new random order
 every epoch, as `[B, T, C, H, W]` torch batches in the stored dtype (float16):
 
-  ray_data    ours: `lam.train.ingest.build_datasets` (the datasets `lam train` builds),
-              consumed inside a real Ray Train worker exactly as the training loop does
-              (`get_dataset_shard("train").iter_torch_batches(...)`).
+  ray_data    ours: `lam.train.ingest.RankBatches` over the plan `lam train` builds
+              (`plan_ingest`), consumed inside a real Ray Train worker exactly as the training
+              loop does: one Ray Data execution for all the epochs, `train(epoch)` each epoch.
   h5py_loop   baseline (a): one process, raw h5py reads into a preallocated batch; the
               limit of the storage path with no parallelism and no checks.
   dataloader  baseline (b): `torch.utils.data.DataLoader(num_workers=2, shuffle=True)` over
@@ -14,7 +14,8 @@ every epoch, as `[B, T, C, H, W]` torch batches in the stored dtype (float16):
 
 Each pipeline runs `epochs` full passes; the first is warm-up (worker start-up, page
 cache) and the rate is over the remaining ones, each of which still includes its own
-per-epoch start-up (Ray Data re-plans and reshuffles, DataLoader forks its workers).
+per-epoch start-up where the pipeline has one (DataLoader forks its workers every epoch; ours
+starts once per run, so its later epochs start with batches already read ahead).
 The files were just written, so reads come from the page cache: this measures the
 CPU side of the path (HDF5, copies, serialisation, IPC), not the disk.
 """
@@ -148,14 +149,14 @@ def dataloader(manifest: Manifest, cfg: RunConfig, epochs: int, num_workers: int
 
 
 def _consume_loop(config: dict) -> None:
-    """Ray Train worker: iterate the shard the way lam.train.loop does, timing each epoch."""
-    import ray.train
+    """Ray Train worker: iterate the rank's batches the way lam.train.loop does, timing each epoch."""
+    from lam.train.ingest import RankBatches
 
-    shard = ray.train.get_dataset_shard("train")
+    data = RankBatches(config["plan"], 0, 1, 0, config["epochs"], prefetch_batches=config["prefetch_batches"])
     stats = []
-    for _ in range(config["epochs"]):
+    for epoch in range(config["epochs"]):
         clock = _EpochClock()
-        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], prefetch_batches=config["prefetch_batches"]):
+        for batch in data.train(epoch):
             clock.batch(batch["x"])
         stats.append(clock.stats())
     Path(config["out"]).write_text(json.dumps(stats))
@@ -166,17 +167,17 @@ def ray_data(manifest: Manifest, cfg: RunConfig, epochs: int, workdir: Path) -> 
     from ray.train.torch import TorchTrainer
     from ray.train.v2.api.config import LoggingConfig
 
-    from lam.train.ingest import build_datasets, data_config
+    from lam.runtime.cluster import init_ray
+    from lam.train.ingest import plan_ingest
+    from lam.train.launch import cpus_beside_workers
 
-    # No epoch clock: every epoch reads epoch 0's order, which costs the same as any other.
-    datasets, _ = build_datasets(cfg, manifest)
+    init_ray()
+    plan, _ = plan_ingest(cfg, manifest, cpus_beside_workers(cfg))  # as `lam train` plans it: every CPU beside the worker
+    plan.val = None  # the train windows alone, as the other pipelines read
     out = workdir / "ray_ingest.json"
     TorchTrainer(
         _consume_loop,
-        train_loop_config={"epochs": epochs, "batch_size": cfg.train.batch_size,
-                           "prefetch_batches": cfg.train.prefetch_batches, "out": str(out)},
-        datasets={"train": datasets["train"]},
-        dataset_config=data_config(),  # as `lam train` feeds its workers: blocks in order
+        train_loop_config={"epochs": epochs, "plan": plan, "prefetch_batches": cfg.train.prefetch_batches, "out": str(out)},
         scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name="bench_ingest", storage_path=str(workdir / "ray_runs"),
                                        logging_config=LoggingConfig(log_level="WARNING")),

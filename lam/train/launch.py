@@ -33,7 +33,7 @@ from lam.runtime.cluster import cpus_needed, init_ray
 from lam.runtime.console import route_console
 from lam.runtime.run_lock import run_lock
 from lam.runtime.run_log import resolve_wandb_mode
-from lam.train.ingest import build_datasets, data_config
+from lam.train.ingest import plan_ingest
 from lam.train.ledger import RunLedger
 from lam.train.labels import label_fraction_note, resolve_label_classes
 from lam.train.loop import train_loop_per_worker
@@ -108,13 +108,12 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True,
 
     Writes the run's config.yaml first. `callbacks` are Ray Train callbacks (a Tune sweep
     passes the one that forwards each report to Tune, and caps its reads with `read_cpus`,
-    see `data_config`).
+    see `plan_ingest`).
 
-    The training loop tells the train dataset which epoch it is in through the run's ledger
-    (`RunLedger`, see lam/train/ingest.py), so a restored or resumed run reads each epoch in
-    that epoch's order, and the datasets report the windows they could not read to it, which
-    the loop reads at the end of each epoch. The ledger lives as long as this process holds
-    the trainer.
+    Each worker reads its own share of the data (lam/train/ingest.py), from the plan this
+    builds. The read tasks report the windows they could not read to the run's ledger
+    (`RunLedger`), which the loop reads at the end of each epoch; the driver asks the run to
+    stop through it. The ledger lives as long as this process holds the trainer.
     """
     t = cfg.train
     storage_path, run_dir, local_dir = run_dirs(cfg)
@@ -122,9 +121,8 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True,
     storage.write_text(storage.join(run_dir, "config.yaml"), dump_yaml(cfg))
 
     init_ray(min_cpus=cpus_needed(cfg))
-    ray.data.DataContext.get_current().enable_progress_bars = False  # here too: a Tune trial is another process
     ledger = RunLedger.remote()
-    datasets, sizes = build_datasets(cfg, manifest, ledger=ledger)
+    plan, sizes = plan_ingest(cfg, manifest, read_cpus if read_cpus is not None else cpus_beside_workers(cfg))
     if verbose:
         print(f"[lam] run {t.run_name}: outputs in {run_dir}", flush=True)
         if labelled:
@@ -133,7 +131,7 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True,
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg.to_dict(), "run_dir": run_dir, "local_dir": local_dir, "sizes": sizes,
-                           "ledger": ledger},
+                           "ledger": ledger, "ingest": plan},
         scaling_config=ray.train.ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker={"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
         ),
@@ -147,10 +145,14 @@ def build_trainer(cfg: RunConfig, manifest, callbacks=(), verbose: bool = True,
             logging_config=LoggingConfig(log_level="WARNING"),  # our own progress lines are enough
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
-        dataset_config=data_config(read_cpus),  # blocks reach each worker in the same order every time
     )
     return trainer, run_dir, local_dir
+
+
+def cpus_beside_workers(cfg: RunConfig) -> float:
+    """The CPUs the connected cluster has now beside a run's training workers (at least one): a
+    plain run's reads may use them all."""
+    return max(1.0, ray.cluster_resources().get("CPU", 0) - cfg.train.num_workers * cfg.train.cpus_per_worker)
 
 
 def train(cfg: RunConfig, verbose: bool = True, ray_logs: bool = False) -> TrainOutcome:

@@ -1,10 +1,8 @@
 """The run's ledger: what the training loop and its Ray Data read tasks tell each other.
 
-One small actor per run holds three things (lam/train/ingest.py says why the first two are needed):
-- the epoch the training loop is in: rank 0 sets it before it reads the epoch, and the train
-  source reads it to order that epoch's windows;
-- the windows the read tasks could not read: they report them, and the loop collects each
-  epoch's at its end;
+One small actor per run holds two things:
+- the windows the read tasks could not read (lam/train/ingest.py): they report them, and the
+  loop collects each epoch's at its end;
 - whether the driver asked the run to stop (it got SIGTERM, e.g. a spot node's notice): the
   loop asks now and then, and stops after a step checkpoint.
 
@@ -21,16 +19,9 @@ import ray
 @ray.remote(num_cpus=0)
 class RunLedger:
     def __init__(self):
-        self.current_epoch = 0
         self.stop = False
         self.seen: set[tuple[str, int]] = set()
         self.by_epoch: dict[int, dict[tuple[str, int], str]] = {}
-
-    def set_epoch(self, epoch: int) -> None:
-        self.current_epoch = epoch
-
-    def epoch(self) -> int:
-        return self.current_epoch
 
     def add_bad_window(self, epoch: int, file: str, start: int, problem: str) -> int:
         """Record one window that could not be read; returns how many distinct bad windows the run has met."""

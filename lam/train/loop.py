@@ -7,8 +7,8 @@ epoch's checks, then the report and the checkpoint. The Ray-specific lines are f
 
 Reproducibility: `seed` fixes everything a run draws. The initial weights come
 from `seed` (the same on every rank). Every epoch starts by seeding Python,
-NumPy and torch from (seed, epoch, rank) and by telling the train dataset its
-epoch (`lam.train.ledger.RunLedger`), whose order is drawn from (seed, epoch).
+NumPy and torch from (seed, epoch, rank); its data order is drawn from (seed, epoch)
+(lam/train/ingest.py).
 So an epoch draws the same numbers whether the run got there straight, after a
 worker died and Ray Train restored the last checkpoint, or after a resume: the
 checkpoint's model, optimizer and scheduler carry the rest; a step checkpoint, inside an
@@ -42,6 +42,7 @@ from lam.errors import UserError
 from lam.model import LatentActionModel
 from lam.runtime.checkpoint import load_optimizer_state, optimizer_state
 from lam.runtime.run_log import RunLogger, format_eta
+from lam.train.ingest import RankBatches, fixed_batch
 from lam.train.health import SkippedSteps, maybe_inject_fault, params_in_sync, report_bad_windows, state_is_finite
 from lam.train.metrics import CodeCounter, EpochClock, MeanTracker, data_wait_warning, epoch_summary, step_metric_name
 from lam.train import saving
@@ -77,17 +78,14 @@ class WorkerRun:
         self.cfg = cfg = RunConfig.from_dict(loop_config["config"])
         self.t = t = cfg.train
         self.run_dir, self.local_dir, self.sizes = loop_config["run_dir"], loop_config["local_dir"], loop_config["sizes"]
-        # The train dataset reads the epoch's order from the ledger; the datasets report the windows they left out to it.
+        # The read tasks report the windows they left out to the ledger; the driver's stop request comes through it.
         self.ledger = loop_config.get("ledger")
+        self.plan = loop_config["ingest"]
         quiet_per_report_logs()
         ctx = ray.train.get_context()  # ray:
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device = device = ray.train.torch.get_device()  # ray:
-        # ray: this worker's share of each epoch. Asked for first: rank 0's request starts the
-        # datasets' split coordinators (new processes), which then start up while this worker
-        # builds its model, joins DDP and opens its logger.
-        self.train_shard = ray.train.get_dataset_shard("train")
-        self.val_shard = ray.train.get_dataset_shard("val") if self.sizes.get("val") else None
+        self.has_val = bool(self.sizes.get("val"))
         torch.manual_seed(t.seed)  # identical initial weights on every rank
 
         self.raw_model = LatentActionModel(cfg.model).to(device)
@@ -104,11 +102,15 @@ class WorkerRun:
         amp_dtype = resolve_precision(t.precision, device)
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if amp_dtype == torch.bfloat16 else nullcontext()
         self.checkpoint = self.resume()
+        # This rank's data for the rest of the run: one Ray Data execution, from where the checkpoint left off.
+        self.data = None if t.test_mode else RankBatches(
+            self.plan, self.rank, self.world, self.start_epoch, t.num_epochs, self.position.batches_done if self.position else 0,
+            self.ledger, t.prefetch_batches, pin_memory=device.type == "cuda")
         self.model = self.wrap(self.raw_model)
         self.logger = self.open_logger()
         self.keys = self.raw_model.metric_names
         self.eval_manifest = None  # rank 0's action-quality checks read val windows directly; load the manifest once
-        if self.rank == 0 and self.val_shard is not None and t.eval_every and not t.test_mode:
+        if self.rank == 0 and self.has_val and t.eval_every and not t.test_mode:
             self.eval_manifest = load_manifest(cfg.data.manifest, cfg.data.data_dir)
         self.train_step = TrainStep(self.model, self.raw_model, self.optimizer, self.scheduler, self.autocast, t.grad_clip,
                                     {"shift": t.augment_shift, "crop": t.augment_crop, "gain": t.augment_gain})
@@ -178,35 +180,25 @@ class WorkerRun:
 
     # ------------------------------------------------------------------ an epoch
 
-    def batches(self):
+    def batches(self, epoch: int):
         """This rank's batches of the epoch (test mode: the one batch, again and again)."""
-        t = self.t
-        if t.test_mode:
+        if self.t.test_mode:
             if self.fixed_batch is None:
-                self.fixed_batch = self.to_device(next(iter(self.train_shard.iter_torch_batches(batch_size=self.per_worker_batch))))
+                self.fixed_batch = self.to_device(fixed_batch(self.plan, self.rank, self.world))
             return [{"x": self.fixed_batch}]
-        return self.train_shard.iter_torch_batches(batch_size=self.per_worker_batch, prefetch_batches=t.prefetch_batches,
-                                                   pin_memory=self.device.type == "cuda")
+        return self.data.train(epoch)
 
     def train_epoch(self, epoch: int) -> dict:
         """The epoch's training steps, and its train/ record."""
         t, device = self.t, self.device
         seed_epoch(t.seed, epoch, self.rank)
-        if self.ledger is not None and self.rank == 0:
-            # Before this rank asks for the epoch's data; the other ranks' requests wait for
-            # this one (see lam/train/ingest.py), so no rank can start the epoch before it is set.
-            ray.get(self.ledger.set_epoch.remote(epoch))  # ray:
         clock = EpochClock(time.time())
         progress = EpochProgress(tracker=MeanTracker(), grad_norms=MeanTracker(), skipped_before=self.skips.reported,
                                  codes=CodeCounter(self.cfg.model.num_codes, self.cfg.model.num_embeddings, device))  # the epoch's usage, not a batch's
-        trained_before = self.take_position(epoch, progress)  # batches of this epoch trained on before a step checkpoint
+        self.take_position(epoch, progress)  # the stream starts after the batches trained on before a step checkpoint
         tracker, grad_norms, codes = progress.tracker, progress.grad_norms, progress.codes
         wait_start = time.perf_counter()
-        for batch in self.batches():
-            if trained_before:  # the same batches in the same order as before the stop: skip them
-                trained_before -= 1
-                wait_start = time.perf_counter()
-                continue
+        for batch in self.batches(epoch):
             clock.data_wait += time.perf_counter() - wait_start
             x = batch["x"] if t.test_mode else self.to_device(batch)
             labels = batch["labels"].to(device, non_blocking=True) if "labels" in batch else None  # the opt-in label head
@@ -245,17 +237,16 @@ class WorkerRun:
             print(warning, flush=True)
         return record
 
-    def take_position(self, epoch: int, progress: EpochProgress) -> int:
+    def take_position(self, epoch: int, progress: EpochProgress) -> None:
         """Resumed from a step checkpoint inside `epoch`: this rank's state there put back (after
-        the epoch seeded itself); the number of the epoch's batches it had trained on (else 0)."""
+        the epoch seeded itself), the count of batches it had trained on included."""
         position, self.position = self.position, None
         if position is None or position.epoch != epoch:
-            return 0
+            return
         if len(position.ranks) != self.world:  # each rank's data shard and state belong to that many workers
             raise UserError(f"{self.resumed_from} is a step checkpoint of a run with {len(position.ranks)} workers; resume it with "
                             f"--num_workers {len(position.ranks)} (this run has {self.world})")
         restore_rank_state(position.ranks[self.rank], self.raw_model, progress, self.skips, self.device)
-        return position.batches_done
 
     def stop_if_requested(self, epoch: int, progress: EpochProgress) -> None:
         """Every CHECK_EVERY steps and at the end of each epoch (on every rank): when the driver asked
@@ -314,9 +305,9 @@ class WorkerRun:
             record["checkpoint/stall_s"] = self.checkpoint_stall  # the previous checkpoint's
         if device.type == "cuda":
             record["train/peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-        if self.val_shard is not None:
+        if self.has_val:
             val_keys = [k for k in self.keys if not k.startswith("label_")]  # val files are never read for labels
-            record |= evaluate(self.model, self.val_shard, self.per_worker_batch, val_keys, device, self.autocast, self.to_device,
+            record |= evaluate(self.model, self.data.val(epoch), val_keys, device, self.autocast, self.to_device,
                                CodeCounter(self.cfg.model.num_codes, self.cfg.model.num_embeddings, device))
         if self.rank == 0 and self.ledger is not None:
             record["data/skipped_windows"] = report_bad_windows(ray.get(self.ledger.take_bad_windows.remote(epoch)), epoch)  # ray:
@@ -362,6 +353,8 @@ class WorkerRun:
             self.checkpoint_stall = held_up
 
     def finish(self) -> None:
+        if self.data is not None:
+            self.data.close()  # stopped early: its reads stop too
         if self.start_epoch >= self.t.num_epochs and self.saved_record:
             # Resumed after the last epoch (e.g. a sweep interrupted just as this run ended):
             # nothing to train, but the caller (Tune, `lam train`) still gets the final metrics.

@@ -11,12 +11,12 @@ from lam.train.metrics import CodeCounter, MeanTracker
 
 
 @torch.no_grad()
-def evaluate(model, shard, batch_size, keys, device, autocast, to_device, codes: CodeCounter) -> dict:
-    """Validation metrics over this worker's shard, averaged over all ranks; code usage,
+def evaluate(model, batches, keys, device, autocast, to_device, codes: CodeCounter) -> dict:
+    """Validation metrics over this worker's `batches`, averaged over all ranks; code usage,
     perplexity and ids used counted over the whole split (`codes`), as for training."""
     model.eval()
     tracker = MeanTracker()
-    for batch in shard.iter_torch_batches(batch_size=batch_size):
+    for batch in batches:
         x = to_device(batch)
         with autocast:
             out = model(x)
