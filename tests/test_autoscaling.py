@@ -5,11 +5,13 @@ so the autoscaler must launch `ray.worker.cpu` nodes (extra raylets on this mach
 on 127.0.0.1, token auth on) before the job can finish. Mid-run, once the first epoch's
 checkpoint is registered, the node that runs a training worker is lost (its raylet killed
 with SIGKILL, as when a spot node vanishes): the run goes on from that checkpoint on the
-nodes that are left or that the autoscaler adds, and finishes.
+nodes that are left or that the autoscaler adds, and finishes. The job's config names no
+storage, so its outputs go to the cluster's LAM_STORAGE_PATH, as cluster/*.yaml set it.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -38,7 +40,8 @@ def fake_cluster(tmp_path):
     # health_check_period_ms (3 s x 5 by default): shorter here, so that the lost node's workers
     # are restarted seconds after it goes.
     fast_death = {"RAY_health_check_period_ms": "500", "RAY_health_check_failure_threshold": "3"}
-    with RayHead(num_cpus=head_cpus, port=port, autoscaling_config=path, extra_env={"RAY_FAKE_CLUSTER": "1", **fast_death}) as head:
+    env = {"RAY_FAKE_CLUSTER": "1", "LAM_STORAGE_PATH": str(tmp_path / "cluster_storage"), **fast_death}
+    with RayHead(num_cpus=head_cpus, port=port, autoscaling_config=path, extra_env=env) as head:
         yield head
 
 
@@ -101,10 +104,10 @@ def test_autoscaled_job_gets_worker_nodes_and_survives_losing_one(fake_cluster, 
     assert active_worker_nodes(head) == 0
 
     epochs = 12
-    cfg = tiny_config(tiny_data, tmp_path / "runs", num_workers=2, cpus_per_worker=1, num_epochs=epochs, max_failures=1,
-                      run_name="autoscaled")
+    cfg = tiny_config(tiny_data, "./runs", num_workers=2, cpus_per_worker=1, num_epochs=epochs, max_failures=1,
+                      run_name="autoscaled")  # ./runs, the default: the cluster's LAM_STORAGE_PATH wins
     (tmp_path / "tiny.yaml").write_text(dump_yaml(cfg))
-    run_dir = tmp_path / "runs" / "autoscaled"
+    run_dir = tmp_path / "cluster_storage" / "autoscaled"
     out = head.submit("lam-train-autoscaled", "python", "ray_jobs/train.py", "--config", str(tmp_path / "tiny.yaml"), wait=False)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
 
@@ -123,6 +126,9 @@ def test_autoscaled_job_gets_worker_nodes_and_survives_losing_one(fake_cluster, 
     assert "[lam] resumed autoscaled from checkpoint_epoch" in logs, logs[-5000:]  # went on from a checkpoint, not from scratch
     assert f"epoch {epochs}/{epochs} done" in logs
     assert epochs_logged(run_dir) >= epochs
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    assert any("train/loss" in r for r in rows) and any("val/mse_loss" in r for r in rows), rows[-1]
+    assert (run_dir / "config.yaml").is_file()
 
     assert active_worker_nodes(head) >= 1  # idle_timeout_minutes: 1, so they are still there
     assert sorted(run_dir.glob("checkpoint_epoch*/state.pt"))
