@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def head():
-    with RayHead(num_cpus=6) as h:  # as many logical CPUs as a training job would ask for
+    with RayHead(num_cpus=6) as h:
         yield h
 
 
