@@ -253,7 +253,7 @@ class RankBatches:
         self._blocks: Iterator[dict] = iter(())
         if source.spans:
             share, task_cpus = plan.rank_read_cpus(world)
-            ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks, ray_remote_args={"num_cpus": task_cpus})
+            ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks, num_cpus=task_cpus)
             configure(ds, plan, share)
             self._blocks = iter(ds.iter_torch_batches(batch_size=None, prefetch_batches=prefetch_batches, device="cpu",
                                                       pin_memory=pin_memory))
