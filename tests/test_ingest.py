@@ -1,4 +1,4 @@
-"""The run-long ingest (lam/train/ingest.py) on the session's local Ray and real H5: each rank's
+"""The run-long ingest (lam/train/ingest.py) on the tests' shared local Ray and real H5: each rank's
 share of every epoch, read in one Ray Data execution. (Through real Ray Train and DDP, with
 step checkpoints, killed workers and drivers: tests/test_train.py, tests/test_kill.py.)"""
 

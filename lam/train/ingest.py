@@ -205,27 +205,24 @@ class RankWindowSource(Datasource):
             if plan.val is not None and len(plan.val):
                 self.spans.append((VAL, epoch, 0, plan.batches(VAL, rank, world)))
         self.spans = [span for span in self.spans if span[3] > 0]
-
-    def tasks(self) -> list[tuple[int, int, int, int]]:
-        """(part, epoch, first batch, batches) of each read task, in stream order."""
-        per_task_min = math.ceil(WINDOWS_PER_READ_TASK / self.plan.batch_size)
-        out = []
+        # (part, epoch, first batch, batches) of each read task, in stream order
+        per_task_min = math.ceil(WINDOWS_PER_READ_TASK / plan.batch_size)
+        self.tasks = []
         for part, epoch, first, count in self.spans:
             per_task = max(per_task_min, math.ceil(count / MAX_READ_TASKS_PER_EPOCH))
-            out += [(part, epoch, first + i, min(per_task, count - i)) for i in range(0, count, per_task)]
-        return out
+            self.tasks += [(part, epoch, first + i, min(per_task, count - i)) for i in range(0, count, per_task)]
 
     @property
     def num_read_tasks(self) -> int:
-        return len(self.tasks())
+        return len(self.tasks)
 
     def estimate_inmemory_data_size(self) -> int:
         return sum(count for *_, count in self.spans) * self.plan.batch_size * self.plan.window_bytes
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit=None, data_context=None) -> list[ReadTask]:
-        # `parallelism` is ignored: the task size follows from the batch size (see tasks()).
+        # `parallelism` is ignored: the task size follows from the batch size (see __init__).
         tasks = []
-        for part, epoch, first, count in self.tasks():
+        for part, epoch, first, count in self.tasks:
             read_fn = functools.partial(_read_task, self.plan_ref, part, epoch, self.rank, self.world, first, count, self.ledger)
             rows = count * self.plan.batch_size
             tasks.append(ReadTask(read_fn, BlockMetadata(num_rows=rows, size_bytes=rows * self.plan.window_bytes,
