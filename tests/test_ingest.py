@@ -109,3 +109,15 @@ def test_each_rank_reads_within_its_own_slice_of_the_read_cpus(tiny_data, tmp_pa
     assert plan.rank_read_cpus(2) == (0.5, 0.5)  # both ranks' tasks fit at once
     plan.read_cpus = 6.0
     assert plan.rank_read_cpus(2) == (3.0, 1.0)  # up to 3 one-CPU tasks a rank
+
+
+def test_read_ahead_is_bounded_by_bytes_unless_given_in_batches(tiny_data, tmp_path, monkeypatch):
+    plan, _ = plan_for(tiny_data, tmp_path, batch_size=6, num_workers=2)  # 3 windows a batch, one block each
+    plan.window_bytes = 2**20
+    monkeypatch.setattr(ingest, "READ_AHEAD_BYTES", 30 * 2**20)
+    assert plan.read_ahead_blocks() == 10  # 30 MiB of 3 MiB blocks
+    assert plan.read_ahead_blocks(prefetch_batches=4) == 4
+    plan.rows_per_block = 1  # three blocks a batch: a count of batches is kept in batches
+    assert plan.read_ahead_blocks(prefetch_batches=4) == 12 and plan.read_ahead_blocks() == 30
+    plan.window_bytes = 2**30  # batches larger than the bound: still two of them ahead
+    assert plan.read_ahead_blocks() == 6

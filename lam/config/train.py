@@ -49,7 +49,8 @@ class TrainConfig:
     use_gpu: bool = option(False, "train on GPUs (NCCL); otherwise CPUs (gloo)", group=SCALING)
     cpus_per_worker: float = option(1.0, "CPUs per worker, also its torch thread count; on a CPU machine use cores / num_workers", group=SCALING)
     read_batch_size: int = option(0, "windows per Ray Data block; 0: one per-worker batch, so a batch is one block", group=SCALING)
-    prefetch_batches: int = option(2, "batches each worker prepares ahead of the training step", group=SCALING)
+    prefetch_batches: int = option(0, "batches each worker reads ahead of the training step; 0: as many as fill 256 MiB (at least 2)",
+                                   group=SCALING)
     max_failures: int = option(0, "restarts from the last checkpoint when a worker dies", group=SCALING)
     inject_fault_at_step: int = option(0, "fail once in rank 0 at this step, to exercise --max_failures (0: never)", group=SCALING)
     run_name: str = option("", "run folder under storage_path, empty: a timestamp; re-use a name to resume that run", group=OUTPUTS)

@@ -75,6 +75,11 @@ WINDOWS_PER_READ_TASK = 64
 # Read tasks per epoch and rank (at most): a long run's plan stays small (its tasks are
 # listed when the execution starts), and each task streams its blocks as it reads them.
 MAX_READ_TASKS_PER_EPOCH = 32
+# What a rank reads ahead of its training step by default (`prefetch_batches` 0), in bytes
+# rather than batches: the iterator's read-ahead is also how many blocks are in flight at
+# once, and a couple of blocks keep too few reads going to hide their latency, while a
+# byte bound keeps memory the same whatever the batch and window sizes.
+READ_AHEAD_BYTES = 256 * 2**20
 
 TRAIN, VAL = 0, 1  # a row's part of the stream
 
@@ -141,6 +146,14 @@ class IngestPlan:
             m = n // world
             return epoch_order(n, self.seed, epoch)[rank * m : (rank + 1) * m]
         return np.array_split(np.arange(len(self.val)), world)[rank] if self.val is not None else np.arange(0)
+
+    def read_ahead_blocks(self, prefetch_batches: int = 0) -> int:
+        """Blocks a rank's iterator keeps in flight: `prefetch_batches` batches' worth, or with 0
+        as many as fill READ_AHEAD_BYTES (at least two batches' worth)."""
+        blocks_per_batch = math.ceil(self.batch_size / self.rows_per_block)
+        if prefetch_batches > 0:
+            return prefetch_batches * blocks_per_batch
+        return max(2 * blocks_per_batch, READ_AHEAD_BYTES // (self.rows_per_block * self.window_bytes))
 
     def batches(self, part: int, rank: int, world: int) -> int:
         """Batches `rank` reads of `part` in an epoch (before any left out for bad windows)."""
@@ -243,7 +256,7 @@ class RankBatches:
     next one is a bug, and raises."""
 
     def __init__(self, plan: IngestPlan, rank: int, world: int, first_epoch: int, end_epoch: int, skip_batches: int = 0,
-                 ledger: ray.actor.ActorHandle | None = None, prefetch_batches: int = 2, pin_memory: bool = False):
+                 ledger: ray.actor.ActorHandle | None = None, prefetch_batches: int = 0, pin_memory: bool = False):
         self.plan, self.rank, self.world, self.skip = plan, rank, world, skip_batches
         self.first_epoch = first_epoch
         source = RankWindowSource(plan, ray.put(plan), rank, world, first_epoch, end_epoch, skip_batches, ledger)
@@ -252,7 +265,8 @@ class RankBatches:
             share, task_cpus = plan.rank_read_cpus(world)
             ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks, num_cpus=task_cpus)
             configure(ds, plan, share)
-            self._blocks = iter(ds.iter_torch_batches(batch_size=None, prefetch_batches=prefetch_batches, device="cpu",
+            self._blocks = iter(ds.iter_torch_batches(batch_size=None, prefetch_batches=plan.read_ahead_blocks(prefetch_batches),
+                                                      device="cpu",
                                                       pin_memory=pin_memory))
         self._pending: list[dict] = []  # pieces of the batch being put together
         self._ready: deque[tuple[tuple, dict]] = deque()
