@@ -8,6 +8,9 @@
 # torch==2.13.0; on machines that keep a CPU wheel of it on disk this takes seconds). The
 # project itself only asks for a range, so a GPU user's own torch build is kept.
 #
+# Packages are installed with uv (itself pip-installed into .venv) from the sources pip is
+# configured with (scripts/uv_args.py), falling back to pip; LAM_SETUP_PIP=1 uses pip only.
+#
 # Without `run`, the `bench` extra (the environments of bench.quality.realplay) comes too; where this runs
 # as root with apt-get and a program of its GUI environments is missing, so do their Debian
 # packages: chromium + chromium-driver (miniwob), Xvfb, Openbox and the desktop applications
@@ -26,21 +29,38 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
+# The installer: uv where it can be had (the same versions from the same sources as pip, in
+# seconds instead of minutes), pip otherwise or with LAM_SETUP_PIP=1.
+UV=""
+UV_ARGS=()
+if [ -z "${LAM_SETUP_PIP:-}" ] && { [ -x .venv/bin/uv ] || python -m pip install -q uv >/dev/null 2>&1; } && [ -x .venv/bin/uv ]; then
+  UV=.venv/bin/uv
+  mapfile -t UV_ARGS < <(python scripts/uv_args.py)  # pip's indexes, wheel folders and constraints
+fi
+# pip install "$@" (without pip's notes about the local wheel folders it was pointed at)
+pip_install() {
+  if [ -n "$UV" ]; then
+    "$UV" pip install -q --python .venv/bin/python --index-strategy unsafe-best-match "${UV_ARGS[@]}" "$@" && return 0
+    echo "[setup] uv could not install $*; trying pip" >&2
+  fi
+  local log status=0
+  log=$(python -m pip install -q "$@" 2>&1) || status=$?
+  printf '%s\n' "$log" | grep -v -e "^WARNING: Location" -e "^$" >&2 || true
+  return "$status"
+}
 if ! python -c "import torch" 2>/dev/null; then
   echo "[setup] installing ${LAM_TORCH_SPEC:-torch==2.13.0}"
-  python -m pip install -q "${LAM_TORCH_SPEC:-torch==2.13.0}" || python -m pip install -q "torch>=2.4,<3"
+  pip_install "${LAM_TORCH_SPEC:-torch==2.13.0}" || pip_install "torch>=2.4,<3"
 fi
-# pip, without its notes about the local wheel folders it was pointed at
-pip_install() { python -m pip install -q "$@" 2>&1 | grep -v -e "^WARNING: Location" -e "^$" || true; }
 if [ "$MODE" = run ]; then
   echo "[setup] installing lam and its dependencies"
-  pip_install -e .
+  pip_install -e . || true  # checked below
 else
   echo "[setup] installing lam, its dependencies, test tools and benchmark environments"
-  pip_install -e ".[test,bench]"
+  pip_install -e ".[test,bench]" || true  # checked below
   if ! python -c "import lam, minigrid, crafter, vizdoom, miniwob, selenium, Xlib" 2>/dev/null; then
     echo "[setup] warning: the bench extra did not install; bench.quality.realplay's tests will be skipped (under CI: fail)" >&2
-    pip_install -e ".[test]"
+    pip_install -e ".[test]" || true
   fi
 fi
 python -c "import lam, torch, ray, h5py, wandb" || { echo "[setup] install failed" >&2; exit 1; }
