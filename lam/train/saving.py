@@ -14,6 +14,12 @@ copy into the run directory finished, so a crash during an upload leaves the pre
 checkpoint as the latest. Ray Train waits for a pending upload before the run ends, and
 a failed upload stops the run with its error. Where the installed Ray has no
 asynchronous upload, `async` falls back to `sync`.
+
+At most one checkpoint is in flight: a checkpoint due while the previous one is still being
+uploaded waits for it (the wait counts as the checkpoint's stall). Ray Train delivers every
+report after the uploads queued before it, so without that bound frequent step checkpoints
+that upload slower than training steps pile up, and the newest registered checkpoint, the one
+a resume would use, falls ever further behind what the console shows.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import inspect
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -33,6 +40,10 @@ from lam.runtime import storage
 from lam.runtime.checkpoint import STATE_FILE, save_checkpoint
 
 ASYNC_AVAILABLE = hasattr(ray.train, "CheckpointUploadMode") and "checkpoint_upload_fn" in inspect.signature(ray.train.report).parameters
+
+# Set once this process's latest asynchronous checkpoint has been uploaded (or has failed).
+_previous_upload = threading.Event()
+_previous_upload.set()
 
 
 def snapshot(state):
@@ -71,8 +82,10 @@ def report(record: dict, state: dict | None, run_dir: str, name: str | None, mod
         if state is None:
             ray.train.report(record, checkpoint=None, checkpoint_dir_name=name, checkpoint_upload_mode=upload)  # ray:
             return time.perf_counter() - start
+        _previous_upload.wait()  # one checkpoint in flight at most (see the module docstring)
         staging = tempfile.mkdtemp(prefix="lam-checkpoint-")
         held = snapshot(state)
+        uploaded = threading.Event()
 
         def write_and_upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
             # On Ray Train's upload thread: the run registers the checkpoint once this returns.
@@ -81,9 +94,16 @@ def report(record: dict, state: dict | None, run_dir: str, name: str | None, mod
                 return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint, dir_name)  # ray:
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
+                uploaded.set()
 
-        ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(staging), checkpoint_dir_name=name,  # ray:
-                         checkpoint_upload_mode=upload, checkpoint_upload_fn=write_and_upload)
+        try:
+            ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(staging), checkpoint_dir_name=name,  # ray:
+                             checkpoint_upload_mode=upload, checkpoint_upload_fn=write_and_upload)
+        except BaseException:
+            uploaded.set()  # never queued
+            raise
+        finally:
+            _watch(uploaded)
         return time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="lam-checkpoint-") as staging:
         checkpoint = None
@@ -92,6 +112,12 @@ def report(record: dict, state: dict | None, run_dir: str, name: str | None, mod
             checkpoint = ray.train.Checkpoint.from_directory(staging)
         ray.train.report(record, checkpoint=checkpoint, checkpoint_dir_name=name)  # ray:
     return time.perf_counter() - start
+
+
+def _watch(uploaded: threading.Event) -> None:
+    """Make `uploaded` the upload the next checkpoint waits for."""
+    global _previous_upload
+    _previous_upload = uploaded
 
 
 def write_state(staging: str, state: dict, run_dir: str) -> None:
