@@ -3,6 +3,7 @@
 import json
 import os
 
+import pytest
 import ray.train
 import torch
 from ray.train.torch import TorchTrainer
@@ -26,6 +27,7 @@ def _report_back_to_back(config: dict) -> None:
         json.dump({"landed": landed, "run_dir": run_dir}, f)
 
 
+@pytest.mark.slow
 def test_at_most_one_asynchronous_checkpoint_is_in_flight(ray_session, tmp_path):
     out = tmp_path / "landed.json"
     TorchTrainer(_report_back_to_back, train_loop_config={"out": str(out)},
