@@ -15,7 +15,7 @@ checkpoint as the latest. Ray Train waits for a pending upload before the run en
 a failed upload stops the run with its error. Where the installed Ray has no
 asynchronous upload, `async` falls back to `sync`.
 
-At most one checkpoint is in flight: a checkpoint due while the previous one is still being
+One checkpoint is uploaded at a time: a checkpoint due while the previous one is still being
 uploaded waits for it (the wait counts as the checkpoint's stall). Ray Train delivers every
 report after the uploads queued before it, so without that bound frequent step checkpoints
 that upload slower than training steps pile up, and the newest registered checkpoint, the one
@@ -82,7 +82,7 @@ def report(record: dict, state: dict | None, run_dir: str, name: str | None, mod
         if state is None:
             ray.train.report(record, checkpoint=None, checkpoint_dir_name=name, checkpoint_upload_mode=upload)  # ray:
             return time.perf_counter() - start
-        _previous_upload.wait()  # one checkpoint in flight at most (see the module docstring)
+        _previous_upload.wait()  # one upload at a time (see the module docstring)
         staging = tempfile.mkdtemp(prefix="lam-checkpoint-")
         held = snapshot(state)
         uploaded = threading.Event()
