@@ -1,32 +1,29 @@
 """The benchmark suite runs end to end in its quickest mode and writes a well-formed report.
 
-Correctness only: no timing is asserted (rates on a shared CI machine mean little). The
-suite runs as a subprocess because it starts and shuts down its own local Ray.
+Correctness only: no timing is asserted (rates on a shared CI machine mean little). The suite
+runs in this process on the session's Ray (it leaves a Ray it did not start running).
 """
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from helpers import positive
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 @pytest.mark.slow
-def test_quick_suite_writes_a_sane_report(tmp_path):
+def test_quick_suite_writes_a_sane_report(ray_session, tmp_path, capsys):
+    import torch
+
+    from bench.perf.run import main
+
+    threads = torch.get_num_threads()
     out = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--threads", "1", "--out", str(out), "--workdir", str(tmp_path / "work")],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "## ingest" in proc.stdout and "## training step" in proc.stdout and "## MFU" in proc.stdout
+    code = main(["--quick", "--threads", "1", "--out", str(out), "--workdir", str(tmp_path / "work")])
+    stdout = capsys.readouterr().out
+    assert code == 0
+    assert "## ingest" in stdout and "## training step" in stdout and "## MFU" in stdout
+    assert ray_session.is_initialized() and torch.get_num_threads() == threads  # the session's Ray and threads as they were
     report = json.loads(out.read_text())
 
     m = report["machine"]
@@ -73,7 +70,7 @@ def test_quick_suite_writes_a_sane_report(tmp_path):
 
     # The training stall per checkpoint, synchronous upload and asynchronous: every checkpoint
     # but the last is timed (its stall is logged with the next epoch).
-    assert "## checkpoint stall" in proc.stdout
+    assert "## checkpoint stall" in stdout
     ckpt = report["checkpoint"]
     assert set(ckpt["rows"]) == {"sync", "async"}
     for row in ckpt["rows"].values():

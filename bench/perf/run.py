@@ -442,10 +442,16 @@ def main(argv: list[str] | None = None) -> int:
     args.model = args.model or ("tiny" if args.quick else "spec" if args.device.type == "cuda" else "demo")
     args.compile = (not args.quick) if args.compile is None else args.compile
     args.threads = args.threads or (os.cpu_count() or 1)
+    threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
 
-    # A private local Ray, never someone's cluster; Ray workers must import `bench`.
-    if os.environ.pop("RAY_ADDRESS", None):
+    # A private local Ray, never someone's cluster; Ray workers must import `bench`. Called from
+    # a process that has started its own local Ray already (the tests), the suite runs on that
+    # one and leaves it running.
+    import ray
+
+    own_ray = not ray.is_initialized()
+    if own_ray and os.environ.pop("RAY_ADDRESS", None):
         print("[bench] ignoring RAY_ADDRESS: the benchmark runs on a private local Ray", flush=True)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     quiet_warnings()
@@ -472,9 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         if "checkpoint" in sections:
             report["checkpoint"] = run_checkpoint(args, workdir)
     finally:
-        import ray
-
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
+        torch.set_num_threads(threads_before)
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     report["machine"]["load_avg_end"] = list(os.getloadavg())
