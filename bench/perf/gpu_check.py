@@ -327,7 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or bench_home() / ("results-gpu.json" if mode == "gpu" else "results-gpu-dry-run.json"))
 
     # A private local Ray, never someone's cluster; Ray workers must import `bench` and `lam`.
-    os.environ.pop("RAY_ADDRESS", None)
+    # Called from a process that has started its own local Ray already (the tests), the check
+    # runs on that one and leaves it running.
+    import ray
+
+    own_ray = not ray.is_initialized()
+    if own_ray:
+        os.environ.pop("RAY_ADDRESS", None)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     from bench.perf.run import quiet_warnings, train_setup
     from lam.runtime.cluster import init_ray
@@ -381,9 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             report["train"]["rows"] += train_rows(compiled, plan, cfg, device, peak, deadline)  # compiling takes the longest
             report["errors"] += ["train"] if any("error" in r for r in report["train"]["rows"]) else []
     finally:
-        import ray
-
-        ray.shutdown()
+        if own_ray:
+            ray.shutdown()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     report["wall_s"] = time.time() - start
