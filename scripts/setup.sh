@@ -40,7 +40,9 @@ fi
 # pip install "$@" (without pip's notes about the local wheel folders it was pointed at)
 pip_install() {
   if [ -n "$UV" ]; then
-    "$UV" pip install -q --python .venv/bin/python --index-strategy unsafe-best-match "${UV_ARGS[@]}" "$@" && return 0
+    # --compile-bytecode, as pip does: where PYTHONDONTWRITEBYTECODE is set nothing writes .pyc
+    # files later, and every Ray worker would compile torch and Ray from source at its start.
+    "$UV" pip install -q --compile-bytecode --python .venv/bin/python --index-strategy unsafe-best-match "${UV_ARGS[@]}" "$@" && return 0
     echo "[setup] uv could not install $*; trying pip" >&2
   fi
   local log status=0
