@@ -103,7 +103,9 @@ def test_autoscaled_job_gets_worker_nodes_and_survives_losing_one(fake_cluster, 
     head = fake_cluster
     assert active_worker_nodes(head) == 0
 
-    epochs = 12
+    # Enough epochs that the run is still training when Ray has noticed the lost node (a worker
+    # whose raylet dies can go on training for a few epochs of this size on data it read ahead).
+    epochs = 30
     cfg = tiny_config(tiny_data, "./runs", num_workers=2, cpus_per_worker=1, num_epochs=epochs, max_failures=1,
                       run_name="autoscaled")  # ./runs, the default: the cluster's LAM_STORAGE_PATH wins
     (tmp_path / "tiny.yaml").write_text(dump_yaml(cfg))
@@ -115,7 +117,7 @@ def test_autoscaled_job_gets_worker_nodes_and_survives_losing_one(fake_cluster, 
     # once that checkpoint is on disk, while later epochs are still to come.
     wait_for(lambda: list(run_dir.glob("checkpoint_epoch0001/state.pt")), "the first checkpoint", timeout=300)
     victim = wait_for(lambda: training_worker_raylet(head), "a training worker on a worker node", timeout=30, poll=0.05)
-    assert epochs_logged(run_dir) < epochs, "the run ended before the node could be lost: give it more epochs"
+    assert epochs_logged(run_dir) < epochs // 2, "the run was too far on when the node could be lost: give it more epochs"
     os.kill(victim, signal.SIGKILL)
 
     status = wait_for(lambda: (s := head.job_status("lam-train-autoscaled")) in ("SUCCEEDED", "FAILED", "STOPPED") and s,
