@@ -266,8 +266,7 @@ class RankBatches:
             ds = ray.data.read_datasource(source, override_num_blocks=source.num_read_tasks, num_cpus=task_cpus)
             configure(ds, plan, share)
             self._blocks = iter(ds.iter_torch_batches(batch_size=None, prefetch_batches=plan.read_ahead_blocks(prefetch_batches),
-                                                      device="cpu",
-                                                      pin_memory=pin_memory))
+                                                      device="cpu", pin_memory=pin_memory))
         self._pending: list[dict] = []  # pieces of the batch being put together
         self._ready: deque[tuple[tuple, dict]] = deque()
 

@@ -41,9 +41,8 @@ from lam.runtime.checkpoint import STATE_FILE, save_checkpoint
 
 ASYNC_AVAILABLE = hasattr(ray.train, "CheckpointUploadMode") and "checkpoint_upload_fn" in inspect.signature(ray.train.report).parameters
 
-# Set once this process's latest asynchronous checkpoint has been uploaded (or has failed).
-_previous_upload = threading.Event()
-_previous_upload.set()
+# Held from an asynchronous checkpoint's report until its upload has ended (or failed).
+_upload_slot = threading.BoundedSemaphore(1)
 
 
 def snapshot(state):
@@ -82,28 +81,27 @@ def report(record: dict, state: dict | None, run_dir: str, name: str | None, mod
         if state is None:
             ray.train.report(record, checkpoint=None, checkpoint_dir_name=name, checkpoint_upload_mode=upload)  # ray:
             return time.perf_counter() - start
-        _previous_upload.wait()  # one upload at a time (see the module docstring)
-        staging = tempfile.mkdtemp(prefix="lam-checkpoint-")
-        held = snapshot(state)
-        uploaded = threading.Event()
-
-        def write_and_upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
-            # On Ray Train's upload thread: the run registers the checkpoint once this returns.
-            try:
-                write_state(staging, held, run_dir)
-                return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint, dir_name)  # ray:
-            finally:
-                shutil.rmtree(staging, ignore_errors=True)
-                uploaded.set()
-
+        _upload_slot.acquire()  # one upload at a time (see the module docstring)
+        queued = False
         try:
+            staging = tempfile.mkdtemp(prefix="lam-checkpoint-")
+            held = snapshot(state)
+
+            def write_and_upload(checkpoint: ray.train.Checkpoint, dir_name: str) -> ray.train.Checkpoint:
+                # On Ray Train's upload thread: the run registers the checkpoint once this returns.
+                try:
+                    write_state(staging, held, run_dir)
+                    return ray.train.get_context().get_storage().persist_current_checkpoint(checkpoint, dir_name)  # ray:
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    _upload_slot.release()
+
             ray.train.report(record, checkpoint=ray.train.Checkpoint.from_directory(staging), checkpoint_dir_name=name,  # ray:
                              checkpoint_upload_mode=upload, checkpoint_upload_fn=write_and_upload)
-        except BaseException:
-            uploaded.set()  # never queued
-            raise
+            queued = True
         finally:
-            _watch(uploaded)
+            if not queued:
+                _upload_slot.release()
         return time.perf_counter() - start
     with tempfile.TemporaryDirectory(prefix="lam-checkpoint-") as staging:
         checkpoint = None
@@ -112,12 +110,6 @@ def report(record: dict, state: dict | None, run_dir: str, name: str | None, mod
             checkpoint = ray.train.Checkpoint.from_directory(staging)
         ray.train.report(record, checkpoint=checkpoint, checkpoint_dir_name=name)  # ray:
     return time.perf_counter() - start
-
-
-def _watch(uploaded: threading.Event) -> None:
-    """Make `uploaded` the upload the next checkpoint waits for."""
-    global _previous_upload
-    _previous_upload = uploaded
 
 
 def write_state(staging: str, state: dict, run_dir: str) -> None:
