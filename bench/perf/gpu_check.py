@@ -326,17 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if mode == "gpu" else "cpu")
     out = Path(args.out or bench_home() / ("results-gpu.json" if mode == "gpu" else "results-gpu-dry-run.json"))
 
-    # A private local Ray, never someone's cluster; Ray workers must import `bench` and `lam`.
-    # Called from a process that has started its own local Ray already (the tests), the check
-    # runs on that one and leaves it running.
-    import ray
-
-    own_ray = not ray.is_initialized()
-    if own_ray:
-        os.environ.pop("RAY_ADDRESS", None)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    from bench.perf.run import quiet_warnings, train_setup
-    from lam.runtime.cluster import init_ray
+    from bench.perf.run import bench_ray, quiet_warnings, train_setup
 
     quiet_warnings()
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-gpu-check-"))
@@ -361,34 +351,32 @@ def main(argv: list[str] | None = None) -> int:
         return report[name]
 
     try:
-        init_ray(min_cpus=4)
-        info = section("versions", versions, device, plan)
-        setup_args = SimpleNamespace(model=plan["recipe"], device=device)
-        sizes = {"train": {"batch_size": plan["batch_size"], "steps": plan["steps"], "epochs": plan["epochs"]}}
-        cfg, batches = train_setup(setup_args, sizes, workdir)
-        cfg.train.num_epochs = plan["epochs"]
-        from lam.data.manifest import load_manifest
-        from lam.model import ModelConfig
+        with bench_ray("gpu-check"):
+            info = section("versions", versions, device, plan)
+            setup_args = SimpleNamespace(model=plan["recipe"], device=device)
+            sizes = {"train": {"batch_size": plan["batch_size"], "steps": plan["steps"], "epochs": plan["epochs"]}}
+            cfg, batches = train_setup(setup_args, sizes, workdir)
+            cfg.train.num_epochs = plan["epochs"]
+            from lam.data.manifest import load_manifest
+            from lam.model import ModelConfig
 
-        manifest = load_manifest(Path(cfg.data.data_dir) / "manifest.json")
-        section("attention", attention, device, cfg.model, cfg.data.sequence_length)
-        peak = info.get("peak_flops") or {"bf16": float("nan"), "fp32": float("nan")}
-        eager = [v for v in plan["variants"] if not v[1]] if "train" in wanted else []
-        compiled = [v for v in plan["variants"] if v[1]] if "train" in wanted else []
-        if "train" in wanted:
-            report["train"] = {"model": plan["recipe"], "batch_size": plan["batch_size"], "steps_per_epoch": plan["steps"],
-                               "epochs": plan["epochs"], "rows": train_rows(eager, plan, cfg, device, peak, deadline)}
-        section("overfit", overfit, plan, cfg)
-        section("checkpoint", checkpoint, ModelConfig() if mode == "gpu" else cfg.model, cfg.data.sequence_length, device, workdir)
-        section("ingest", ingest, plan, cfg, manifest, batches, device, workdir)
-        section("batch", batch_scaling, plan, cfg, batches, device, peak, deadline)
-        report["errors"] += ["batch"] if any("error" in r for r in report.get("batch", {}).get("rows", [])) else []
-        if "train" in wanted:
-            report["train"]["rows"] += train_rows(compiled, plan, cfg, device, peak, deadline)  # compiling takes the longest
-            report["errors"] += ["train"] if any("error" in r for r in report["train"]["rows"]) else []
+            manifest = load_manifest(Path(cfg.data.data_dir) / "manifest.json")
+            section("attention", attention, device, cfg.model, cfg.data.sequence_length)
+            peak = info.get("peak_flops") or {"bf16": float("nan"), "fp32": float("nan")}
+            eager = [v for v in plan["variants"] if not v[1]] if "train" in wanted else []
+            compiled = [v for v in plan["variants"] if v[1]] if "train" in wanted else []
+            if "train" in wanted:
+                report["train"] = {"model": plan["recipe"], "batch_size": plan["batch_size"], "steps_per_epoch": plan["steps"],
+                                   "epochs": plan["epochs"], "rows": train_rows(eager, plan, cfg, device, peak, deadline)}
+            section("overfit", overfit, plan, cfg)
+            section("checkpoint", checkpoint, ModelConfig() if mode == "gpu" else cfg.model, cfg.data.sequence_length, device, workdir)
+            section("ingest", ingest, plan, cfg, manifest, batches, device, workdir)
+            section("batch", batch_scaling, plan, cfg, batches, device, peak, deadline)
+            report["errors"] += ["batch"] if any("error" in r for r in report.get("batch", {}).get("rows", [])) else []
+            if "train" in wanted:
+                report["train"]["rows"] += train_rows(compiled, plan, cfg, device, peak, deadline)  # compiling takes the longest
+                report["errors"] += ["train"] if any("error" in r for r in report["train"]["rows"]) else []
     finally:
-        if own_ray:
-            ray.shutdown()
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     report["wall_s"] = time.time() - start

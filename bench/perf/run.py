@@ -17,6 +17,7 @@ RAY_ADDRESS is ignored so a benchmark never lands on a shared cluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -98,6 +99,27 @@ def base_config(data_dir: Path, storage: Path):
     t = cfg.train
     t.storage_path, t.wandb_mode, t.log_every, t.eval_every, t.save_every, t.keep_best = str(storage), "disabled", 0, 0, 1000, 1
     return cfg
+
+
+@contextlib.contextmanager
+def bench_ray(prefix: str):
+    """The Ray a benchmark runs on: a private local one, never someone's cluster, stopped at the
+    end; or, called from a process that has started its own local Ray already (the tests), that
+    one, left running. Its workers must import `bench` and `lam`."""
+    import ray
+
+    from lam.runtime.cluster import init_ray
+
+    own = not ray.is_initialized()
+    if own and os.environ.pop("RAY_ADDRESS", None):
+        print(f"[{prefix}] ignoring RAY_ADDRESS: the benchmark runs on a private local Ray", flush=True)
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    init_ray(min_cpus=4)  # two logical CPUs for Ray Data's read tasks beside the workers
+    try:
+        yield
+    finally:
+        if own:
+            ray.shutdown()
 
 
 def quiet_warnings() -> None:
@@ -445,18 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
 
-    # A private local Ray, never someone's cluster; Ray workers must import `bench`. Called from
-    # a process that has started its own local Ray already (the tests), the suite runs on that
-    # one and leaves it running.
-    import ray
-
-    own_ray = not ray.is_initialized()
-    if own_ray and os.environ.pop("RAY_ADDRESS", None):
-        print("[bench] ignoring RAY_ADDRESS: the benchmark runs on a private local Ray", flush=True)
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
     quiet_warnings()
-    from lam.runtime.cluster import init_ray
-
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="lam-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -464,22 +475,20 @@ def main(argv: list[str] | None = None) -> int:
                     "quick": args.quick, "machine": machine_info(args.device)}
     s = sizes(args)
     try:
-        init_ray(min_cpus=4)  # two logical CPUs for Ray Data's read tasks beside the workers
-        if "ingest" in sections:
-            report["ingest"] = run_ingest(args, s, workdir)
-        train = None
-        if sections & {"train", "scaling"}:
-            cfg, batches = train_setup(args, s, workdir)
-        if "train" in sections:
-            train = report["train"] = run_train(args, s, workdir, cfg, batches)
-            report["mfu"] = run_mfu(args, cfg, train)
-        if "scaling" in sections:
-            report["scaling"] = run_scaling(args, s, cfg, train)
-        if "checkpoint" in sections:
-            report["checkpoint"] = run_checkpoint(args, workdir)
+        with bench_ray("bench"):
+            if "ingest" in sections:
+                report["ingest"] = run_ingest(args, s, workdir)
+            train = None
+            if sections & {"train", "scaling"}:
+                cfg, batches = train_setup(args, s, workdir)
+            if "train" in sections:
+                train = report["train"] = run_train(args, s, workdir, cfg, batches)
+                report["mfu"] = run_mfu(args, cfg, train)
+            if "scaling" in sections:
+                report["scaling"] = run_scaling(args, s, cfg, train)
+            if "checkpoint" in sections:
+                report["checkpoint"] = run_checkpoint(args, workdir)
     finally:
-        if own_ray:
-            ray.shutdown()
         torch.set_num_threads(threads_before)
         if not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
