@@ -35,6 +35,7 @@ from lam.runtime.run_lock import run_lock
 from lam.runtime.run_log import resolve_wandb_mode
 from lam.train.ingest import plan_ingest
 from lam.train.ledger import RunLedger
+from lam.train.health import SkippedSteps
 from lam.train.labels import label_fraction_note, resolve_label_classes
 from lam.train.loop import train_loop_per_worker
 from lam.train.resume import remove_orphan_checkpoints
@@ -212,7 +213,8 @@ def stop_on_sigterm(ledger):
     def ask() -> None:
         while not done.is_set():
             if stop.wait(timeout=0.2):
-                print("[lam] SIGTERM: the run stops after its next step checkpoint (SIGTERM again stops it at once)", flush=True)
+                print(f"[lam] SIGTERM: the run writes a step checkpoint within {SkippedSteps.CHECK_EVERY} steps or at the epoch's "
+                      "end, and stops (SIGTERM again stops it at once)", flush=True)
                 ledger.request_stop.remote()
                 return
 
