@@ -563,7 +563,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data_root", default=str(bench_home() / "data"), help="where datasets are generated and reused (default: $LAM_BENCH_HOME/data, ~/.cache/lam-bench/data unless set)")
     parser.add_argument("--workdir", default="", help="where runs go (default: a new temporary folder, kept: "
                         "every run's checkpoint and evaluation report)")
-    parser.add_argument("--out", default="", help="JSON report (default: bench/quality-RECIPE.json)")
+    parser.add_argument("--out", default="", help="JSON report (default: $LAM_BENCH_HOME/quality-RECIPE.json, ~/.cache/lam-bench unless set)")
     parser.add_argument("--extend", action="append", default=[], metavar="REPORT",
                         help="an earlier report of the same recipe, --set and epochs: its seeds are kept and only the "
                         "missing ones of 0..SEEDS-1 are run (runs are seeded, so a seed run again gives the same "
