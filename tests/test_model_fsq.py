@@ -106,6 +106,7 @@ def test_fsq_model_shapes_ids_and_gradients():
     LatentActionModel(cfg).load_state_dict(state)
 
 
+@pytest.mark.slow  # inductor compiles the model for a while on CPU
 @pytest.mark.parametrize("parts", [
     dict(),
     dict(whiten=True, stem="diff", action_head="token+motion", motion_moments="patches"),  # the demo recipe's

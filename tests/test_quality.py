@@ -22,6 +22,7 @@ def small_world(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # fits an inverse-dynamics model to convergence
 def test_the_ceiling_converges_and_scores_every_test_transition(small_world):
     manifest = load_manifest(small_world / "synthetic" / "manifest.json")
     result = fit_inverse_dynamics(manifest, seed=0, eval_every=20, patience=3, bootstrap=20, progress=False)
@@ -340,6 +341,7 @@ def test_a_ceiling_that_did_not_converge_is_refused_with_the_refit_command(small
     path.unlink()
 
 
+@pytest.mark.slow  # fits an inverse-dynamics model
 def test_the_idm_command_fits_and_caches_a_ceiling(small_world, capsys):
     from bench.quality.idm import main
 
