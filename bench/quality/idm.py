@@ -70,9 +70,10 @@ def transitions(manifest: Manifest, split: str) -> tuple[np.ndarray, np.ndarray,
 
 
 def data_fingerprint(manifest: Manifest) -> str:
-    """A short hash of the split (files per split) and of every file's latents and actions: the same
-    data, regenerated on another machine, has the same fingerprint, so a ceiling fitted on it (kept
-    in a report) need not be fitted again; a cached ceiling of other data is."""
+    """A short hash of the split (files per split) and of every file's latents and actions: a
+    ceiling fitted on data with the same fingerprint (kept in a report) need not be fitted again; a
+    cached ceiling of other data is. Bit for bit: the real-play sets, generated again on another
+    machine, can differ in their latents' last bits, and then their ceilings are fitted again."""
     files = tuple((split, rel) for split in ("train", "val", "test") for rel in manifest.split_files(split))
     stats = tuple((stat.st_size, stat.st_mtime_ns) for stat in ((Path(manifest.data_dir) / rel).stat() for _, rel in files))
     return _content_hash(str(manifest.data_dir), manifest.dataset_key, files, stats)

@@ -280,7 +280,7 @@ def cached_ceiling(data_dir: Path, manifest, seed: int, label_fraction: float = 
     """The inverse-dynamics ceiling of a dataset, seed and label budget. It does not depend on the
     recipe, so it is fitted once and kept beside the data (fitted again when the data or the model
     changed). `kept`: the same ceiling as an earlier report holds it; when it was fitted on the same
-    data (the same content, generated on any machine) by the same model, it is used and cached
+    data (the same content, bit for bit) by the same model, it is used and cached
     instead of being fitted again. A ceiling that did not stop by patience on validation did not
     converge: it is refused, with the command that fits it again."""
     path = cache_path(data_dir, seed, label_fraction)
