@@ -114,8 +114,8 @@ def bench_ray(prefix: str):
     if own and os.environ.pop("RAY_ADDRESS", None):
         print(f"[{prefix}] ignoring RAY_ADDRESS: the benchmark runs on a private local Ray", flush=True)
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
-    init_ray(min_cpus=4)  # two logical CPUs for Ray Data's read tasks beside the workers
     try:
+        init_ray(min_cpus=4)  # two logical CPUs for Ray Data's read tasks beside the workers
         yield
     finally:
         if own:
